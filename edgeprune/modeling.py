@@ -1,0 +1,200 @@
+"""Loading, saving and pruning models safely.
+
+* Weights are read with safetensors only; ``trust_remote_code`` is never set. Pickle checkpoints
+  (``pytorch_model.bin``) load only with ``allow_pickle=True``.
+* ``from_pretrained`` rebuilds full-size layers, so a pruned model is saved with its plan in
+  ``edgeprune_pruning.json`` and rebuilt on load: full-size skeleton -> surgery -> strict state-dict load.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import torch
+
+from .adapters import get_adapter
+from .adapters.base import PLAN_ATTR
+from .errors import EdgepruneError, PlanError, UnsupportedModelError, VerificationError
+from .plan import HeadPlan
+
+PRUNING_FILE = "edgeprune_pruning.json"
+WEIGHTS_FILE = "model.safetensors"
+FORMAT_VERSION = 1
+
+
+def is_pruned_dir(path: str | Path) -> bool:
+    return (Path(path) / PRUNING_FILE).is_file()
+
+
+def _load_config(name_or_path: str | Path):
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(str(name_or_path), trust_remote_code=False)
+    except Exception as exc:  # noqa: BLE001 - transformers raises many kinds; wrap with a clear message
+        where = "folder" if Path(str(name_or_path)).exists() else "hub id (the Hugging Face Hub may be unreachable)"
+        raise EdgepruneError(f"cannot load a model config from {where} {str(name_or_path)!r}: {exc}") from exc
+    get_adapter(config)  # fail early, naming the model type and the supported ones
+    return config
+
+
+def load_model(name_or_path: str | Path, *, num_labels: int | None = None, allow_pickle: bool = False,
+               with_tokenizer: bool = True):
+    """Load a sequence-classification model (and its tokenizer) from a folder or a hub id.
+
+    Args:
+        name_or_path: a local folder (plain transformers or saved by :func:`save_pruned`) or a hub id.
+        num_labels: override the number of labels (a fresh classifier head is created).
+        allow_pickle: allow ``pytorch_model.bin`` checkpoints (unpickling runs code: only for trusted files).
+        with_tokenizer: also load the tokenizer (returned as None when False).
+
+    Returns:
+        ``(model, tokenizer)`` with the model in eval mode.
+
+    Raises:
+        UnsupportedModelError: the family has no adapter.
+        EdgepruneError: the folder/hub id cannot be read, or only pickle weights exist and ``allow_pickle`` is off.
+    """
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    path = Path(str(name_or_path))
+    if is_pruned_dir(path):
+        model = load_pruned(path)
+    else:
+        config = _load_config(name_or_path)
+        if path.is_dir() and not any(path.glob("*.safetensors")) and not allow_pickle:
+            raise EdgepruneError(
+                f"{path} has no .safetensors weights; refusing to unpickle a checkpoint (pass allow_pickle=True / "
+                "--allow-pickle only for files you trust)"
+            )
+        kwargs = {"num_labels": num_labels} if num_labels else {}
+        try:
+            model = AutoModelForSequenceClassification.from_pretrained(
+                str(name_or_path), config=config, trust_remote_code=False, use_safetensors=not allow_pickle, **kwargs
+            )
+        except UnsupportedModelError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            raise EdgepruneError(f"cannot load model weights from {str(name_or_path)!r}: {exc}") from exc
+    tokenizer = None
+    if with_tokenizer:
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(name_or_path), trust_remote_code=False)
+        except Exception as exc:  # noqa: BLE001
+            raise EdgepruneError(f"cannot load a tokenizer from {str(name_or_path)!r}: {exc}") from exc
+    return model.eval(), tokenizer
+
+
+def save_pruned(model, out_dir: str | Path, tokenizer=None) -> Path:
+    """Save a (possibly pruned) model: config, safetensors weights, the plan, and the tokenizer if given."""
+    from safetensors.torch import save_file
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    adapter = get_adapter(model)
+    plan = adapter.current_plan(model)
+    model.config.save_pretrained(out)
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(out / WEIGHTS_FILE), metadata={"format": "pt", "edgeprune": str(FORMAT_VERSION)})
+    meta = {"format_version": FORMAT_VERSION, "model_type": model.config.model_type, "plan": plan.to_dict()}
+    (out / PRUNING_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+    if tokenizer is not None:
+        tokenizer.save_pretrained(out)
+    return out
+
+
+def load_pruned(path: str | Path):
+    """Rebuild a model saved by :func:`save_pruned`: full-size skeleton, surgery, strict weight load."""
+    from safetensors.torch import load_file
+    from transformers import AutoModelForSequenceClassification
+
+    path = Path(path)
+    try:
+        meta = json.loads((path / PRUNING_FILE).read_text())
+        plan = HeadPlan.from_dict(meta["plan"])
+    except (OSError, ValueError, KeyError) as exc:
+        raise EdgepruneError(f"{path / PRUNING_FILE} is unreadable or malformed: {exc}") from exc
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise EdgepruneError(f"{path / PRUNING_FILE}: unknown format_version {meta.get('format_version')!r}")
+    config = _load_config(path)
+    model = AutoModelForSequenceClassification.from_config(config)
+    adapter = get_adapter(model)
+    adapter.prune_heads_(model, plan)
+    weights = path / WEIGHTS_FILE
+    if not weights.is_file():
+        raise EdgepruneError(f"{weights} is missing")
+    state = load_file(str(weights))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    # Some buffers (e.g. position_ids) may legitimately be absent from older files; parameters may not.
+    params = {n for n, _ in model.named_parameters()}
+    if unexpected or any(k in params for k in missing):
+        raise EdgepruneError(f"{weights} does not match the pruned architecture: missing={missing} unexpected={unexpected}")
+    return model.eval()
+
+
+def count_parameters(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def sample_inputs(model, batch: int = 3, seq: int = 12, seed: int = 0) -> dict:
+    """Random inputs with padding in the last row, in the model's vocabulary."""
+    from .testing import random_inputs
+
+    return random_inputs(batch, seq, vocab_size=model.config.vocab_size, seed=seed)
+
+
+@torch.inference_mode()
+def prune_and_verify_(model, plan: HeadPlan, *, inputs: dict | None = None, atol: float = 1e-5) -> float:
+    """Prune in place and check that the pruned logits equal the masked model's.
+
+    Returns:
+        The max absolute logit difference.
+
+    Raises:
+        VerificationError: when the difference exceeds ``atol``.
+    """
+    adapter = get_adapter(model)
+    model.eval()
+    inputs = inputs if inputs is not None else sample_inputs(model)
+    with adapter.mask_heads(model, plan):
+        expected = model(**inputs).logits
+    adapter.prune_heads_(model, plan)
+    got = model(**inputs).logits
+    diff = float((got - expected).abs().max())
+    if not diff <= atol:
+        raise VerificationError(f"pruned logits differ from the masked model's by {diff:.3g} (atol {atol:g})")
+    return diff
+
+
+def load_plan(path: str | Path) -> HeadPlan:
+    """Read a plan from JSON: either a plan dict or a plan.json with a ``plan`` entry."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise PlanError(f"cannot read plan {path}: {exc}") from exc
+    return HeadPlan.from_dict(data.get("plan", data) if isinstance(data, dict) else data)
+
+
+def prune_and_save(model_path: str | Path, plan_path: str | Path, out_dir: str | Path) -> dict:
+    """CLI helper: load, prune with verification, save. Returns a summary dict."""
+    model, tokenizer = load_model(model_path)
+    plan = load_plan(plan_path)
+    adapter = get_adapter(model)
+    plan.check_fits(adapter.layout(model))
+    before = count_parameters(model)
+    diff = prune_and_verify_(model, plan)
+    save_pruned(model, out_dir, tokenizer)
+    return {
+        "out": str(out_dir), "heads_removed": plan.num_removed, "heads_total": sum(plan.num_heads),
+        "params_before": before, "params_after": count_parameters(model), "max_abs_diff": diff,
+    }
+
+
+def clone_model(model):
+    """A deep copy that keeps edgeprune's plan attribute."""
+    new = copy.deepcopy(model)
+    if hasattr(model, PLAN_ATTR):
+        setattr(new, PLAN_ATTR, getattr(model, PLAN_ATTR))
+    return new

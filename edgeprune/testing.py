@@ -1,0 +1,83 @@
+"""Tiny random models and tokenizers built in code, shared by tests and benchmarks (no Hub access needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+#: Per registered family: the config class name and the keyword arguments of a tiny model.
+TINY_CONFIGS: dict[str, tuple[str, dict]] = {
+    "bert": ("BertConfig", {}),
+    "roberta": ("RobertaConfig", {"pad_token_id": 1}),
+    "xlm-roberta": ("XLMRobertaConfig", {"pad_token_id": 1}),
+    "electra": ("ElectraConfig", {"embedding_size": 16}),
+    "distilbert": ("DistilBertConfig", {}),
+}
+TINY_FAMILIES = sorted(TINY_CONFIGS)
+
+_WORDS = (
+    "the a an movie film plot actor story good bad great awful fun boring love hate best worst funny dull "
+    "and but not very really is was it this that of to in with for on"
+).split()
+
+
+def tiny_config(model_type: str, num_layers: int = 4, num_heads: int = 4, hidden: int = 32, num_labels: int = 2,
+                vocab_size: int = 128, attn_implementation: str | None = None):
+    """A tiny transformers config for ``model_type`` (layers x heads, hidden width)."""
+    import transformers
+
+    cls_name, extra = TINY_CONFIGS[model_type]
+    cls = getattr(transformers, cls_name)
+    labels = {i: f"label_{i}" for i in range(num_labels)}
+    if model_type == "distilbert":
+        kwargs = dict(dim=hidden, n_heads=num_heads, n_layers=num_layers, hidden_dim=hidden * 2)
+    else:
+        kwargs = dict(hidden_size=hidden, num_attention_heads=num_heads, num_hidden_layers=num_layers,
+                      intermediate_size=hidden * 2)
+    config = cls(vocab_size=vocab_size, max_position_embeddings=128, id2label=labels,
+                 label2id={v: k for k, v in labels.items()},
+                 # larger than the default 0.02 so heads matter and parity checks have signal to compare
+                 initializer_range=0.2, **kwargs, **extra)
+    if attn_implementation:
+        config._attn_implementation = attn_implementation
+    return config
+
+
+def tiny_model(model_type: str = "bert", num_layers: int = 4, num_heads: int = 4, hidden: int = 32,
+               num_labels: int = 2, seed: int = 0, attn_implementation: str | None = None):
+    """A tiny randomly initialised sequence-classification model in eval mode."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    torch.manual_seed(seed)
+    config = tiny_config(model_type, num_layers, num_heads, hidden, num_labels,
+                         attn_implementation=attn_implementation)
+    model = AutoModelForSequenceClassification.from_config(config)
+    return model.eval()
+
+
+def tiny_tokenizer(directory: str | Path):
+    """A WordPiece tokenizer over a small fixed vocabulary (ids < 128), saved in ``directory``."""
+    from transformers import BertTokenizerFast
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *_WORDS]
+    vocab += [c for c in "abcdefghijklmnopqrstuvwxyz"] + [f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz"]
+    vocab_file = directory / "vocab.txt"
+    vocab_file.write_text("\n".join(vocab[:128]) + "\n")
+    tok = BertTokenizerFast(vocab_file=str(vocab_file), do_lower_case=True)
+    tok.save_pretrained(directory)
+    return tok
+
+
+def random_inputs(batch: int = 3, seq: int = 12, vocab_size: int = 128, seed: int = 0, pad_last: bool = True):
+    """Random token ids with a padded tail on the last row (so masks matter): dict of torch tensors."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    input_ids = torch.randint(5, vocab_size, (batch, seq), generator=g)
+    attention_mask = torch.ones(batch, seq, dtype=torch.long)
+    if pad_last and seq > 2:
+        attention_mask[-1, seq // 2:] = 0
+        input_ids[-1, seq // 2:] = 0
+    return {"input_ids": input_ids, "attention_mask": attention_mask}
