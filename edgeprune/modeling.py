@@ -58,7 +58,9 @@ def load_model(name_or_path: str | Path, *, num_labels: int | None = None, allow
         EdgepruneError: the folder/hub id cannot be read, or only pickle weights exist and ``allow_pickle`` is off.
     """
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # edgeprune shows its own progress; per-tensor bars are noise
     path = Path(str(name_or_path))
     if is_pruned_dir(path):
         model = load_pruned(path)
@@ -126,7 +128,10 @@ def load_pruned(path: str | Path):
     if not weights.is_file():
         raise EdgepruneError(f"{weights} is missing")
     state = load_file(str(weights))
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shape mismatch: weights and plan disagree
+        raise EdgepruneError(f"{weights} does not match the plan in {path / PRUNING_FILE}: {exc}") from exc
     # Some buffers (e.g. position_ids) may legitimately be absent from older files; parameters may not.
     params = {n for n, _ in model.named_parameters()}
     if unexpected or any(k in params for k in missing):

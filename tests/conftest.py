@@ -1,0 +1,32 @@
+"""Shared fixtures. Tests run on whichever transformers line is installed (CI runs 5.x and 4.57.x)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+# Tests share two cores with the rest of the machine: one intra-op thread keeps runs stable and fast.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _torch_threads():
+    try:
+        import torch
+    except ImportError:  # pure tests still run
+        yield
+        return
+    torch.set_num_threads(1)
+    yield
+
+
+def sdpa_supported(model_type: str) -> bool:
+    """Whether this transformers version offers SDPA attention for the family (ELECTRA has none in 4.57)."""
+    from edgeprune.testing import tiny_model
+
+    try:
+        tiny_model(model_type, num_layers=1, attn_implementation="sdpa")
+    except ValueError:
+        return False
+    return True
