@@ -53,6 +53,37 @@ def prune(
     )
 
 
+@app.command()
+def export(
+    model: ModelOpt,
+    plan: Annotated[Path, typer.Option(help="plan.json to ship (from `edgeprune search`).")],
+    profile: ProfileOpt,
+    out: OutOpt,
+    data: Annotated[Optional[Path], typer.Option(help="Certify split (CSV/TSV/JSONL); without it the bundle is not certified.")] = None,
+    text_column: Annotated[Optional[str], typer.Option(help="Text column of --data (auto-detected).")] = None,
+    text_pair_column: Annotated[Optional[str], typer.Option(help="Second-text column of --data for pair tasks.")] = None,
+    label_column: Annotated[Optional[str], typer.Option(help="Label column of --data (auto-detected).")] = None,
+    frontier: Annotated[Optional[Path], typer.Option(help="JSON list of fallback plans, tried in order if the bound breaks (Bonferroni-corrected).")] = None,
+    max_drop: Annotated[float, typer.Option(help="Allowed accuracy drop vs the unpruned model, in points.")] = 1.0,
+    confidence: Annotated[float, typer.Option(help="Confidence of the one-sided bound.")] = 0.95,
+    force: Annotated[bool, typer.Option(help="Ship even if no plan meets the bound (marked NOT CERTIFIED, non-zero exit).")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing --out folder.")] = False,
+) -> None:
+    """Prune, export to ONNX, fuse, quantize to INT8, convert to .ort and certify: write a deployable bundle."""
+    from .bundle import run_export, summary_lines
+
+    result = run_export(model, plan, profile, out, data=data, text_column=text_column,
+                        text_pair_column=text_pair_column, label_column=label_column, frontier_path=frontier,
+                        max_drop_pts=max_drop, confidence=confidence, force=force, overwrite=overwrite)
+    for line in summary_lines(result):
+        typer.echo(line)
+    if result.forced:
+        banner = "#" * 78
+        typer.secho(f"{banner}\n###  NOT CERTIFIED: THIS BUNDLE BREAKS THE ACCURACY BOUND (shipped with --force)  ###\n"
+                    f"{banner}", fg=typer.colors.RED, bold=True, err=True)
+        raise typer.Exit(code=3)
+
+
 def main() -> None:
     """Console-script entry point: runs the app and maps known errors to exit codes."""
     try:
