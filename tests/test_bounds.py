@@ -1,0 +1,166 @@
+"""Exact binomial bounds: known values, monotonicity, edge cases and a coverage simulation."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+
+from edgeprune import bounds
+from edgeprune.bounds import (
+    accuracy_lower_bound,
+    binom_cdf,
+    binom_sf,
+    clopper_pearson_lower,
+    clopper_pearson_upper,
+    corrected_confidence,
+    paired_drop_upper_bound,
+)
+
+# Reference values computed with scipy.stats.beta.ppf (Clopper-Pearson via the beta quantile identity),
+# kept as literals so the test also runs in the venv without scipy.
+CP_CASES = [
+    # k, n, upper@95%, lower@95%
+    (3, 10, 0.6066242161054123, 0.08726443391415033),
+    (20, 1000, 0.028930122851398708, 0.013293005534560481),
+    (500, 1000, 0.5264822687643087, 0.47351773123569124),
+    (990, 1000, 0.9945648598552932, 0.9830968248794375),
+    (1, 2, 0.9746794344808963, 0.02532056551910361),
+]
+
+
+@pytest.mark.parametrize("k,n,upper,lower", CP_CASES)
+def test_clopper_pearson_matches_reference(k, n, upper, lower):
+    assert clopper_pearson_upper(k, n, 0.95) == pytest.approx(upper, abs=1e-9)
+    assert clopper_pearson_lower(k, n, 0.95) == pytest.approx(lower, abs=1e-9)
+
+
+def test_clopper_pearson_against_scipy_when_available():
+    stats = pytest.importorskip("scipy.stats", reason="scipy is not installed in this venv")
+    rng = random.Random(1)
+    for _ in range(30):
+        n = rng.randint(1, 3000)
+        k = rng.randint(0, n)
+        conf = rng.choice([0.8, 0.9, 0.95, 0.99, 0.999])
+        want_u = 1.0 if k == n else float(stats.beta.ppf(conf, k + 1, n - k))
+        want_l = 0.0 if k == 0 else float(stats.beta.ppf(1 - conf, k, n - k + 1))
+        assert clopper_pearson_upper(k, n, conf) == pytest.approx(want_u, abs=1e-8), (k, n, conf)
+        assert clopper_pearson_lower(k, n, conf) == pytest.approx(want_l, abs=1e-8), (k, n, conf)
+        p = rng.random()
+        assert binom_cdf(k, n, p) == pytest.approx(float(stats.binom.cdf(k, n, p)), abs=1e-10)
+        assert binom_sf(k, n, p) == pytest.approx(float(stats.binom.sf(k - 1, n, p)), abs=1e-10)
+
+
+def test_closed_forms_at_the_edges():
+    n, conf = 250, 0.9
+    alpha = 1 - conf
+    assert clopper_pearson_upper(0, n, conf) == pytest.approx(1 - alpha ** (1 / n), rel=1e-12)
+    assert clopper_pearson_lower(n, n, conf) == pytest.approx(alpha ** (1 / n), rel=1e-12)
+    assert clopper_pearson_upper(n, n, conf) == 1.0
+    assert clopper_pearson_lower(0, n, conf) == 0.0
+    assert binom_cdf(-1, 5, 0.3) == 0.0 and binom_cdf(5, 5, 0.3) == 1.0
+    assert binom_cdf(0, 5, 0.0) == 1.0 and binom_cdf(4, 5, 1.0) == 0.0
+
+
+def test_bounds_are_monotone():
+    n = 400
+    uppers = [clopper_pearson_upper(k, n, 0.95) for k in range(0, n + 1, 20)]
+    lowers = [clopper_pearson_lower(k, n, 0.95) for k in range(0, n + 1, 20)]
+    assert all(a < b for a, b in zip(uppers, uppers[1:]))
+    assert all(a < b for a, b in zip(lowers, lowers[1:]))
+    # More confidence -> wider bounds.
+    assert clopper_pearson_upper(10, n, 0.99) > clopper_pearson_upper(10, n, 0.95) > clopper_pearson_upper(10, n, 0.8)
+    # Paired bound: more worse -> larger, more better -> smaller, more data at the same rates -> smaller.
+    assert paired_drop_upper_bound(12, 5, 1000, 0.95) > paired_drop_upper_bound(10, 5, 1000, 0.95)
+    assert paired_drop_upper_bound(10, 8, 1000, 0.95) < paired_drop_upper_bound(10, 5, 1000, 0.95)
+    assert paired_drop_upper_bound(40, 20, 4000, 0.95) < paired_drop_upper_bound(10, 5, 1000, 0.95)
+    assert paired_drop_upper_bound(10, 5, 1000, 0.99) > paired_drop_upper_bound(10, 5, 1000, 0.95)
+
+
+def test_paired_bound_edge_cases():
+    # m = 0: the smallest drop the split cannot rule out, from the worse-side CP bound at alpha/2.
+    assert paired_drop_upper_bound(0, 0, 1000, 0.95) == pytest.approx(1 - 0.025 ** (1 / 1000), rel=1e-12)
+    # All discordant pairs in the candidate's favour: the bound is negative (the candidate is better).
+    assert paired_drop_upper_bound(0, 100, 1000, 0.95) < 0
+    assert paired_drop_upper_bound(1000, 0, 1000, 0.95) == 1.0
+    with pytest.raises(ValueError):
+        paired_drop_upper_bound(0, 0, 0, 0.95)
+    with pytest.raises(ValueError):
+        paired_drop_upper_bound(6, 5, 10, 0.95)
+    with pytest.raises(ValueError):
+        paired_drop_upper_bound(-1, 0, 10, 0.95)
+    with pytest.raises(ValueError):
+        paired_drop_upper_bound(1, 0, 10, 1.0)
+    with pytest.raises(ValueError):
+        clopper_pearson_upper(0, 0, 0.95)
+    with pytest.raises(ValueError):
+        accuracy_lower_bound(11, 10, 0.95)
+
+
+def test_paired_bound_is_the_documented_bonferroni_split():
+    got = paired_drop_upper_bound(20, 10, 1000, 0.95)
+    want = clopper_pearson_upper(20, 1000, 0.975) - clopper_pearson_lower(10, 1000, 0.975)
+    assert got == pytest.approx(want, abs=1e-15)
+    # The numbers quoted in the docstring: ~2.6 points here, vs 1.9 for the (invalid at small n) normal approx.
+    assert 0.025 < got < 0.027
+
+
+def test_accuracy_lower_bound_and_correction():
+    assert accuracy_lower_bound(900, 1000, 0.95) == pytest.approx(clopper_pearson_lower(900, 1000, 0.95))
+    assert 0.88 < accuracy_lower_bound(900, 1000, 0.95) < 0.9
+    assert corrected_confidence(0.95, 1) == pytest.approx(0.95)
+    assert corrected_confidence(0.95, 5) == pytest.approx(0.99)
+    with pytest.raises(ValueError):
+        corrected_confidence(0.95, 0)
+    with pytest.raises(ValueError):
+        corrected_confidence(0.95, 2.5)
+
+
+def _trinomial(rng: random.Random, n: int, p_w: float, p_b: float) -> tuple[int, int]:
+    worse = better = 0
+    for _ in range(n):
+        u = rng.random()
+        if u < p_w:
+            worse += 1
+        elif u < p_w + p_b:
+            better += 1
+    return worse, better
+
+
+@pytest.mark.parametrize(
+    "p_w,p_b",
+    [
+        (0.02, 0.02),  # zero true drop, 4% discordant
+        (0.03, 0.01),  # two-point drop
+        (0.005, 0.0),  # rare, one-sided changes: small counts, where approximations fail
+        (0.10, 0.08),  # many discordant pairs
+    ],
+)
+def test_paired_bound_coverage_by_simulation(p_w, p_b):
+    """The bound must cover the true drop p_w - p_b in at least `confidence` of simulated experiments."""
+    rng = random.Random(12345)
+    n, trials, confidence = 300, 2000, 0.9
+    true_drop = p_w - p_b
+    covered = 0
+    for _ in range(trials):
+        worse, better = _trinomial(rng, n, p_w, p_b)
+        covered += paired_drop_upper_bound(worse, better, n, confidence) >= true_drop
+    rate = covered / trials
+    # Monte Carlo slack: 3 standard errors of a proportion at the nominal level.
+    slack = 3 * math.sqrt(confidence * (1 - confidence) / trials)
+    assert rate >= confidence - slack, f"coverage {rate:.3f} < {confidence} - {slack:.3f}"
+
+
+def test_accuracy_bound_coverage_by_simulation():
+    rng = random.Random(7)
+    n, trials, confidence, p = 200, 2000, 0.9, 0.83
+    covered = sum(
+        accuracy_lower_bound(sum(rng.random() < p for _ in range(n)), n, confidence) <= p for _ in range(trials)
+    )
+    assert covered / trials >= confidence - 3 * math.sqrt(confidence * (1 - confidence) / trials)
+
+
+def test_module_is_pure():
+    src = open(bounds.__file__, encoding="utf-8").read()
+    assert "import numpy" not in src and "import scipy" not in src and "import torch" not in src
