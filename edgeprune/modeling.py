@@ -71,10 +71,11 @@ def load_model(name_or_path: str | Path, *, num_labels: int | None = None, allow
                 f"{path} has no .safetensors weights; refusing to unpickle a checkpoint (pass allow_pickle=True / "
                 "--allow-pickle only for files you trust)"
             )
-        kwargs = {"num_labels": num_labels} if num_labels else {}
+        if num_labels and num_labels != config.num_labels:
+            config.num_labels = num_labels  # resets id2label/label2id; a fresh classifier head is created
         try:
             model = AutoModelForSequenceClassification.from_pretrained(
-                str(name_or_path), config=config, trust_remote_code=False, use_safetensors=not allow_pickle, **kwargs
+                str(name_or_path), config=config, trust_remote_code=False, use_safetensors=not allow_pickle
             )
         except UnsupportedModelError:
             raise
