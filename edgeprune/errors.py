@@ -33,3 +33,7 @@ class VerificationError(EdgepruneError):
     """A transformation failed its own self-check (parity, tolerance)."""
 
     exit_code = 4
+
+
+class MeasureError(EdgepruneError):
+    """A model cannot be measured (missing file, ONNX Runtime cannot load or run it) or a latency table is malformed."""
