@@ -12,6 +12,6 @@ TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
 PIP=("$VENV/bin/python" -m pip -q --disable-pip-version-check)
 "${PIP[@]}" install "$TORCH_SPEC" 2>&1 | grep -v "^WARNING: Location" || true
-"$VENV/bin/python" -c "import torch" || { echo "torch did not install ($TORCH_SPEC)" >&2; exit 1; }
+"$VENV/bin/python" -c "import torch" 2>/dev/null || { echo "torch did not install ($TORCH_SPEC)" >&2; exit 1; }
 "${PIP[@]}" install -e ".[test]" "$@" 2>&1 | grep -v "^WARNING: Location" || true
 "$VENV/bin/python" -c "import edgeprune, transformers, onnxruntime; print('edgeprune', edgeprune.__version__, '| transformers', transformers.__version__, '| onnxruntime', onnxruntime.__version__)"

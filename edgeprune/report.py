@@ -1,0 +1,160 @@
+"""The build report: ``report.json`` (machine-readable), ``report.md`` (a person reads it in a minute) and
+``pareto.png`` (accuracy vs latency).
+
+The JSON schema is documented in README.md ("The report"); :data:`REQUIRED_KEYS` lists the dotted keys every
+report has, and :func:`check_report` enforces them.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+#: Dotted keys every report.json has (README.md documents their meaning).
+REQUIRED_KEYS: tuple[str, ...] = (
+    "profile.name",
+    "model.family", "model.layers", "model.heads_per_layer",
+    "heads.total", "heads.removed", "heads.kept_per_layer",
+    "accuracy.baseline", "accuracy.final", "accuracy.drop_upper_bound_pts", "accuracy.max_drop_pts",
+    "accuracy.confidence", "accuracy.certify_examples",
+    "latency_ms.dense_fp32.p50", "latency_ms.dense_fp32.p90", "latency_ms.dense_fp32.p99",
+    "latency_ms.dense_int8.p50", "latency_ms.dense_int8.p90", "latency_ms.dense_int8.p99",
+    "latency_ms.final.p50", "latency_ms.final.p90", "latency_ms.final.p99",
+    "latency_ms.predicted_final", "latency_ms.measured_on",
+    "memory.dense_fp32_file_bytes", "memory.final_file_bytes", "memory.final_rss_bytes",
+    "search.algorithm", "search.evaluations", "search.wall_s",
+    "versions",
+)
+
+
+def get_dotted(data: dict, key: str) -> Any:
+    """``get_dotted({"a": {"b": 1}}, "a.b") == 1``; raises KeyError naming the missing part."""
+    node: Any = data
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            raise KeyError(key)
+        node = node[part]
+    return node
+
+
+def check_report(report: dict) -> None:
+    """Raise ValueError listing every required key that is missing."""
+    missing = []
+    for key in REQUIRED_KEYS:
+        try:
+            get_dotted(report, key)
+        except KeyError:
+            missing.append(key)
+    if missing:
+        raise ValueError(f"report is missing keys: {', '.join(missing)}")
+
+
+def _ms(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.2f}"
+
+
+def _mib(n: int | None) -> str:
+    return "n/a" if n is None else f"{n / 2**20:.1f} MiB"
+
+
+def render_markdown(report: dict) -> str:
+    """A short Markdown summary of a report dict."""
+    acc, lat, mem, heads = report["accuracy"], report["latency_ms"], report["memory"], report["heads"]
+    fp32, int8, final = lat["dense_fp32"], lat["dense_int8"], lat["final"]
+
+    def ratio(a: dict, b: dict) -> str:
+        return f"{a['p50'] / b['p50']:.2f}x" if a.get("p50") and b.get("p50") else "n/a"
+
+    lines = [
+        f"# edgeprune report: {report['model'].get('name', report['model']['family'])} on {report['profile']['name']}",
+        "",
+        f"**{heads['removed']} of {heads['total']} attention heads removed** "
+        f"({100 * heads['removed'] / max(heads['total'], 1):.0f}%), INT8. "
+        f"Accuracy on {acc['certify_examples']} held-out examples: {100 * acc['baseline']:.2f}% -> "
+        f"{100 * acc['final']:.2f}%; certified drop <= {acc['drop_upper_bound_pts']:.2f} points at "
+        f"{100 * acc['confidence']:.0f}% confidence (your bound: {acc['max_drop_pts']:.2f}).",
+        "",
+        "## Latency (ms)",
+        "",
+        f"Measured: {lat['measured_on']}",
+        "",
+        "| model | p50 | p90 | p99 | speed-up vs dense FP32 (p50) |",
+        "|---|---|---|---|---|",
+        f"| dense FP32 ONNX | {_ms(fp32['p50'])} | {_ms(fp32['p90'])} | {_ms(fp32['p99'])} | 1.00x |",
+        f"| dense INT8 ONNX (plain ORT dynamic quantization) | {_ms(int8['p50'])} | {_ms(int8['p90'])} | "
+        f"{_ms(int8['p99'])} | {ratio(fp32, int8)} |",
+        f"| **edgeprune (pruned INT8)** | {_ms(final['p50'])} | {_ms(final['p90'])} | {_ms(final['p99'])} | "
+        f"{ratio(fp32, final)} |",
+        "",
+        f"Final vs dense INT8: {ratio(int8, final)} (p50). LUT-predicted latency of the final model: "
+        f"{_ms(lat['predicted_final'])} ms ({lat.get('predicted_source', 'latency table')}).",
+        "",
+        "## Size and memory",
+        "",
+        "| | bytes |",
+        "|---|---|",
+        f"| dense FP32 file | {_mib(mem['dense_fp32_file_bytes'])} |",
+        f"| final file | {_mib(mem['final_file_bytes'])} |",
+        f"| final session RSS (after creation, minus baseline, plus run peak) | {_mib(mem['final_rss_bytes'])} |",
+        "",
+        "## Heads kept per layer",
+        "",
+        "| layer | " + " | ".join(str(i) for i in range(len(heads["kept_per_layer"]))) + " |",
+        "|---|" + "---|" * len(heads["kept_per_layer"]),
+        "| kept | " + " | ".join(str(len(k)) for k in heads["kept_per_layer"]) + " |",
+        "",
+        "## Search",
+        "",
+        f"{report['search']['algorithm']}: {report['search']['evaluations']} evaluations, "
+        f"{report['search']['wall_s']:.0f} s.",
+    ]
+    if report.get("warnings"):
+        lines += ["", "## Warnings", ""] + [f"- {w}" for w in report["warnings"]]
+    lines += ["", "Files: `bundle/model.onnx` (INT8), `bundle/model.ort`, `plan.json`, `report.json`, `pareto.png`.", ""]
+    return "\n".join(lines)
+
+
+def plot_pareto(path: str | Path, frontier: list[dict], chosen: dict, baselines: dict[str, list[dict]] | None = None,
+                max_drop_pts: float | None = None) -> Path | None:
+    """Accuracy drop vs predicted latency: the frontier, the baselines and the chosen model.
+
+    Points are dicts with ``latency_ms`` and ``drop_pts``. Returns None when matplotlib is unavailable.
+    """
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
+    if frontier:
+        pts = sorted(frontier, key=lambda p: p["latency_ms"])
+        ax.plot([p["latency_ms"] for p in pts], [p["drop_pts"] for p in pts], "o-", label="A* frontier", ms=4)
+    for name, pts in (baselines or {}).items():
+        if pts:
+            pts = sorted(pts, key=lambda p: p["latency_ms"])
+            ax.plot([p["latency_ms"] for p in pts], [p["drop_pts"] for p in pts], "x--", label=name, ms=5, alpha=0.8)
+    ax.plot([chosen["latency_ms"]], [chosen["drop_pts"]], "*", color="crimson", ms=14, label="chosen")
+    if max_drop_pts is not None:
+        ax.axhline(max_drop_pts, color="grey", lw=1, ls=":", label=f"max drop {max_drop_pts:g} pts")
+    ax.set_xlabel("predicted latency (ms, latency table)")
+    ax.set_ylabel("accuracy drop, upper bound (points, search split)")
+    ax.set_title("accuracy vs latency")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)
+
+
+def write_report(report: dict, out_dir: str | Path) -> tuple[Path, Path]:
+    """Check and write ``report.json`` and ``report.md`` into ``out_dir``."""
+    check_report(report)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").write_text(json.dumps(report, indent=2, sort_keys=False) + "\n")
+    (out / "report.md").write_text(render_markdown(report))
+    return out / "report.json", out / "report.md"
