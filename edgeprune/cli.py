@@ -84,6 +84,34 @@ def export(
         raise typer.Exit(code=3)
 
 
+@app.command("verify-arm")
+def verify_arm(
+    model: Annotated[Path, typer.Argument(help="Bundle folder (runs its model.onnx) or an .onnx/.ort file.")],
+    profile: ProfileOpt = "raspberrypi4",
+    reference: Annotated[Optional[Path], typer.Option(help="FP32 .onnx to compare with (default: the bundle's FP32 model, else the model itself on this host).")] = None,
+    qemu_cpu: Annotated[Optional[str], typer.Option("--qemu-cpu", help="Override the profile's QEMU CPU model (cortex-a72, cortex-a76, neoverse-n1; never max).")] = None,
+    seq_len: Annotated[Optional[int], typer.Option(help="Sequence length of the test inputs (default: the profile's).")] = None,
+    batch: Annotated[int, typer.Option(help="Rows per test feed (the last row is half padded).")] = 2,
+    num_batches: Annotated[int, typer.Option(help="Number of test feeds.")] = 2,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Run the model on aarch64 onnxruntime under qemu-user with the profile's CPU and compare with FP32 here."""
+    from .arm import verify_arm as _verify_arm
+    from .errors import VerificationError
+
+    result = _verify_arm(model, profile, reference=reference, qemu_cpu=qemu_cpu, seq_len=seq_len, batch=batch,
+                         num_batches=num_batches)
+    if json_out:
+        import json
+
+        typer.echo(json.dumps(result.to_dict(), indent=2))
+    else:
+        for line in result.summary_lines():
+            typer.echo(line)
+    if not result.passed:
+        raise VerificationError(f"ARM outputs of {result.model} are outside the tolerance on {result.qemu_cpu}")
+
+
 def main() -> None:
     """Console-script entry point: runs the app and maps known errors to exit codes."""
     try:

@@ -37,3 +37,7 @@ class VerificationError(EdgepruneError):
 
 class MeasureError(EdgepruneError):
     """A model cannot be measured (missing file, ONNX Runtime cannot load or run it) or a latency table is malformed."""
+
+
+class EmulationError(EdgepruneError):
+    """The emulated aarch64 check cannot run (qemu-user or the sysroot missing, the emulated run failed)."""
