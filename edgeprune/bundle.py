@@ -120,10 +120,6 @@ class _BoundsShim:
 
 
 def corrected_confidence(confidence: float, looks: int) -> float:
-        return 1.0 - (1.0 - confidence) / max(1, int(looks))
-
-
-def corrected_confidence(confidence: float, looks: int) -> float:
     """Per-look confidence so that ``looks`` looks keep the family-wise ``confidence`` (Bonferroni)."""
     b = _bounds()
     fn = getattr(b, "corrected_confidence", None) or _BoundsShim.corrected_confidence

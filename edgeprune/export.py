@@ -35,6 +35,9 @@ DEFAULT_PARITY_SHAPES: tuple[tuple[int, int], ...] = ((1, 8), (2, 17), (3, 64))
 #: pruned MiniLM after fusion); 1e-4 leaves room for different kernel summation orders without hiding real bugs.
 FP32_ATOL = 1e-4
 
+#: Families whose tokenizers never return ``token_type_ids`` (optimum's ONNX configs omit the input for them too).
+_NO_SEGMENT_FAMILIES = frozenset({"distilbert", "roberta", "xlm-roberta", "camembert"})
+
 #: ONNX files above this size are written with external data (protobuf's hard limit is 2 GiB).
 _EXTERNAL_DATA_THRESHOLD = 1_800_000_000
 
@@ -45,10 +48,10 @@ _EXTERNAL_DATA_THRESHOLD = 1_800_000_000
 def input_names_for(model_or_config: Any) -> list[str]:
     """The ONNX input names for a sequence-classification model of this family.
 
-    ``token_type_ids`` is an input only when the family has more than one segment type (BERT, ELECTRA:
-    ``type_vocab_size == 2``). RoBERTa and XLM-R have ``type_vocab_size == 1`` and their tokenizers do not return
-    token type ids; DistilBERT has no segment embedding at all. This matches what optimum exports, so its
-    ``ORTModelForSequenceClassification`` feeds exactly these inputs.
+    ``token_type_ids`` is an input only for families whose tokenizers produce segment ids (BERT, ELECTRA) and only
+    when the model has more than one segment type. RoBERTa and XLM-R tokenizers return no token type ids (their
+    real checkpoints have ``type_vocab_size == 1``); DistilBERT has no segment embedding at all. This matches what
+    optimum exports per family, so its ``ORTModelForSequenceClassification`` feeds exactly these inputs.
 
     Args:
         model_or_config: a transformers model or its config.
@@ -58,7 +61,8 @@ def input_names_for(model_or_config: Any) -> list[str]:
     """
     config = getattr(model_or_config, "config", model_or_config)
     names = ["input_ids", "attention_mask"]
-    if int(getattr(config, "type_vocab_size", 0) or 0) > 1:
+    family_has_segments = getattr(config, "model_type", "") not in _NO_SEGMENT_FAMILIES
+    if family_has_segments and int(getattr(config, "type_vocab_size", 0) or 0) > 1:
         names.append("token_type_ids")
     return names
 
@@ -210,11 +214,49 @@ def export_onnx(model: Any, out_path: str | Path, *, opset: int = 17, trace_shap
     if not out_path.exists():
         raise VerificationError(f"torch.onnx.export wrote no file at {out_path}")
     size = sum(p.numel() * p.element_size() for p in model.parameters())
-    if size > _EXTERNAL_DATA_THRESHOLD:
-        onnx_model = onnx.load(str(out_path))
+    onnx_model = onnx.load(str(out_path))
+    if _restore_unused_inputs(onnx_model, names) or size > _EXTERNAL_DATA_THRESHOLD:
         save_onnx(onnx_model, out_path)
     onnx.checker.check_model(str(out_path))
     return out_path
+
+
+def _restore_unused_inputs(onnx_model: Any, names: Sequence[str]) -> bool:
+    """Re-add inputs the tracer dropped because nothing reads them (e.g. ``attention_mask`` when every layer has 0
+    heads), so every bundle has the same input signature. Returns True if the graph changed."""
+    import onnx
+
+    present = [i.name for i in onnx_model.graph.input]
+    missing = [n for n in names if n not in present]
+    if not missing:
+        return False
+    inputs = {i.name: i for i in onnx_model.graph.input}
+    for n in missing:
+        inputs[n] = onnx.helper.make_tensor_value_info(n, onnx.TensorProto.INT64, ["batch", "sequence"])
+    ordered = [inputs[n] for n in names] + [i for k, i in inputs.items() if k not in names]
+    del onnx_model.graph.input[:]
+    onnx_model.graph.input.extend(ordered)
+    return True
+
+
+def graph_input_names(onnx_path: str | Path) -> list[str]:
+    """Names of the graph inputs of an ONNX file (initializers excluded)."""
+    import onnx
+
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    inits = {t.name for t in model.graph.initializer}
+    return [i.name for i in model.graph.input if i.name not in inits]
+
+
+def ensure_inputs(onnx_path: str | Path, names: Sequence[str]) -> None:
+    """Make sure ``onnx_path`` has every input in ``names`` (graph tools drop inputs nothing reads)."""
+    import onnx
+
+    if all(n in graph_input_names(onnx_path) for n in names):
+        return
+    model = onnx.load(str(onnx_path))
+    _restore_unused_inputs(model, names)
+    save_onnx(model, onnx_path)
 
 
 def save_onnx(onnx_model: Any, out_path: str | Path) -> Path:
@@ -438,6 +480,7 @@ def optimize_onnx(
     # save_model_to_file sorts the graph topologically and adds the com.microsoft opset import that the fused
     # contrib ops need (a plain onnx.save of opt.model lacks it and breaks shape inference downstream).
     opt.save_model_to_file(str(out_path), use_external_data_format=opt.model.ByteSize() > _EXTERNAL_DATA_THRESHOLD)
+    ensure_inputs(out_path, graph_input_names(in_path))
     report = check_fusion(out_path, expected_heads)
     if not report["ok"]:
         wrong = report["fused"] and len(report["fused"]) == len(report["expected"])

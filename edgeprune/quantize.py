@@ -158,6 +158,9 @@ def quantize_onnx(
             _quantize_qdq(in_path, out_path, wtype, per_channel, reduce_range, list(calibration_feeds))
         else:
             raise ValueError(f"unknown quantization format {format!r}: use 'dynamic' or 'qdq'")
+    from .export import ensure_inputs, graph_input_names
+
+    ensure_inputs(out_path, graph_input_names(in_path))
     got = count_quantized(out_path)
     total = sum(got.values())
     if total < expected:
@@ -190,10 +193,13 @@ def _quantize_qdq(in_path: Path, out_path: Path, wtype: Any, per_channel: bool, 
             str(out_path),
             _Reader(),
             quant_format=QuantFormat.QDQ,
-            activation_type=QuantType.QUInt8 if wtype == QuantType.QUInt8 else QuantType.QInt8,
+            # U8 activations: U8S8 QDQ ran 2.2x faster than S8S8 on AVX2 (DESIGN 5) and is fine on ARM NEON.
+            activation_type=QuantType.QUInt8,
             weight_type=wtype,
             per_channel=per_channel,
             reduce_range=reduce_range,
+            # Gemm/EmbedLayerNormalization biases cannot get an int32 scale in fused graphs: quantize the matmuls.
+            op_types_to_quantize=["MatMul", "Attention"],
             extra_options={"DefaultTensorType": __import__("onnx").TensorProto.FLOAT},
         )
 
