@@ -365,3 +365,30 @@ def predict(lut: dict[str, Any], kept_counts: Any, *, calibrated: bool = False) 
     if calibrated:
         total *= float(lut.get("calibration_factor") or 1.0)
     return total
+
+
+def format_lut(lut: dict[str, Any]) -> str:
+    """A short human summary of a LUT: settings, rest, per-layer fit, calibration and where it was measured."""
+    s = lut["settings"]
+    lines = [
+        f"latency table: {lut['model'].get('name') or lut['model'].get('model_type')} "
+        f"{len(lut['layers'])} layers, profile {s['profile']}, {s['precision']}, threads {s['threads']}, "
+        f"batch {s['batch']}, seq_len {s['seq_len']}",
+        f"rest (embeddings + classifier): {lut['rest_ms']:.3f} ms",
+    ]
+    for layer in lut["layers"]:
+        f = layer["fit"]
+        lines.append(
+            f"layer {layer['index']:>2}: {layer['ms'][-1]:.3f} ms with {layer['heads']} heads, "
+            f"{layer['ms'][0]:.3f} ms with 0; fit {f['intercept_ms']:.3f} + {f['slope_ms_per_head']:.3f}*k "
+            f"(r2 {f['r2']:.2f})"
+        )
+    if "full_model_ms" in lut:
+        lines.append(
+            f"full model: measured {lut['full_model_ms']:.3f} ms, LUT sum {lut['full_model_predicted_ms']:.3f} ms "
+            f"(calibration factor {lut['calibration_factor']:.3f})"
+        )
+    if s.get("threads_note"):
+        lines.append(f"note: {s['threads_note']}")
+    lines.append(lut["provenance"]["measured_on"])
+    return "\n".join(lines)

@@ -458,8 +458,8 @@ def format_measurement(res: dict[str, Any]) -> str:
     rows = [
         ("model", res["model"]),
         ("profile", f"{res['profile']} (threads {lat['threads']}, batch {lat['batch']}, seq_len {lat['seq_len']})"),
-        ("latency p50 / p90 / p99", f"{lat['p50_ms']:.2f} / {lat['p90_ms']:.2f} / {lat['p99_ms']:.2f} ms"),
-        ("mean, cv", f"{lat['mean_ms']:.2f} ms, cv {lat['cv']:.3f} over {lat['n']} runs (after {lat['warmup']} warm-up)"),
+        ("latency p50 / p90 / p99", f"{lat['p50_ms']:.3f} / {lat['p90_ms']:.3f} / {lat['p99_ms']:.3f} ms"),
+        ("mean, cv", f"{lat['mean_ms']:.3f} ms, cv {lat['cv']:.3f} over {lat['n']} runs (after {lat['warmup']} warm-up)"),
         ("file size", f"{size['total_bytes'] / 2**20:.2f} MiB" + (" (incl. external data)" if size["external_files"] else "")),
     ]
     if "memory" in res:

@@ -411,3 +411,34 @@ def list_profiles() -> list[str]:
     for d in profile_dirs():
         names.update(p.stem for p in d.glob("*.toml"))
     return sorted(names)
+
+
+def profiles_table() -> list[dict[str, Any]]:
+    """One row per shipped profile: name, arch, cores, threads, seq_len, quant preset, qemu cpu (for listings)."""
+    rows = []
+    for name in list_profiles():
+        p = load_profile(name)
+        rows.append(
+            {
+                "name": p.name,
+                "arch": p.arch,
+                "cores": f"{p.cpu.count}x {p.cpu.core_type} {p.cpu.ghz:g} GHz",
+                "threads": p.threads,
+                "seq_len": p.seq_len,
+                "quant": p.quant.short(),
+                "qemu_cpu": p.qemu_cpu or "-",
+                "isa": ",".join(p.isa.enabled()),
+            }
+        )
+    return rows
+
+
+def format_profiles_table(rows: Optional[list[dict[str, Any]]] = None) -> str:
+    """Plain-text table of :func:`profiles_table` rows."""
+    rows = profiles_table() if rows is None else rows
+    cols = ["name", "arch", "cores", "threads", "seq_len", "quant", "qemu_cpu"]
+    width = {c: max([len(c)] + [len(str(r[c])) for r in rows]) for c in cols}
+    lines = ["  ".join(c.ljust(width[c]) for c in cols)]
+    lines.append("  ".join("-" * width[c] for c in cols))
+    lines += ["  ".join(str(r[c]).ljust(width[c]) for c in cols) for r in rows]
+    return "\n".join(lines)

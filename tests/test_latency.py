@@ -1,0 +1,188 @@
+"""Latency table: predictor arithmetic, LUT assembly, a real tiny-model LUT with provenance, the device runner."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from edgeprune import device_runner as dr
+from edgeprune.errors import MeasureError, PlanError
+from edgeprune.latency import layer_costs, load_lut, predict, save_lut
+
+PROVENANCE = ["cpu_model", "arch", "ort_version", "date", "where", "measured_on"]
+SETTINGS = ["threads", "batch", "seq_len", "precision", "profile"]
+
+
+def _lut(calibration=1.0):
+    return {
+        "format": dr.LUT_FORMAT,
+        "version": dr.LUT_VERSION,
+        "model": {"heads_per_layer": [2, 3]},
+        "settings": {},
+        "provenance": {},
+        "rest_ms": 1.5,
+        "layers": [
+            {"index": 0, "heads": 2, "ms": [0.5, 1.0, 1.25]},
+            {"index": 1, "heads": 3, "ms": [0.25, 2.0, 3.0, 4.0]},
+        ],
+        "calibration_factor": calibration,
+    }
+
+
+def test_predict_arithmetic():
+    lut = _lut()
+    assert predict(lut, [2, 3]) == pytest.approx(1.5 + 1.25 + 4.0)
+    assert predict(lut, [0, 0]) == pytest.approx(1.5 + 0.5 + 0.25)
+    assert predict(lut, (1, 2)) == pytest.approx(1.5 + 1.0 + 3.0)
+    assert predict(_lut(0.5), [1, 2], calibrated=True) == pytest.approx(0.5 * 5.5)
+    assert predict(_lut(0.5), [1, 2]) == pytest.approx(5.5)  # calibration only when asked
+
+
+def test_predict_accepts_a_plan():
+    from edgeprune.plan import HeadPlan
+
+    plan = HeadPlan.from_removed([2, 3], [(0, 1), (1, 0), (1, 2)])
+    assert predict(_lut(), plan) == pytest.approx(1.5 + 1.0 + 2.0)
+
+
+def test_predict_rejects_mismatched_plans():
+    with pytest.raises(PlanError, match="3 layers but the latency table has 2"):
+        predict(_lut(), [1, 1, 1])
+    with pytest.raises(PlanError, match="0..2"):
+        predict(_lut(), [3, 0])
+
+
+def test_layer_costs_and_round_trip(tmp_path):
+    rest, rows = layer_costs(_lut())
+    assert rest == 1.5 and rows[1] == [0.25, 2.0, 3.0, 4.0]
+    p = save_lut(_lut(), tmp_path / "lut.json")
+    assert load_lut(p) == _lut()
+
+
+def test_load_lut_rejects_bad_files(tmp_path):
+    with pytest.raises(MeasureError, match="not found"):
+        load_lut(tmp_path / "none.json")
+    (tmp_path / "a.json").write_text("{nope")
+    with pytest.raises(MeasureError, match="not a JSON"):
+        load_lut(tmp_path / "a.json")
+    (tmp_path / "b.json").write_text(json.dumps({"format": "other"}))
+    with pytest.raises(MeasureError, match="not an edgeprune latency table"):
+        load_lut(tmp_path / "b.json")
+    bad = _lut()
+    bad["layers"][0]["ms"] = [1.0]
+    save_lut(bad, tmp_path / "c.json")
+    with pytest.raises(MeasureError, match="layer 0 has 1 entries"):
+        load_lut(tmp_path / "c.json")
+
+
+def test_assemble_pairs_rounds_and_fits():
+    manifest = {
+        "model": {"heads_per_layer": [2]},
+        "settings": {"profile": "raspberrypi4", "threads": 1, "batch": 1, "seq_len": 8, "precision": "int8"},
+        "profile": {"name": "raspberrypi4", "display_name": "a Raspberry Pi 4", "arch": "aarch64",
+                    "cpu": {"core_type": "Cortex-A72"}},
+    }
+    # The machine slows down by +10 ms in round 2: paired differences must not see it.
+    ref = [1.0, 11.0, 1.0]
+    layer = {(0, 0): [1.5, 11.5, 1.5], (0, 1): [3.0, 13.0, 3.0], (0, 2): [4.0, 14.0, 4.0]}
+    host = {"arch": "x86_64", "cpu_model": "Test CPU", "logical_cores": 2, "ort_version": "x"}
+    lut = dr.assemble_lut(manifest, [1.0, 1.2, 0.8], layer, {0: ref}, full_rounds=[6.0, 6.0, 6.0], host=host)
+    row = lut["layers"][0]
+    assert row["raw_ms"] == pytest.approx([0.5, 2.0, 3.0])
+    assert row["fit"]["slope_ms_per_head"] == pytest.approx(1.0) and row["fitted_ms"][0] == pytest.approx(0.5)
+    assert lut["rest_ms"] == pytest.approx(1.0)
+    assert lut["full_model_predicted_ms"] == pytest.approx(1.0 + 3.0)
+    assert lut["calibration_factor"] == pytest.approx(6.0 / 4.0)
+    assert lut["provenance"]["where"] == "this host"
+    assert "not on a Raspberry Pi 4" in lut["provenance"]["measured_on"]
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    pytest.importorskip("torch")
+    from edgeprune.latency import build_lut
+    from edgeprune.testing import tiny_model
+
+    tmp = tmp_path_factory.mktemp("lut")
+    model = tiny_model("bert", num_layers=2, num_heads=2, hidden=32)
+    lut = build_lut(model, "raspberrypi4", out=tmp / "lut.json", rounds=3, reps=2, keep_dir=tmp / "export")
+    return tmp, lut
+
+
+@pytest.mark.slow
+def test_tiny_lut_written_with_provenance(built):
+    tmp, lut = built
+    on_disk = load_lut(tmp / "lut.json")
+    assert on_disk == json.loads(json.dumps(lut))
+    for key in PROVENANCE:
+        assert on_disk["provenance"].get(key), f"provenance.{key} missing"
+    for key in SETTINGS:
+        assert key in on_disk["settings"], f"settings.{key} missing"
+    assert on_disk["settings"]["precision"] == "int8" and on_disk["settings"]["seq_len"] == 128
+    assert on_disk["model"]["heads_per_layer"] == [2, 2]
+    assert [len(layer["raw_ms"]) for layer in on_disk["layers"]] == [3, 3]
+    assert on_disk["full_model_ms"] > 0 and on_disk["calibration_factor"] > 0
+    assert predict(on_disk, [2, 2]) == pytest.approx(on_disk["full_model_predicted_ms"])
+    files = {p.name for p in (tmp / "export").iterdir()}
+    assert {"manifest.json", "device_runner.py", "rest.onnx", "full.onnx", "layer01_k02.onnx"} <= files
+
+
+@pytest.mark.slow
+def test_lut_sub_models_are_quantized_and_fused(built):
+    import onnx
+
+    def attention_heads(name):
+        graph = onnx.load(str(tmp / "export" / name)).graph
+        return [a.i for n in graph.node if n.op_type in ("Attention", "QAttention") for a in n.attribute
+                if a.name == "num_heads"]
+
+    tmp, _ = built
+    assert attention_heads("layer00_k01.onnx") == [1]  # INT8: the fused Attention became QAttention
+    assert attention_heads("layer00_k00.onnx") == []
+    assert attention_heads("full.onnx") == [2, 2]
+    ops = {n.op_type for n in onnx.load(str(tmp / "export" / "full.onnx")).graph.node}
+    assert ops & {"DynamicQuantizeMatMul", "MatMulInteger", "QAttention", "DynamicQuantizeLinear"}
+
+
+@pytest.mark.slow
+def test_device_runner_standalone_on_exported_folder(built):
+    tmp, _ = built
+    runner = tmp / "export" / "device_runner.py"
+    text = runner.read_text()
+    assert "import edgeprune" not in text and "from edgeprune" not in text and "from ." not in text
+    out = tmp / "device_lut.json"
+    res = subprocess.run(
+        [sys.executable, str(runner), str(tmp / "export"), "--out", str(out), "--rounds", "2", "--reps", "2",
+         "--threads", "1"],
+        capture_output=True, text=True, timeout=300, cwd=tmp,
+    )
+    assert res.returncode == 0, res.stderr
+    lut = load_lut(out)
+    assert lut["settings"]["threads"] == 1 and "threads_note" in lut["settings"]
+    assert lut["method"]["rounds"] == 2
+    assert lut["provenance"]["ort_version"] and lut["provenance"]["measured_on"]
+    assert predict(lut, [0, 1]) > 0
+
+
+@pytest.mark.slow
+def test_cli_lut_export_only(tmp_path):
+    pytest.importorskip("torch")
+    from typer.testing import CliRunner
+
+    from edgeprune.cli import app
+    from edgeprune.testing import tiny_model
+
+    model_dir = tmp_path / "model"
+    tiny_model("bert", num_layers=1, num_heads=2, hidden=32).save_pretrained(model_dir)
+    res = CliRunner().invoke(app, ["lut", "--model", str(model_dir), "--profile", "raspberrypi5",
+                                   "--export-only", str(tmp_path / "dev")])
+    assert res.exit_code == 0, res.output
+    manifest = json.loads((tmp_path / "dev" / "manifest.json").read_text())
+    assert manifest["settings"]["threads"] == 4 and manifest["settings"]["profile"] == "raspberrypi5"
+    assert manifest["files"]["layers"] == [["layer00_k00.onnx", "layer00_k01.onnx", "layer00_k02.onnx"]]
+    res = CliRunner().invoke(app, ["lut", "--model", str(model_dir)])
+    assert res.exit_code != 0
