@@ -112,6 +112,73 @@ def verify_arm(
         raise VerificationError(f"ARM outputs of {result.model} are outside the tolerance on {result.qemu_cpu}")
 
 
+@app.command("profiles")
+def profiles_cmd(
+    json_out: Annotated[bool, typer.Option("--json", help="Print the profiles as JSON.")] = False,
+) -> None:
+    """List the shipped device profiles (name, arch, cores, threads, seq_len, quant preset, QEMU CPU)."""
+    from .profiles import format_profiles_table, profiles_table
+
+    if json_out:
+        import json
+
+        typer.echo(json.dumps(profiles_table(), indent=2))
+    else:
+        typer.echo(format_profiles_table())
+
+
+@app.command()
+def measure(
+    model: Annotated[Path, typer.Argument(help="An .onnx (external .onnx.data is counted) or .ort file.")],
+    profile: ProfileOpt = "raspberrypi4",
+    threads: Annotated[Optional[int], typer.Option(help="Override the profile's threads (clipped to this host's cores).")] = None,
+    memory: Annotated[bool, typer.Option(help="Also measure memory in fresh processes.")] = True,
+    processes: Annotated[int, typer.Option(help="Fresh processes for the memory median.")] = 3,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """ONNX Runtime latency (p50/p90/p99, mean, cv), memory and file size at a profile's settings."""
+    from .measure import format_measurement, measure_model
+
+    res = measure_model(model, profile, memory=memory, processes=processes, threads=threads)
+    if json_out:
+        import json
+
+        typer.echo(json.dumps(res, indent=2))
+    else:
+        typer.echo(format_measurement(res))
+
+
+@app.command()
+def lut(
+    model: ModelOpt,
+    profile: ProfileOpt = "raspberrypi4",
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Where to write the latency table JSON.")] = None,
+    export_only: Annotated[Optional[Path], typer.Option("--export-only", help="Only write the per-layer ONNX files, manifest and device_runner.py into this folder (measure on the device with `python device_runner.py DIR --out lut.json`).")] = None,
+    precision: Annotated[Optional[str], typer.Option(help="int8 or fp32 (default: the profile's quant preset).")] = None,
+    threads: Annotated[Optional[int], typer.Option(help="Override the profile's threads (clipped to this host's cores).")] = None,
+    rounds: Annotated[int, typer.Option(help="Alternating rounds (entries are medians over rounds).")] = 15,
+    reps: Annotated[int, typer.Option(help="Runs per sub-model per round.")] = 5,
+    num_labels: Annotated[int, typer.Option(help="Labels of the classifier head if the checkpoint has none (latency does not depend on it).")] = 2,
+) -> None:
+    """Per-layer latency table: ORT latency of each layer with k = 0..H kept heads, plus the rest of the model."""
+    from .latency import build_lut, export_lut_models, format_lut
+    from .modeling import load_model
+
+    if out is None and export_only is None:
+        raise typer.BadParameter("give --out lut.json (measure here) or --export-only DIR (measure on the device)")
+    m, _ = load_model(model, num_labels=num_labels, with_tokenizer=False)
+    if export_only is not None:
+        manifest = export_lut_models(m, profile, export_only, precision=precision, rounds=rounds, reps=reps,
+                                     log_fn=lambda s: typer.echo(s, err=True))
+        typer.echo(f"wrote {manifest.parent}: copy the folder to the device and run "
+                   f"`python {manifest.parent.name}/device_runner.py {manifest.parent.name} --out lut.json`")
+        return
+    table = build_lut(m, profile, out=out, precision=precision, threads=threads, rounds=rounds, reps=reps,
+                      log_fn=lambda s: typer.echo(s, err=True))
+    typer.echo(format_lut(table))
+    typer.echo(f"wrote {out}")
+
+
 def main() -> None:
     """Console-script entry point: runs the app and maps known errors to exit codes."""
     try:
