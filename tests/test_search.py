@@ -1,0 +1,305 @@
+"""The pure search on synthetic cost functions (no torch; milliseconds)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import random
+import sys
+
+import pytest
+
+from edgeprune.bounds import paired_drop_upper_bound
+from edgeprune.plan import HeadPlan
+from edgeprune.search import (
+    ALGORITHMS,
+    EvalResult,
+    JournalError,
+    Problem,
+    SearchConfig,
+    SearchError,
+    astar_path,
+    search,
+    state_key,
+)
+
+
+class Synthetic:
+    """A made-up model: per-head damage plus random pairwise interactions (so greedy can be wrong)."""
+
+    def __init__(self, heads_per_layer, seed, n=2000, scale=0.01, pairs=30):
+        rng = random.Random(seed)
+        self.heads = [(l, h) for l, k in enumerate(heads_per_layer) for h in range(k)]
+        self.damage = {x: rng.random() ** 3 * scale for x in self.heads}
+        self.pair = {}
+        for _ in range(pairs):
+            a, b = rng.sample(self.heads, 2)
+            self.pair[(a, b)] = rng.uniform(-0.4, 0.6) * scale
+        # Importance is a noisy view of the damage, like a gradient proxy.
+        self.importance = {x: v + rng.gauss(0, 0.2 * scale) for x, v in self.damage.items()}
+        self.n = n
+        self.calls: list[tuple] = []
+
+    def counts(self, state) -> EvalResult:
+        s = set(state)
+        d = sum(self.damage[x] for x in s) + sum(v for (a, b), v in self.pair.items() if a in s and b in s)
+        d = max(d, 0.0)
+        nb = round(self.n * 0.01 * len(s) / len(self.heads))
+        nw = min(round(self.n * d) + nb, self.n - nb)
+        return EvalResult(nw, nb, self.n, d)
+
+    def evaluate(self, states):
+        out = []
+        for s in states:
+            self.calls.append(state_key(s))
+            out.append(self.counts(s))
+        return out
+
+
+def linear_latency(kc):
+    # Per-layer base + per-head cost; an emptied layer saves an extra bit (bias + residual + LayerNorm only).
+    # Binary fractions only, so sums are exact and ties between plans are real ties.
+    return 5.0 + sum(3.0 + 0.25 * k - (0.5 if k == 0 else 0.0) for k in kc)
+
+
+def ucb_pts(r: EvalResult, conf: float) -> float:
+    return 100.0 * paired_drop_upper_bound(r.n_worse, r.n_better, r.n, conf)
+
+
+def brute_force(model: Synthetic, layout, max_drop_pts, conf):
+    """Min bottleneck path cost g*(R) for every subset (DP by size) and the fastest feasible latency."""
+    heads = model.heads
+    g: dict[tuple, float] = {}
+    for size in range(len(heads) + 1):
+        for combo in itertools.combinations(heads, size):
+            key = tuple(sorted(combo))
+            own = ucb_pts(model.counts(key), conf)
+            if size == 0:
+                g[key] = 0.0  # the unpruned model is the reference: drop exactly 0
+            else:
+                best_parent = min(g[tuple(x for x in key if x != drop)] for drop in key)
+                g[key] = max(own, best_parent)
+
+    def lat(key):
+        kc = list(layout)
+        for l, _ in key:
+            kc[l] -= 1
+        return linear_latency(tuple(kc))
+
+    feasible = [k for k, v in g.items() if v <= max_drop_pts]
+    best = min(lat(k) for k in feasible)
+    return g, lat, best
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_astar_matches_brute_force_on_small_instances(seed):
+    layout = (3, 3, 3)
+    model = Synthetic(layout, seed, n=500, scale=0.03, pairs=8)
+    max_drop = 4.0
+    g_star, lat, best = brute_force(model, layout, max_drop, 0.95)
+    # Exact mode (resolution 0, full branching): every goal of the tau sweep has the minimal bottleneck bound
+    # among all plans at least that fast, and the last goal is the fastest feasible plan.
+    cfg = SearchConfig(max_drop_pts=max_drop, correction="none", max_evaluations=10_000, branching=9,
+                       resolution_pts=0.0, seed_with_greedy=False)
+    problem = Problem(model, linear_latency, model.importance, layout, cfg)
+    stopped, goals = astar_path(problem)
+    assert stopped == "exhausted"
+    assert goals, "A* found no goal at all"
+    for latency, g, key in goals:
+        want = min(v for k, v in g_star.items() if lat(k) <= latency)
+        assert g == pytest.approx(want, abs=1e-12), (latency, key)
+    assert goals[-1][0] == pytest.approx(best)
+    assert problem.latency(problem.best_key) == pytest.approx(best)
+    # Default mode (one cost level): same fastest feasible plan when the search runs to exhaustion.
+    cfg2 = SearchConfig(max_drop_pts=max_drop, correction="none", max_evaluations=10_000, branching=9)
+    res = search(Synthetic(layout, seed, n=500, scale=0.03, pairs=8), linear_latency, model.importance, layout, cfg2)
+    assert res.stopped_by == "exhausted"
+    assert res.latency_ms == pytest.approx(best)
+    assert g_star[res.removed] <= max_drop
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_astar_never_worse_than_greedy(seed):
+    layout = (12,) * 6
+    conf = SearchConfig(max_drop_pts=2.0, correction="none", max_evaluations=200)
+    greedy = search(Synthetic(layout, seed), linear_latency, Synthetic(layout, seed).importance, layout, conf, "greedy")
+    astar = search(Synthetic(layout, seed), linear_latency, Synthetic(layout, seed).importance, layout, conf, "astar")
+    assert astar.latency_ms <= greedy.latency_ms + 1e-12
+    assert astar.drop_bound_pts <= 2.0 and greedy.drop_bound_pts <= 2.0
+    assert astar.evaluations <= 200
+
+
+def test_astar_beats_greedy_somewhere():
+    """Not a guarantee, but on these interacting instances the backtracking must pay off at least once."""
+    layout = (12,) * 6
+    wins = 0
+    for seed in range(6):
+        conf = SearchConfig(max_drop_pts=2.0, correction="none", max_evaluations=200)
+        g = search(Synthetic(layout, seed), linear_latency, Synthetic(layout, seed).importance, layout, conf, "greedy")
+        a = search(Synthetic(layout, seed), linear_latency, Synthetic(layout, seed).importance, layout, conf, "astar")
+        wins += a.latency_ms < g.latency_ms
+    assert wins >= 3
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_every_algorithm_returns_an_acceptable_plan(algorithm):
+    layout = (4, 4, 4, 4)
+    model = Synthetic(layout, 5, scale=0.01)
+    cfg = SearchConfig(max_drop_pts=1.5, correction="none", max_evaluations=100, seed=3)
+    res = search(model, linear_latency, model.importance, layout, cfg, algorithm)
+    assert res.algorithm == algorithm
+    assert res.drop_bound_pts <= 1.5
+    assert res.heads_removed == len(res.removed) == res.plan.num_removed
+    assert res.latency_ms == pytest.approx(linear_latency(res.plan.kept_counts))
+    assert res.drop_bound_pts == pytest.approx(ucb_pts(model.counts(res.removed), 0.95))
+    # The frontier is Pareto: latency increases while the bound strictly decreases.
+    lats = [p.latency_ms for p in res.frontier]
+    bds = [p.drop_bound_pts for p in res.frontier]
+    assert lats == sorted(lats) and all(a > b for a, b in zip(bds, bds[1:]))
+    d = json.loads(json.dumps(res.to_dict()))
+    assert HeadPlan.from_dict(d) == res.plan
+    assert d["search"]["evaluations"] == res.evaluations and d["search"]["seed"] == 3
+
+
+def test_budgets_stop_the_search():
+    layout = (12,) * 6
+    model = Synthetic(layout, 0)
+    cfg = SearchConfig(max_drop_pts=2.0, correction="none", max_evaluations=25)
+    res = search(model, linear_latency, model.importance, layout, cfg, "astar")
+    assert res.stopped_by == "evaluations"
+    assert res.evaluations == 25 and len(model.calls) == 25
+    cfg = SearchConfig(max_drop_pts=2.0, correction="none", max_evaluations=1000, max_expansions=7,
+                       seed_with_greedy=False)
+    res = search(Synthetic(layout, 0), linear_latency, model.importance, layout, cfg, "astar")
+    assert res.stopped_by == "expansions" and res.nodes_expanded == 7
+    ticks = iter(range(10**6))
+    cfg = SearchConfig(max_drop_pts=2.0, correction="none", max_evaluations=1000, max_seconds=30)
+    prob = Problem(Synthetic(layout, 0), linear_latency, model.importance, layout, cfg, clock=lambda: next(ticks))
+    stopped, _ = astar_path(prob)
+    assert stopped == "time" and prob.evaluations < 1000
+
+
+def test_states_are_evaluated_once():
+    layout = (4, 4, 4)
+    model = Synthetic(layout, 1, scale=0.005)
+    cfg = SearchConfig(max_drop_pts=3.0, correction="none", max_evaluations=5000, branching=12)
+    res = search(model, linear_latency, model.importance, layout, cfg, "astar")
+    assert res.stopped_by == "exhausted"
+    assert len(model.calls) == len(set(model.calls)) == res.evaluations
+    # Different orders of removal reach the same state: without the closed set and the cache this would explode.
+    assert res.evaluations < 2 ** 12
+
+
+def test_deterministic_for_a_seed():
+    layout = (12,) * 6
+    imp = Synthetic(layout, 4).importance
+    cfg = SearchConfig(max_drop_pts=2.0, correction="none", max_evaluations=120, seed=11)
+    for algorithm in ("astar", "random"):
+        a = search(Synthetic(layout, 4), linear_latency, imp, layout, cfg, algorithm).to_dict()
+        b = search(Synthetic(layout, 4), linear_latency, imp, layout, cfg, algorithm).to_dict()
+        for d in (a, b):
+            d["search"].pop("wall_time_s")
+        assert a == b
+    other = SearchConfig(max_drop_pts=2.0, correction="none", max_evaluations=120, seed=12)
+    r1 = search(Synthetic(layout, 4), linear_latency, imp, layout, cfg, "random")
+    r2 = search(Synthetic(layout, 4), linear_latency, imp, layout, other, "random")
+    assert r1.removed != r2.removed
+
+
+class Interrupt(Exception):
+    pass
+
+
+class Flaky(Synthetic):
+    """Dies (like a killed process) after `limit` fresh evaluations."""
+
+    def __init__(self, *args, limit, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.limit = limit
+
+    def evaluate(self, states):
+        if len(self.calls) + len(states) > self.limit:
+            raise Interrupt()
+        return super().evaluate(states)
+
+
+def _rescorer(model):
+    # Re-scoring: importance of the remaining heads given the current state (interactions shift it).
+    def rescore(state):
+        return {x: model.importance[x] + sum(v for (a, b), v in model.pair.items() if b == x and a in state)
+                for x in model.heads}
+    return rescore
+
+
+@pytest.mark.parametrize("algorithm", ["astar", "greedy"])
+def test_resume_gives_the_same_result(tmp_path, algorithm):
+    layout = (12,) * 6
+    base = Synthetic(layout, 2)
+    cfg = SearchConfig(max_drop_pts=2.0, correction="none", max_evaluations=150, seed=5)
+    fp = {"model": "synthetic-2"}
+    full = search(Synthetic(layout, 2), linear_latency, base.importance, layout, cfg, algorithm,
+                  rescore=_rescorer(base), journal=tmp_path / "full.jsonl", fingerprint=fp)
+    journal = tmp_path / "run.jsonl"
+    with pytest.raises(Interrupt):
+        search(Flaky(layout, 2, limit=17), linear_latency, base.importance, layout, cfg, algorithm,
+               rescore=_rescorer(base), journal=journal, fingerprint=fp)
+    lines = journal.read_text().splitlines()
+    assert sum('"kind":"eval"' in x for x in lines) >= 10
+    # Simulate a kill in the middle of a write: a truncated last line must be ignored.
+    journal.write_text("\n".join(lines) + '\n{"kind":"eval","state":[[0,')
+    fresh = Synthetic(layout, 2)
+    resumed = search(fresh, linear_latency, base.importance, layout, cfg, algorithm, rescore=_rescorer(base),
+                     journal=journal, resume=True, fingerprint=fp)
+    assert resumed.evaluations_replayed >= 10
+    assert len(fresh.calls) == full.evaluations - resumed.evaluations_replayed
+    a, b = full.to_dict(), resumed.to_dict()
+    for d in (a, b):
+        d["search"].pop("wall_time_s")
+        d["search"].pop("evaluations_replayed")
+    assert a == b
+    # A journal of another search is refused.
+    with pytest.raises(JournalError):
+        search(Synthetic(layout, 2), linear_latency, base.importance, layout, cfg, algorithm,
+               journal=journal, resume=True, fingerprint={"model": "something-else"})
+
+
+def test_bonferroni_correction_is_more_cautious():
+    layout = (12,) * 6
+    model = Synthetic(layout, 0)
+    loose = SearchConfig(max_drop_pts=2.0, correction="none", max_evaluations=100)
+    strict = SearchConfig(max_drop_pts=2.0, correction="bonferroni", max_evaluations=100)
+    assert strict.bound_confidence == pytest.approx(1 - 0.05 / 100)
+    a = search(Synthetic(layout, 0), linear_latency, model.importance, layout, loose, "greedy")
+    b = search(Synthetic(layout, 0), linear_latency, model.importance, layout, strict, "greedy")
+    assert b.heads_removed < a.heads_removed
+    assert b.to_dict()["search"]["bound"]["per_candidate_confidence"] == pytest.approx(0.9995)
+
+
+def test_bad_inputs_are_rejected():
+    with pytest.raises(SearchError):
+        SearchConfig(max_drop_pts=-1)
+    with pytest.raises(SearchError):
+        SearchConfig(max_drop_pts=1, confidence=1.0)
+    with pytest.raises(ValueError):
+        SearchConfig(max_drop_pts=1, correction="holm")
+    model = Synthetic((2, 2), 0)
+    with pytest.raises(SearchError):
+        search(model, linear_latency, {(0, 0): 1.0}, (2, 2), SearchConfig(max_drop_pts=1))
+    with pytest.raises(SearchError):
+        search(model, linear_latency, model.importance, (2, 2), SearchConfig(max_drop_pts=1), "beam")
+
+
+def test_search_package_is_pure():
+    """Importing and running the search must not load torch or onnxruntime (fresh interpreter)."""
+    import subprocess
+
+    code = (
+        "import sys, edgeprune.search as s, edgeprune.bounds\n"
+        "r = s.search(type('E', (), {'evaluate': lambda self, st: [s.EvalResult(0, 0, 1000) for _ in st]})(),"
+        " lambda kc: float(sum(kc)), {(0, 0): 0.0, (0, 1): 1.0}, (2,), s.SearchConfig(max_drop_pts=5.0, correction='none'))\n"
+        "assert r.heads_removed >= 1, r\n"
+        "bad = [m for m in ('torch', 'onnxruntime', 'transformers') if m in sys.modules]\n"
+        "assert not bad, bad\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
