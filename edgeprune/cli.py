@@ -53,6 +53,35 @@ def prune(
     )
 
 
+@app.command("demo-model")
+def demo_model(
+    cache_dir: Annotated[
+        Optional[Path], typer.Option(help="Cache folder (default: $EDGEPRUNE_CACHE or ~/.cache/edgeprune).")
+    ] = None,
+    rebuild: Annotated[bool, typer.Option(help="Fine-tune again even if a valid cached model exists.")] = False,
+    progress: Annotated[bool, typer.Option(help="Show the fine-tuning progress bar.")] = True,
+) -> None:
+    """Prepare the embedded default task (MiniLM fine-tuned on Rotten Tomatoes sentences) and show where it lives."""
+    from .default_task import default_task
+
+    task = default_task(cache_dir, rebuild=rebuild, progress=progress)
+    sizes = task.split_sizes
+    typer.echo(f"default model: {task.model_dir} ({'fine-tuned now' if task.built else 'reused from the cache'})")
+    typer.echo(
+        f"accuracy: search {task.accuracy['search']:.2%} ({sizes['search']} sentences), "
+        f"certify {task.accuracy['certify']:.2%} ({sizes['certify']} sentences)"
+    )
+    typer.echo(
+        f"splits (seed {task.split_seed}): fine-tune {sizes['finetune']}, search {sizes['search']}, "
+        f"certify {sizes['certify']}"
+    )
+    typer.echo(f"fine-tune wall time: {task.finetune_seconds / 60:.1f} min ({task.finetune_seconds:.0f} s)")
+    typer.echo(
+        f"cache: {task.cache_dir}, {task.cache_size_bytes() / 2**20:.0f} MiB "
+        f"(model folder {task.model_size_bytes() / 2**20:.0f} MiB)"
+    )
+
+
 @app.command()
 def export(
     model: ModelOpt,
