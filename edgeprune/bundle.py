@@ -565,7 +565,9 @@ def export_bundle(
         shutil.copy2(final, bundle / MODEL_FILE)
         for extra in files[1:]:  # external data keeps its referenced name
             shutil.copy2(extra, bundle / extra.name)
-        ort_out = to_ort_format(bundle / MODEL_FILE, tmp_root / "ort")
+        arch = getattr(prof, "arch", None)
+        ort_out = to_ort_format(bundle / MODEL_FILE, tmp_root / "ort",
+                                target_platform={"aarch64": "arm", "x86_64": "amd64"}.get(arch))
         shutil.copy2(ort_out["ort"], bundle / ORT_FILE)
         shutil.copy2(ort_out["required_operators"], bundle / OPS_CONFIG_FILE)
         # The .ort file has ORT's optimisations baked in: check it computes what the certified model.onnx does.

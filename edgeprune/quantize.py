@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import subprocess
-import sys
 import tempfile
 import warnings
 from pathlib import Path
@@ -204,16 +202,19 @@ def _quantize_qdq(in_path: Path, out_path: Path, wtype: Any, per_channel: bool, 
         )
 
 
-def to_ort_format(onnx_path: str | Path, out_dir: str | Path, *, optimization_style: str = "Fixed") -> dict[str, Path]:
+def to_ort_format(onnx_path: str | Path, out_dir: str | Path, *, optimization_style: str = "Fixed",
+                  target_platform: str | None = None) -> dict[str, Path]:
     """Convert an ONNX model to ORT format (``.ort``) plus the required-operators config for a reduced build.
 
-    Uses ``python -m onnxruntime.tools.convert_onnx_models_to_ort`` (its documented entry point) in a subprocess on
-    a private copy, so the tool's side files never land next to the input.
+    Uses onnxruntime's own converter (``onnxruntime.tools.convert_onnx_models_to_ort``, in process, its console
+    output captured) on a private copy of the model, so the tool's side files never land next to the input.
 
     Args:
-        onnx_path: the (quantized) ONNX file.
+        onnx_path: the (quantized) ONNX file (external data is copied along).
         out_dir: where ``<stem>.ort`` and ``<stem>.required_operators.config`` are written.
         optimization_style: ``"Fixed"`` (optimisations baked in; the usual choice for mobile) or ``"Runtime"``.
+        target_platform: ``"arm"`` or ``"amd64"`` (the tool's names; ``None`` = the host). Affects which
+            optimisations are baked into a ``Fixed`` file.
 
     Returns:
         ``{"ort": path, "required_operators": path}``.
@@ -221,29 +222,41 @@ def to_ort_format(onnx_path: str | Path, out_dir: str | Path, *, optimization_st
     Raises:
         VerificationError: the tool failed or did not produce both files.
     """
-    onnx_path, out_dir = Path(onnx_path), Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    import contextlib
+    import io
+
+    from onnxruntime.tools.convert_onnx_models_to_ort import OptimizationStyle, convert_onnx_models_to_ort
+
     from .export import onnx_files
 
+    onnx_path, out_dir = Path(onnx_path), Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="edgeprune-ort-") as tmp:
         work = Path(tmp) / "in"
         work.mkdir()
         for f in onnx_files(onnx_path):
             shutil.copy2(f, work / f.name)
-        cmd = [sys.executable, "-m", "onnxruntime.tools.convert_onnx_models_to_ort", str(work / onnx_path.name),
-               "--output_dir", str(Path(tmp) / "out"), "--optimization_style", optimization_style]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise VerificationError(f"ORT format conversion failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
+        console = io.StringIO()
+        try:
+            with contextlib.redirect_stdout(console), contextlib.redirect_stderr(console):
+                convert_onnx_models_to_ort(work / onnx_path.name, output_dir=Path(tmp) / "out",
+                                           optimization_styles=[OptimizationStyle[optimization_style]],
+                                           target_platform=target_platform)
+        except Exception as exc:  # noqa: BLE001 - the tool raises plain exceptions; keep its output for the user
+            raise VerificationError(f"ORT format conversion failed: {exc}\n{console.getvalue()[-2000:]}") from exc
         produced = list((Path(tmp) / "out").rglob("*"))
         ort_files = [p for p in produced if p.suffix == ".ort"]
         cfgs = [p for p in produced if p.name.endswith(".config") and "required_operators" in p.name]
         if len(ort_files) != 1 or not cfgs:
-            raise VerificationError(f"ORT format conversion produced {sorted(p.name for p in produced)}")
+            raise VerificationError(f"ORT format conversion produced {sorted(p.name for p in produced)}:\n"
+                                    f"{console.getvalue()[-2000:]}")
         ort_dst = out_dir / (onnx_path.stem + ".ort")
         cfg_dst = out_dir / (onnx_path.stem + ".required_operators.config")
         shutil.copy2(ort_files[0], ort_dst)
-        # Prefer the plain config over the "with_runtime_opt" one: it lists exactly the ops in the saved file.
+        # Prefer the plain config over a "with_runtime_opt" one: it lists exactly the ops of the saved file. Its
+        # header names the temporary path it was generated from: name the shipped file instead.
         cfg = min(cfgs, key=lambda p: len(p.name))
-        shutil.copy2(cfg, cfg_dst)
+        lines = [ln for ln in cfg.read_text().splitlines() if not ln.startswith("#")]
+        cfg_dst.write_text(f"# Operators required by {ort_dst.name} (reduced onnxruntime build, "
+                           "--include_ops_by_config)\n" + "\n".join(lines) + "\n")
     return {"ort": ort_dst, "required_operators": cfg_dst}
