@@ -51,6 +51,7 @@ __all__ = [
     "arm_root",
     "find_arm_python",
     "find_fp32_reference",
+    "fp32_reference_from_source",
     "make_inputs",
     "run_on_arm",
     "run_on_host",
@@ -491,6 +492,40 @@ def find_fp32_reference(bundle_dir: Union[str, Path]) -> Optional[Path]:
     return None
 
 
+def fp32_reference_from_source(bundle_dir: Union[str, Path], out_path: Union[str, Path],
+                                source_model: Optional[Union[str, Path]] = None) -> Optional[Path]:
+    """Rebuild a bundle's FP32 reference: the source model, pruned with the bundle's plan, exported to ONNX.
+
+    Bundles ship only the INT8 model; ``edgeprune.json`` records ``model_source`` and the ``plan``. The export is
+    plain FP32 (no fusion, no quantization), so it is the model the INT8 file approximates.
+
+    Args:
+        bundle_dir: bundle folder with ``edgeprune.json``.
+        out_path: where to write the FP32 ``.onnx``.
+        source_model: model folder or hub id to use instead of ``model_source`` (e.g. the bundle was built elsewhere).
+
+    Returns:
+        ``out_path``, or None when there is no ``edgeprune.json`` or no usable source model.
+    """
+    meta_path = Path(bundle_dir) / "edgeprune.json"
+    if not meta_path.is_file():
+        return None
+    meta = json.loads(meta_path.read_text())
+    source = source_model or meta.get("model_source")
+    if not source or not isinstance(meta.get("plan"), dict):
+        return None
+    if source_model is None and not Path(str(source)).expanduser().exists():
+        return None  # recorded on another machine or a hub id: never reach out implicitly
+    from .adapters import get_adapter
+    from .export import export_onnx
+    from .modeling import load_model
+    from .plan import HeadPlan
+
+    model, _ = load_model(source, with_tokenizer=False)
+    get_adapter(model).prune_heads_(model, HeadPlan.from_dict(meta["plan"]))
+    return export_onnx(model.eval(), out_path)
+
+
 def _resolve_model(path: Path) -> Path:
     if path.is_dir():
         for n in ("model.onnx", "model.ort"):
@@ -507,6 +542,7 @@ def verify_arm(
     profile: Any = "raspberrypi4",
     *,
     reference: Optional[Union[str, Path]] = None,
+    source_model: Optional[Union[str, Path]] = None,
     qemu_cpu: Optional[str] = None,
     batch: Optional[int] = None,
     seq_len: Optional[int] = None,
@@ -525,7 +561,10 @@ def verify_arm(
         model: bundle folder (its ``model.onnx``, else ``model.ort``) or an ``.onnx``/``.ort`` file.
         profile: profile name, path or ``DeviceProfile``; gives the QEMU CPU model and the sequence length.
         reference: FP32 ``.onnx`` to compare with. Default: the bundle's FP32 model (:func:`find_fp32_reference`);
-            else the model itself run on this host (exact if it is FP32, a weaker check if it is INT8).
+            else an FP32 export of the bundle's source model pruned with its plan
+            (:func:`fp32_reference_from_source`, when ``model_source`` exists on this machine or ``source_model`` is
+            given); else the model itself run on this host (exact if it is FP32, a weaker check if it is INT8).
+        source_model: model folder or hub id to rebuild the FP32 reference from (overrides ``model_source``).
         qemu_cpu: override the profile's QEMU CPU model (never ``max``).
         batch: rows per feed (default 2: more than one row, one of them padded).
         seq_len: sequence length (default: the profile's).
@@ -545,9 +584,6 @@ def verify_arm(
         EmulationError: qemu or the sysroot is missing (message has the install command), the model is missing, the
             profile has no ARM CPU model, or the emulated run crashed.
     """
-    import numpy as np
-    import onnxruntime as ort
-
     prof_name, cpu, prof = _qemu_cpu_for(profile, qemu_cpu)
     if qemu_cpu and qemu_cpu != cpu:
         prof_name, cpu = f"{prof_name}, CPU overridden from {cpu}", qemu_cpu
@@ -556,20 +592,40 @@ def verify_arm(
     model_path = _resolve_model(given)
     quantized = _is_quantized(model_path)
 
-    ref_path: Path
-    if reference is not None:
-        ref_path = Path(reference)
-        if not ref_path.is_file():
-            raise EmulationError(f"reference model {ref_path} does not exist")
-        ref_kind = "fp32" if _is_quantized(ref_path) is False else "int8"
-    else:
-        found = find_fp32_reference(model_path.parent) if given.is_dir() or quantized else None
-        if found is not None and found.resolve() != model_path.resolve():
-            ref_path, ref_kind = found, "fp32"
-        elif quantized is False:
-            ref_path, ref_kind = model_path, "fp32 (model itself)"
+    with tempfile.TemporaryDirectory(prefix="edgeprune-ref-") as tmp:
+        ref_path: Path
+        if reference is not None:
+            ref_path = Path(reference)
+            if not ref_path.is_file():
+                raise EmulationError(f"reference model {ref_path} does not exist")
+            ref_kind = "fp32" if _is_quantized(ref_path) is False else "int8"
         else:
-            ref_path, ref_kind = model_path, "host int8 (no FP32 model found: weaker check)"
+            found = find_fp32_reference(model_path.parent) if given.is_dir() or quantized is not False else None
+            rebuilt = None
+            if found is None and quantized is not False:
+                rebuilt = fp32_reference_from_source(model_path.parent, Path(tmp) / "reference.fp32.onnx",
+                                                     source_model)
+            if found is not None and found.resolve() != model_path.resolve():
+                ref_path, ref_kind = found, "fp32"
+            elif rebuilt is not None:
+                ref_path, ref_kind = rebuilt, "fp32 (source model + plan, exported now)"
+            elif quantized is False:
+                ref_path, ref_kind = model_path, "fp32 (model itself)"
+            else:
+                ref_path, ref_kind = model_path, "host int8 (no FP32 model found: weaker check)"
+        return _compare(model_path, ref_path, ref_kind, quantized, prof_name, cpu, prof, batch=batch,
+                        seq_len=seq_len, num_batches=num_batches, seed=seed, threads=threads, atol=atol, rtol=rtol,
+                        host_factor=host_factor, root=root, timeout=timeout)
+
+
+def _compare(model_path: Path, ref_path: Path, ref_kind: str, quantized: Optional[bool], prof_name: str, cpu: str,
+             prof: Any, *, batch: Optional[int], seq_len: Optional[int], num_batches: int, seed: int, threads: int,
+             atol: float, rtol: float, host_factor: float, root: Optional[Union[str, Path]],
+             timeout: float) -> ArmCheckResult:
+    """The host and emulated runs and the comparison of :func:`verify_arm` (reference already chosen)."""
+    import numpy as np
+    import onnxruntime as ort
+
     same_file = ref_path.resolve() == model_path.resolve()
 
     seq = seq_len or (prof.seq_len if prof is not None else 128)

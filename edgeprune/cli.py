@@ -117,7 +117,8 @@ def export(
 def verify_arm(
     model: Annotated[Path, typer.Argument(help="Bundle folder (runs its model.onnx) or an .onnx/.ort file.")],
     profile: ProfileOpt = "raspberrypi4",
-    reference: Annotated[Optional[Path], typer.Option(help="FP32 .onnx to compare with (default: the bundle's FP32 model, else the model itself on this host).")] = None,
+    reference: Annotated[Optional[Path], typer.Option(help="FP32 .onnx to compare with (default: the bundle's FP32 model, else one rebuilt from its source model + plan, else the model itself on this host).")] = None,
+    source_model: Annotated[Optional[str], typer.Option(help="Model folder to rebuild the FP32 reference from (default: the bundle's recorded model_source, if it exists here).")] = None,
     qemu_cpu: Annotated[Optional[str], typer.Option("--qemu-cpu", help="Override the profile's QEMU CPU model (cortex-a72, cortex-a76, neoverse-n1; never max).")] = None,
     seq_len: Annotated[Optional[int], typer.Option(help="Sequence length of the test inputs (default: the profile's).")] = None,
     batch: Annotated[int, typer.Option(help="Rows per test feed (the last row is half padded).")] = 2,
@@ -128,8 +129,8 @@ def verify_arm(
     from .arm import verify_arm as _verify_arm
     from .errors import VerificationError
 
-    result = _verify_arm(model, profile, reference=reference, qemu_cpu=qemu_cpu, seq_len=seq_len, batch=batch,
-                         num_batches=num_batches)
+    result = _verify_arm(model, profile, reference=reference, source_model=source_model, qemu_cpu=qemu_cpu,
+                         seq_len=seq_len, batch=batch, num_batches=num_batches)
     if json_out:
         import json
 

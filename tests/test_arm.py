@@ -104,27 +104,41 @@ def test_int8_graph_on_emulated_cores(tiny_bundle, profile, cpu, dotprod):
 
 @pytest.mark.arm
 @pytest.mark.slow
-def test_tiny_bert_int8_via_cli(tmp_path):
-    """A tiny exported + fused-path BERT, dynamically quantized, through `edgeprune verify-arm` on cortex-a72."""
+def test_pruned_bert_bundle_via_cli(tmp_path):
+    """A bundle-shaped folder like `edgeprune export` writes (uneven plan with a 0-head layer, fused, INT8, no FP32
+    file): `edgeprune verify-arm` rebuilds the FP32 reference from model_source + plan and passes on cortex-a72."""
     _emulator_or_skip()
     from typer.testing import CliRunner
 
+    from edgeprune.adapters import get_adapter
     from edgeprune.cli import app
-    from edgeprune.export import export_onnx
+    from edgeprune.export import export_onnx, optimize_onnx
+    from edgeprune.plan import HeadPlan
     from edgeprune.quantize import quantize_onnx
     from edgeprune.testing import tiny_model
 
-    model = tiny_model("bert", num_layers=2, num_heads=4, hidden=32)
-    export_onnx(model, tmp_path / "model.fp32.onnx")
-    quantize_onnx(tmp_path / "model.fp32.onnx", tmp_path / "model.onnx")
-    (tmp_path / "config.json").write_text(json.dumps({"vocab_size": model.config.vocab_size}))
-    result = CliRunner().invoke(app, ["verify-arm", str(tmp_path), "--profile", "raspberrypi4", "--seq-len", "16",
+    src = tmp_path / "source"
+    tiny_model("bert", num_layers=3, num_heads=4, hidden=32).save_pretrained(src)
+    plan = HeadPlan.from_dict({"num_heads": [4, 4, 4], "kept_heads": [[0, 2, 3], [], [1]]})
+    model = tiny_model("bert", num_layers=3, num_heads=4, hidden=32)
+    adapter = get_adapter(model)
+    adapter.prune_heads_(model, plan)
+    adapter.make_fusable_(model)
+    bundle = tmp_path / "bundle"
+    export_onnx(model, tmp_path / "fp32.onnx")
+    optimize_onnx(tmp_path / "fp32.onnx", tmp_path / "fused.onnx", expected_heads=plan.kept_counts)
+    quantize_onnx(tmp_path / "fused.onnx", bundle / "model.onnx")
+    (bundle / "edgeprune.json").write_text(json.dumps({"model_source": str(src), "plan": plan.to_dict()}))
+    result = CliRunner().invoke(app, ["verify-arm", str(bundle), "--profile", "raspberrypi4", "--seq-len", "16",
                                       "--json"])
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)
     assert data["passed"] and data["qemu_cpu"] == "cortex-a72"
-    assert data["outputs"][0]["shape"] == [2, 2]
-    assert data["argmax_total"] == 4 and data["argmax_agree"] == data["host_argmax_agree"]
+    assert data["reference_kind"].startswith("fp32 (source model + plan")
+    out = data["outputs"][0]
+    assert out["shape"] == [2, 2] and out["host_max_abs_diff"] is not None
+    assert out["max_abs_diff"] <= out["tolerance"]
+    assert data["argmax_total"] == 4
 
 
 # ---------------------------------------------------------------------------------------------------------------------
