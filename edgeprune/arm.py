@@ -343,7 +343,9 @@ def run_on_arm(
             proc = subprocess.run([str(launcher), str(d / "guest.py"), str(d)], env=env, capture_output=True,
                                   text=True, timeout=timeout)
         except subprocess.TimeoutExpired as exc:
-            raise EmulationError(f"emulated run on {qemu_cpu} exceeded {timeout:.0f} s; try a smaller --seq-len") from exc
+            raise EmulationError(
+                f"emulated run on {qemu_cpu} exceeded {timeout:.0f} s; try a smaller --seq-len"
+            ) from exc
         wall = time.perf_counter() - t0
         if proc.returncode != 0:
             hint = ""
@@ -444,7 +446,9 @@ class ArmCheckResult:
             f"padded)",
         ]
         for o in self.outputs:
-            host = f"; this host's run of the model: {o.host_max_abs_diff:.3g}" if o.host_max_abs_diff is not None else ""
+            host = ""
+            if o.host_max_abs_diff is not None:
+                host = f"; this host's run of the model: {o.host_max_abs_diff:.3g}"
             lines.append(
                 f"{o.name} {o.shape}: max abs diff ARM vs reference {o.max_abs_diff:.3g} (tolerance {o.tolerance:.3g}"
                 f"{host}); ARM vs this host's run of the same file {o.arm_vs_host:.3g}; max|ref| "
@@ -594,6 +598,7 @@ def verify_arm(
 
     with tempfile.TemporaryDirectory(prefix="edgeprune-ref-") as tmp:
         ref_path: Path
+        ref_label: Optional[str] = None
         if reference is not None:
             ref_path = Path(reference)
             if not ref_path.is_file():
@@ -609,18 +614,20 @@ def verify_arm(
                 ref_path, ref_kind = found, "fp32"
             elif rebuilt is not None:
                 ref_path, ref_kind = rebuilt, "fp32 (source model + plan, exported now)"
+                meta = json.loads((model_path.parent / "edgeprune.json").read_text())
+                ref_label = f"{source_model or meta.get('model_source')} pruned with the bundle's plan"
             elif quantized is False:
                 ref_path, ref_kind = model_path, "fp32 (model itself)"
             else:
                 ref_path, ref_kind = model_path, "host int8 (no FP32 model found: weaker check)"
-        return _compare(model_path, ref_path, ref_kind, quantized, prof_name, cpu, prof, batch=batch,
-                        seq_len=seq_len, num_batches=num_batches, seed=seed, threads=threads, atol=atol, rtol=rtol,
-                        host_factor=host_factor, root=root, timeout=timeout)
+        return _compare(model_path, ref_path, ref_label or str(ref_path), ref_kind, quantized, prof_name, cpu, prof,
+                        batch=batch, seq_len=seq_len, num_batches=num_batches, seed=seed, threads=threads,
+                        atol=atol, rtol=rtol, host_factor=host_factor, root=root, timeout=timeout)
 
 
-def _compare(model_path: Path, ref_path: Path, ref_kind: str, quantized: Optional[bool], prof_name: str, cpu: str,
-             prof: Any, *, batch: Optional[int], seq_len: Optional[int], num_batches: int, seed: int, threads: int,
-             atol: float, rtol: float, host_factor: float, root: Optional[Union[str, Path]],
+def _compare(model_path: Path, ref_path: Path, ref_label: str, ref_kind: str, quantized: Optional[bool],
+             prof_name: str, cpu: str, prof: Any, *, batch: Optional[int], seq_len: Optional[int], num_batches: int,
+             seed: int, threads: int, atol: float, rtol: float, host_factor: float, root: Optional[Union[str, Path]],
              timeout: float) -> ArmCheckResult:
     """The host and emulated runs and the comparison of :func:`verify_arm` (reference already chosen)."""
     import numpy as np
@@ -674,7 +681,7 @@ def _compare(model_path: Path, ref_path: Path, ref_kind: str, quantized: Optiona
     if weak_int8:
         rule += f" + {X86_INT8_ATOL:g} + {X86_INT8_RTOL:g}*max|ref| (x86 AVX2 U8S8 saturation margin)"
     return ArmCheckResult(
-        model=str(model_path), reference=str(ref_path), reference_kind=ref_kind, model_quantized=quantized,
+        model=str(model_path), reference=ref_label, reference_kind=ref_kind, model_quantized=quantized,
         profile=prof_name, qemu_cpu=cpu, guest=info, host_onnxruntime=ort.__version__, batch=b, seq_len=seq,
         num_batches=num_batches, outputs=checks, argmax_agree=agree, argmax_total=total, host_argmax_agree=host_agree,
         emulated_seconds=float(info.get("wall_seconds", 0.0)), tolerance_rule=rule,

@@ -38,7 +38,8 @@ def _tiny_graph(path: Path, seed: int = 0, scale: float = 0.2) -> Path:
         return numpy_helper.from_array((rng.standard_normal(shape) * scale).astype(np.float32), name)
 
     inits = [w("W1", H, 4 * H), w("W2", 4 * H, H), w("W3", H, 3),
-             numpy_helper.from_array(np.ones(H, np.float32), "g"), numpy_helper.from_array(np.zeros(H, np.float32), "b")]
+             numpy_helper.from_array(np.ones(H, np.float32), "g"),
+             numpy_helper.from_array(np.zeros(H, np.float32), "b")]
     nodes = [
         helper.make_node("MatMul", ["x", "W1"], ["h1"]),
         helper.make_node("Gelu", ["h1"], ["h2"], domain="com.microsoft"),
@@ -50,7 +51,8 @@ def _tiny_graph(path: Path, seed: int = 0, scale: float = 0.2) -> Path:
     graph = helper.make_graph(
         nodes, "tiny", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "seq", H])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", "seq", 3])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
+    model = helper.make_model(graph, opset_imports=opsets)
     model.ir_version = 9
     onnx.save(model, str(path))
     return path
