@@ -6,7 +6,7 @@
 #   ROOT      where to put it (default: $EDGEPRUNE_ARM_ROOT, else ~/.cache/edgeprune/arm64). Creates
 #             ROOT/rootfs (the aarch64 Debian bookworm sysroot, ~420 MB) and ROOT/arm-python (the launcher).
 # Environment:
-#   PYTHON                  host Python with pip, used to fetch the aarch64 wheels (default: python3)
+#   PYTHON                  host Python with pip, used to fetch the aarch64 wheels (default: python3/python with pip)
 #   EDGEPRUNE_ARM_ORT       onnxruntime version to install (default: the host's onnxruntime, else 1.32.0)
 #   EDGEPRUNE_ARM_NUMPY     numpy version (default: the host's numpy, else the newest)
 #   EDGEPRUNE_DEBIAN_MIRROR Debian mirror for debootstrap (default: debootstrap's own default)
@@ -22,7 +22,14 @@ set -euo pipefail
 
 ROOT=${1:-${EDGEPRUNE_ARM_ROOT:-$HOME/.cache/edgeprune/arm64}}
 R="$ROOT/rootfs"
-PY=${PYTHON:-python3}
+# Host Python with pip (only used to download wheels): $PYTHON, else the first python3/python on PATH that has pip.
+PY=${PYTHON:-}
+if [ -z "$PY" ]; then
+  for c in python3 python; do
+    if command -v "$c" >/dev/null 2>&1 && "$c" -m pip --version >/dev/null 2>&1; then PY=$c; break; fi
+  done
+  PY=${PY:-python3}
+fi
 START=$(date +%s)
 export DEBIAN_FRONTEND=noninteractive
 
@@ -45,6 +52,9 @@ ORT=${EDGEPRUNE_ARM_ORT:-$(host_ver onnxruntime)}; ORT=${ORT:-1.32.0}
 NUMPY=${EDGEPRUNE_ARM_NUMPY:-$(host_ver numpy)}
 NUMPY_SPEC="numpy${NUMPY:+==$NUMPY}"
 STAMP="onnxruntime==$ORT $NUMPY_SPEC"
+OLD_STAMP=$(cat "$ROOT/rootfs/opt/.edgeprune-wheels" 2>/dev/null || true)
+# Host without numpy: any numpy already in the sysroot will do (no reinstall on every run).
+case "$OLD_STAMP" in "onnxruntime==$ORT numpy"*) [ -n "$NUMPY" ] || STAMP=$OLD_STAMP ;; esac
 
 # 2. The sysroot: debootstrap stage 1 into a temporary folder, unpack every .deb, then rename (so an interrupted
 #    run never leaves a half sysroot that a later run would mistake for a finished one).
