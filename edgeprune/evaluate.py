@@ -1,0 +1,259 @@
+"""Masked evaluation engine: paired outcomes of many head-removal candidates against the unpruned model.
+
+Implements the search's evaluator protocol (``evaluate(states) -> list[EvalResult]``). What makes it fast:
+
+* the split is tokenised once, sorted by length and cut into batches padded only to their own longest example;
+* the unpruned model's predictions, log-probabilities and the hidden states *entering* each layer are computed once
+  and cached (within a memory cap), so a candidate whose first modified layer is ``l`` starts from the cached input
+  of layer ``l``;
+* one call evaluates several candidates in one pass over the data: per batch, candidates are run layer by layer
+  and candidates that remove the same heads below layer ``i`` share their layer-``i`` input (a prefix tree), so the
+  A* siblings that differ only in one head of layer ``l`` share all the work below ``l``;
+* everything runs under ``torch.inference_mode`` on ``threads`` threads (default: physical cores).
+
+Heads are masked with :meth:`Adapter.mask_heads` (hooks that zero a head's input slice of the attention output
+projection), so masked evaluation equals physically pruning the heads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Optional, Sequence
+
+import torch
+
+from .adapters import get_adapter
+from .errors import DataError
+from .search.core import EvalResult
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .data import TextDataset
+
+Head = tuple[int, int]
+
+
+def physical_cores() -> int:
+    """Number of physical CPU cores (psutil), falling back to the logical count."""
+    try:
+        import psutil
+
+        n = psutil.cpu_count(logical=False)
+    except Exception:  # psutil missing or unable to tell
+        n = None
+    import os
+
+    return max(1, n or os.cpu_count() or 1)
+
+
+@dataclass
+class _Batch:
+    index: torch.Tensor  # (B,) positions in the dataset
+    inputs: dict  # input_ids / attention_mask / token_type_ids, (B, S)
+    labels: torch.Tensor  # (B,)
+
+
+class MaskedEvaluator:
+    """Evaluate head-removal candidates on a fixed split, paired against the unpruned model.
+
+    Args:
+        model: a sequence-classification model of a supported family (unpruned). Its self-attention modules are
+            swapped for the adapter's fusable equivalents in place (same weights, same outputs) so every layer can
+            be run on its own.
+        tokenizer: the model's tokenizer.
+        dataset: the split (a :class:`edgeprune.data.TextDataset`: texts, optional text_pairs, labels).
+        batch_size: examples per forward pass.
+        max_length: truncation length in tokens.
+        threads: torch intra-op threads (default: physical cores). Set process-wide.
+        cache_mb: memory cap for the cached base-model layer inputs (the highest layers are cached first, as they
+            save the most compute per hit). 0 disables the cache.
+
+    Raises:
+        DataError: empty dataset, or labels outside the model's classes.
+    """
+
+    def __init__(self, model, tokenizer, dataset: "TextDataset", *, batch_size: int = 32, max_length: int = 128,
+                 threads: Optional[int] = None, cache_mb: float = 512.0) -> None:
+        if len(dataset) == 0:
+            raise DataError("the search split is empty")
+        torch.set_num_threads(threads or physical_cores())
+        self.model = model.eval()
+        self.adapter = get_adapter(model)
+        self.adapter.make_fusable_(model)
+        self.layout = self.adapter.layout(model)
+        self.num_layers = self.layout.num_layers
+        self.max_heads = max(self.layout.heads_per_layer)
+        self.n = len(dataset)
+        num_labels = int(getattr(model.config, "num_labels", 2))
+        bad = [y for y in dataset.labels if not 0 <= y < num_labels]
+        if bad:
+            raise DataError(f"labels {sorted(set(bad))[:5]} are outside the model's {num_labels} classes")
+        self.batches = self._tokenise(tokenizer, dataset, batch_size, max_length)
+        import inspect
+
+        if "token_type_ids" not in inspect.signature(model.forward).parameters:
+            # e.g. DistilBERT: the tokenizer may still emit segment ids the model cannot take (4.57 raises on them).
+            for b in self.batches:
+                b.inputs.pop("token_type_ids", None)
+        self.labels = torch.tensor(dataset.labels, dtype=torch.long)
+        self._base_pass(cache_mb)
+
+    # ---- setup --------------------------------------------------------------------------------------------------
+    @staticmethod
+    def _tokenise(tokenizer, dataset, batch_size: int, max_length: int) -> list[_Batch]:
+        enc = tokenizer(list(dataset.texts), list(dataset.text_pairs) if dataset.text_pairs is not None else None,
+                        truncation=True, max_length=max_length, padding=False)
+        ids = enc["input_ids"]
+        has_tt = "token_type_ids" in enc
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        # Length-sorted (stable, so ties keep dataset order): each batch pads only to its own longest example.
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+        batches = []
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            width = max(len(ids[i]) for i in idx)
+            input_ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
+            mask = torch.zeros((len(idx), width), dtype=torch.long)
+            tt = torch.zeros((len(idx), width), dtype=torch.long) if has_tt else None
+            for r, i in enumerate(idx):
+                k = len(ids[i])
+                input_ids[r, :k] = torch.tensor(ids[i])
+                mask[r, :k] = 1
+                if tt is not None:
+                    tt[r, :k] = torch.tensor(enc["token_type_ids"][i])
+            inputs = {"input_ids": input_ids, "attention_mask": mask}
+            if tt is not None:
+                inputs["token_type_ids"] = tt
+            labels = torch.tensor([dataset.labels[i] for i in idx], dtype=torch.long)
+            batches.append(_Batch(torch.tensor(idx), inputs, labels))
+        return batches
+
+    def _embed(self, b: _Batch):
+        return self.adapter.embed(self.model, b.inputs["input_ids"], b.inputs["attention_mask"],
+                                  b.inputs.get("token_type_ids"))
+
+    @torch.inference_mode()
+    def _base_pass(self, cache_mb: float) -> None:
+        """Base predictions and log-probs; cache layer inputs of the highest layers that fit in ``cache_mb``."""
+        per_layer_bytes = sum(b.inputs["input_ids"].numel() for b in self.batches) * self.layout.hidden_size * 4
+        budget = cache_mb * 2**20
+        n_cached = min(self.num_layers, int(budget // per_layer_bytes)) if per_layer_bytes else 0
+        self.cached_layers = set(range(self.num_layers - n_cached, self.num_layers))
+        self._cache: list[dict[int, torch.Tensor]] = []
+        self._masks: list[torch.Tensor] = []
+        base_pred = torch.empty(self.n, dtype=torch.long)
+        self._base_logp: list[torch.Tensor] = []
+        for b in self.batches:
+            hidden, layer_mask = self._embed(b)
+            self._masks.append(layer_mask)
+            cache = {}
+            for i in range(self.num_layers):
+                if i in self.cached_layers:
+                    cache[i] = hidden
+                hidden = self.adapter.layer_forward(self.model, i, hidden, layer_mask)
+            logits = self.adapter.classify(self.model, hidden)
+            self._cache.append(cache)
+            self._base_logp.append(torch.log_softmax(logits.float(), dim=-1))
+            base_pred[b.index] = logits.argmax(-1)
+        self.base_pred = base_pred
+        self.base_correct = base_pred == self.labels
+        self.base_accuracy = float(self.base_correct.float().mean())
+
+    # ---- evaluation ---------------------------------------------------------------------------------------------
+    def _layer_mask(self, layer: int, removed_in_layer: frozenset) -> torch.Tensor:
+        mask = torch.ones(self.num_layers, self.max_heads)
+        for h in removed_in_layer:
+            mask[layer, h] = 0.0
+        return mask
+
+    def _run(self, states: Sequence[frozenset], bi: int) -> list[torch.Tensor]:
+        """Logits of every candidate on batch ``bi``, sharing layer inputs across candidates with equal prefixes."""
+        b = self.batches[bi]
+        layer_mask = self._masks[bi]
+        memo: dict[tuple[int, frozenset], torch.Tensor] = {}
+        by_layer = [
+            [frozenset(h for (l, h) in s if l == i) for i in range(self.num_layers)] for s in states
+        ]
+
+        def layer_input(i: int, c: int) -> torch.Tensor:
+            # Prefix key: the removed heads of layers < i, as a tuple of per-layer frozensets.
+            prefix = tuple(by_layer[c][:i])
+            key = (i, prefix)
+            if key in memo:
+                return memo[key]
+            if not any(prefix) and (i in self.cached_layers or i == 0):
+                out = self._cache[bi][i] if i in self.cached_layers else self._embed(b)[0]
+            else:
+                below = layer_input(i - 1, c)
+                removed = by_layer[c][i - 1]
+                if removed:
+                    with self.adapter.mask_heads(self.model, self._layer_mask(i - 1, removed)):
+                        out = self.adapter.layer_forward(self.model, i - 1, below, layer_mask)
+                else:
+                    out = self.adapter.layer_forward(self.model, i - 1, below, layer_mask)
+            memo[key] = out
+            return out
+
+        return [self.adapter.classify(self.model, layer_input(self.num_layers, c)) for c in range(len(states))]
+
+    @torch.inference_mode()
+    def evaluate(self, states: Sequence[frozenset]) -> list[EvalResult]:
+        """Paired outcomes of each candidate (set of removed (layer, head)) against the unpruned model.
+
+        Args:
+            states: candidates; each is an iterable of (layer, head) in original indices.
+
+        Returns:
+            One :class:`EvalResult` per state: n_worse, n_better, n and the mean KL(base || candidate) as proxy.
+        """
+        states = [frozenset((int(l), int(h)) for l, h in s) for s in states]
+        for s in states:
+            for l, h in s:
+                if not (0 <= l < self.num_layers and 0 <= h < self.layout.heads_per_layer[l]):
+                    raise DataError(f"head ({l}, {h}) does not exist in layout {self.layout.heads_per_layer}")
+        todo = [c for c, s in enumerate(states) if s]
+        pred = torch.empty(len(states), self.n, dtype=torch.long)
+        kl = [0.0] * len(states)
+        for bi, b in enumerate(self.batches):
+            if not todo:
+                break
+            logits = self._run([states[c] for c in todo], bi)
+            base_logp = self._base_logp[bi]
+            for c, lg in zip(todo, logits):
+                logp = torch.log_softmax(lg.float(), dim=-1)
+                pred[c, b.index] = lg.argmax(-1)
+                kl[c] += float((base_logp.exp() * (base_logp - logp)).sum())
+        out = []
+        for c, s in enumerate(states):
+            if not s:
+                out.append(EvalResult(0, 0, self.n, 0.0))
+                continue
+            correct = pred[c] == self.labels
+            worse = int((self.base_correct & ~correct).sum())
+            better = int((~self.base_correct & correct).sum())
+            out.append(EvalResult(worse, better, self.n, kl[c] / self.n))
+        return out
+
+    @torch.inference_mode()
+    def predict(self, state: frozenset = frozenset()) -> torch.Tensor:
+        """Predicted class per example (dataset order) with the heads of ``state`` masked: plain full forward.
+
+        This is the reference the cached/prefix-shared path is tested against.
+        """
+        from .plan import HeadPlan
+
+        plan = HeadPlan.from_removed(self.layout.heads_per_layer, state)
+        pred = torch.empty(self.n, dtype=torch.long)
+        with self.adapter.mask_heads(self.model, plan):
+            for b in self.batches:
+                logits = self.model(**b.inputs).logits
+                pred[b.index] = logits.argmax(-1)
+        return pred
+
+
+def accuracy(model, tokenizer, dataset: "TextDataset", *, batch_size: int = 32, max_length: int = 128) -> float:
+    """Plain accuracy of a model on a dataset (no masking, no caching)."""
+    ev = MaskedEvaluator(model, tokenizer, dataset, batch_size=batch_size, max_length=max_length, cache_mb=0)
+    return ev.base_accuracy
+
+
+__all__ = ["MaskedEvaluator", "accuracy", "physical_cores"]
