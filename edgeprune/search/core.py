@@ -178,6 +178,7 @@ class SearchResult:
     stopped_by: str
     config: SearchConfig
     notes: list[str] = field(default_factory=list)
+    info: dict[str, Any] = field(default_factory=dict)  # provenance added by the caller (model, data, latency source)
 
     @property
     def heads_removed(self) -> int:
@@ -216,6 +217,7 @@ class SearchResult:
                     "stopped_by": self.stopped_by,
                     "config": self.config.to_dict(),
                     "notes": list(self.notes),
+                    **self.info,
                 },
             }
         )

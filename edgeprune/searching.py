@@ -1,0 +1,234 @@
+"""Orchestration of one head-pruning search: model + search split + latency model -> plan (``edgeprune search``).
+
+This is the only module that ties the torch engine (:mod:`edgeprune.evaluate`, :mod:`edgeprune.importance`) to
+the pure search (:mod:`edgeprune.search`). Heavy imports happen inside :func:`run_search`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence, Union
+
+from .errors import EdgepruneError
+from .search import ALGORITHMS, Correction, Progress, SearchConfig, SearchResult
+from .search import search as _search
+
+LatencyFn = Callable[[tuple[int, ...]], float]
+
+
+def analytic_latency(heads_per_layer: Sequence[int], hidden: int, seq_len: int) -> LatencyFn:
+    """A FLOP-count stand-in for a latency table (relative units, *not* milliseconds).
+
+    Per layer: FFN ``16 * S * D^2`` (two D x 4D matmuls, 2 FLOPs per MAC) plus, per kept head, its share of the
+    Q/K/V/output projections ``8 * S * D * d`` and of the attention itself ``4 * S^2 * d``; embeddings and
+    classifier are ignored. Returned in GFLOPs so numbers look like small "ms". Use a measured LUT for real plans:
+    this proxy over-weights attention on CPUs where memory traffic dominates.
+
+    Args:
+        heads_per_layer: heads per layer of the unpruned model.
+        hidden: hidden size D.
+        seq_len: sequence length S.
+
+    Returns:
+        ``latency(kept_counts) -> GFLOPs``.
+    """
+    n = max(heads_per_layer)
+    d = hidden // n
+    ffn = 16.0 * seq_len * hidden * hidden
+    per_head = 8.0 * seq_len * hidden * d + 4.0 * seq_len * seq_len * d
+
+    def latency(kept_counts: tuple[int, ...]) -> float:
+        return sum(ffn + per_head * k for k in kept_counts) / 1e9
+
+    return latency
+
+
+def resolve_latency(layout, hidden: int, seq_len: int, *, latency_table: Optional[Union[str, Path]] = None,
+                    profile: Any = None) -> tuple[LatencyFn, dict[str, Any]]:
+    """Pick the latency model: an explicit LUT file, else the profile's LUT, else the analytic proxy.
+
+    Returns:
+        ``(latency_fn, source)`` where ``source`` describes it for plan.json (kind, path, LUT provenance).
+    """
+    path = Path(latency_table) if latency_table else None
+    if path is None and profile is not None and getattr(profile, "latency_table_path", None) is not None:
+        candidate = profile.latency_table_path
+        path = candidate if candidate.exists() else None
+    if path is not None:
+        from .latency import load_lut, predict
+
+        lut = load_lut(path)
+        n_layers = len(lut["layers"])
+        if n_layers != layout.num_layers:
+            raise EdgepruneError(f"{path}: latency table has {n_layers} layers but the model has {layout.num_layers}")
+        return (lambda kc: predict(lut, kc)), {
+            "kind": "lut",
+            "unit": "ms",
+            "path": str(path),
+            "provenance": lut.get("provenance"),
+            "settings": lut.get("settings"),
+        }
+    return analytic_latency(layout.heads_per_layer, hidden, seq_len), {
+        "kind": "analytic-proxy",
+        "unit": "GFLOPs (relative proxy, NOT milliseconds)",
+        "note": "no latency table given or found for the profile; plan ranking uses a FLOP count. Build one with "
+                "`edgeprune lut` and pass --latency-table for real latency.",
+        "seq_len": seq_len,
+    }
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for pkg in ("edgeprune", "torch", "transformers", "numpy"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def run_search(
+    model: Any,
+    search_data: Any,
+    *,
+    profile: Any = None,
+    latency_table: Optional[Union[str, Path]] = None,
+    latency: Optional[LatencyFn] = None,
+    max_drop_pts: float = 1.0,
+    confidence: float = 0.95,
+    algorithm: str = "astar",
+    correction: Union[str, Correction] = Correction.BONFERRONI,
+    max_evaluations: int = 300,
+    max_seconds: Optional[float] = None,
+    branching: int = 6,
+    batch_size: int = 4,
+    seed: int = 0,
+    tokenizer: Any = None,
+    max_length: Optional[int] = None,
+    eval_batch_size: int = 32,
+    journal: Optional[Union[str, Path]] = None,
+    resume: bool = False,
+    on_progress: Optional[Callable[[Progress], None]] = None,
+    text_column: Optional[str] = None,
+    label_column: Optional[str] = None,
+) -> SearchResult:
+    """Search a head plan for ``model`` on ``search_data`` under an accuracy bound.
+
+    Args:
+        model: model folder / hub id (loaded with :func:`edgeprune.modeling.load_model`), "default" (the default
+            task's fine-tuned MiniLM), or a loaded model (then pass ``tokenizer``). The loaded model is modified in place (fusable attention modules, same outputs).
+        search_data: a :class:`~edgeprune.data.TextDataset`, a dataset path for :func:`edgeprune.data.load_dataset`,
+            or "default" (the default task's search split).
+        profile: device profile name/path/object (sequence length, its LUT); optional.
+        latency_table: LUT JSON (``edgeprune lut``); overrides the profile's.
+        latency: a latency function to use directly (overrides both; e.g. for tests).
+        max_drop_pts: accuracy bound in points (1.0 = one point) on the upper confidence bound of the paired drop.
+        confidence: one-sided confidence of that bound.
+        algorithm: "astar", "greedy", "oneshot" or "random".
+        correction: "bonferroni" (over the evaluation budget) or "none"; see docs/search.md.
+        max_evaluations: evaluation budget (each is a pass over the search split).
+        max_seconds: wall-time budget (None = none).
+        branching: A* successors per node.
+        batch_size: candidates per evaluator call.
+        seed: seed (random baseline).
+        tokenizer: tokenizer when ``model`` is an object.
+        max_length: truncation length (default: the profile's seq_len, else 128).
+        eval_batch_size: examples per forward pass.
+        journal: JSONL journal path (default: none).
+        resume: replay the journal instead of re-evaluating.
+        on_progress: progress callback.
+        text_column: dataset text column (file datasets).
+        label_column: dataset label column (file datasets).
+
+    Returns:
+        The :class:`SearchResult`; ``result.to_dict()`` is the plan.json content (with latency source, model,
+        data, versions under ``search``).
+
+    Raises:
+        EdgepruneError: bad model, data, profile, table or configuration.
+    """
+    from .evaluate import MaskedEvaluator
+    from .importance import head_importance, make_rescorer
+
+    if algorithm not in ALGORITHMS:
+        raise EdgepruneError(f"unknown algorithm {algorithm!r}; choose one of {', '.join(ALGORITHMS)}")
+    model_id = None
+    if str(model) == "default" or str(search_data) == "default":
+        from .default_task import default_task
+
+        task = default_task()
+        if str(model) == "default":
+            model = task.model_dir
+        if str(search_data) == "default":
+            search_data = task.search
+    if isinstance(model, (str, os.PathLike)):
+        from .modeling import load_model
+
+        model_id = str(model)
+        model, tok = load_model(model)
+        tokenizer = tokenizer or tok
+    if tokenizer is None:
+        raise EdgepruneError("a tokenizer is needed to evaluate the search split")
+    if isinstance(search_data, (str, os.PathLike)):
+        from .data import load_dataset
+
+        search_data = load_dataset(search_data, text_column=text_column, label_column=label_column,
+                                   label2id=getattr(model.config, "label2id", None))
+    prof = None
+    if profile is not None:
+        from .profiles import load_profile
+
+        prof = load_profile(profile)
+    seq_len = max_length or (prof.seq_len if prof is not None else 128)
+    t0 = time.monotonic()
+    evaluator = MaskedEvaluator(model, tokenizer, search_data, batch_size=eval_batch_size, max_length=seq_len)
+    base_s = time.monotonic() - t0
+    layout = evaluator.layout
+    if latency is not None:
+        lat_fn, source = latency, {"kind": "callable", "unit": "ms"}
+    else:
+        lat_fn, source = resolve_latency(layout, layout.hidden_size, seq_len, latency_table=latency_table,
+                                         profile=prof)
+    t1 = time.monotonic()
+    importance = head_importance(evaluator)
+    importance_s = time.monotonic() - t1
+    config = SearchConfig(max_drop_pts=max_drop_pts, confidence=confidence, correction=Correction(correction),
+                          max_evaluations=max_evaluations, max_seconds=max_seconds, branching=branching,
+                          batch_size=batch_size, seed=seed)
+    fingerprint = {
+        "model": model_id or type(model).__name__,
+        "data": {"source": getattr(search_data, "source", None), "n": len(search_data)},
+        "max_length": seq_len,
+        "latency_source": source.get("path") or source["kind"],
+    }
+    result = _search(evaluator, lat_fn, importance, layout, config, algorithm,
+                     rescore=make_rescorer(evaluator) if algorithm in ("greedy", "astar") else None,
+                     journal=journal, resume=resume, fingerprint=fingerprint, on_progress=on_progress)
+    result.info.update(
+        {
+            "latency_source": source,
+            "model": model_id,
+            "data": {"source": getattr(search_data, "source", None), "n": len(search_data),
+                     "max_length": seq_len, "base_accuracy": evaluator.base_accuracy},
+            "profile": getattr(prof, "name", None),
+            "timing_s": {"tokenise_and_base_pass": base_s, "importance": importance_s},
+            "versions": _versions(),
+        }
+    )
+    return result
+
+
+def write_plan(result: SearchResult, out: Union[str, Path]) -> Path:
+    """Write ``result.to_dict()`` as JSON to ``out``; returns the path."""
+    p = Path(out)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(json.dumps(result.to_dict(), indent=2))
+    return p
+
+
+__all__ = ["analytic_latency", "resolve_latency", "run_search", "write_plan"]

@@ -1,0 +1,78 @@
+"""run_search orchestration and the `edgeprune search` command on a tiny saved model."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+pytest.importorskip("torch")
+
+from typer.testing import CliRunner  # noqa: E402
+
+from edgeprune.cli import app  # noqa: E402
+from edgeprune.plan import HeadPlan  # noqa: E402
+from edgeprune.searching import analytic_latency, run_search  # noqa: E402
+from edgeprune.testing import tiny_model, tiny_tokenizer  # noqa: E402
+
+WORDS = "the a movie film good bad great awful fun boring love hate not very plot actor".split()
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("tiny")
+    tiny_model("bert", seed=0).save_pretrained(d)
+    tiny_tokenizer(d)
+    rng = random.Random(0)
+    rows = ["text,label"] + [f"{' '.join(rng.choice(WORDS) for _ in range(rng.randint(1, 12)))},{rng.randint(0, 1)}"
+                             for _ in range(48)]
+    (d / "search.csv").write_text("\n".join(rows) + "\n")
+    return d
+
+
+def test_analytic_latency_is_monotone_and_labelled():
+    lat = analytic_latency((12,) * 6, 384, 64)
+    full, fewer = lat((12,) * 6), lat((12, 12, 12, 12, 12, 6))
+    assert full > fewer > lat((0,) * 6) > 0
+
+
+def test_search_command_writes_a_plan_and_resumes(tiny_dir, tmp_path):
+    out = tmp_path / "plan.json"
+    common = ["search", "--model", str(tiny_dir), "--data", str(tiny_dir / "search.csv"), "--max-drop", "40",
+              "--confidence", "0.8", "--correction", "none", "--max-evals", "12", "--algorithm", "astar"]
+    res = CliRunner().invoke(app, common + ["--out", str(out)])
+    assert res.exit_code == 0, res.output
+    plan = json.loads(out.read_text())
+    hp = HeadPlan.from_dict(plan)
+    assert hp.num_heads == (4, 4, 4, 4)
+    s = plan["search"]
+    assert s["latency_source"]["kind"] == "analytic-proxy" and "NOT milliseconds" in s["latency_source"]["unit"]
+    assert s["evaluations"] <= 12 and s["search_split_drop_bound_pts"] <= 40
+    assert s["data"]["n"] == 48 and "torch" in s["versions"]
+    assert plan["heads_removed"] == hp.num_removed
+    journal = tmp_path / "plan.json.journal.jsonl"
+    assert journal.exists()
+    # Resume from the complete journal: no fresh evaluation, same plan.
+    out2 = tmp_path / "plan2.json"
+    res2 = CliRunner().invoke(app, common + ["--out", str(out2), "--journal", str(journal), "--resume"])
+    assert res2.exit_code == 0, res2.output
+    plan2 = json.loads(out2.read_text())
+    assert plan2["kept_heads"] == plan["kept_heads"]
+    assert plan2["search"]["evaluations_replayed"] == plan2["search"]["evaluations"]
+
+
+def test_run_search_baselines_agree_on_the_contract(tiny_dir):
+    for algorithm in ("oneshot", "random"):
+        r = run_search(str(tiny_dir), str(tiny_dir / "search.csv"), max_drop_pts=40, confidence=0.8,
+                       correction="none", max_evaluations=10, algorithm=algorithm,
+                       latency=lambda kc: float(sum(kc)))
+        assert r.algorithm == algorithm and r.drop_bound_pts <= 40
+        assert r.latency_ms == float(sum(r.plan.kept_counts))
+        assert r.info["latency_source"]["kind"] == "callable"
+
+
+def test_unknown_algorithm_is_a_user_error(tiny_dir, tmp_path):
+    res = CliRunner().invoke(app, ["search", "--model", str(tiny_dir), "--data", str(tiny_dir / "search.csv"),
+                                   "--out", str(tmp_path / "p.json"), "--algorithm", "beam"])
+    assert res.exit_code != 0
