@@ -209,6 +209,54 @@ def lut(
     typer.echo(f"wrote {out}")
 
 
+@app.command("search")
+def search_cmd(
+    model: ModelOpt,
+    data: Annotated[str, typer.Option("--data", "-d", help="Search split: CSV/TSV/JSONL file, dataset folder/name, or 'default'.")],
+    out: OutOpt,
+    profile: Annotated[Optional[str], typer.Option("--profile", "-p", help="Device profile (seq_len, its latency table).")] = None,
+    max_drop: Annotated[float, typer.Option(help="Accuracy bound in percentage points on the drop's upper confidence bound.")] = 1.0,
+    confidence: Annotated[float, typer.Option(help="One-sided confidence of the bound.")] = 0.95,
+    latency_table: Annotated[Optional[Path], typer.Option(help="Latency LUT JSON from `edgeprune lut` (else the profile's, else a FLOP proxy).")] = None,
+    algorithm: Annotated[str, typer.Option(help="astar | greedy | oneshot | random")] = "astar",
+    max_evals: Annotated[int, typer.Option(help="Evaluation budget (passes over the search split).")] = 300,
+    max_seconds: Annotated[Optional[float], typer.Option(help="Wall-time budget in seconds.")] = None,
+    correction: Annotated[str, typer.Option(help="bonferroni (over the evaluation budget) | none")] = "bonferroni",
+    seed: Annotated[int, typer.Option(help="Seed (random baseline).")] = 0,
+    journal: Annotated[Optional[Path], typer.Option(help="Evaluation journal (default: <out>.journal.jsonl).")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Replay the journal of an interrupted search.")] = False,
+    text_column: Annotated[Optional[str], typer.Option(help="Text column of a file dataset.")] = None,
+    label_column: Annotated[Optional[str], typer.Option(help="Label column of a file dataset.")] = None,
+) -> None:
+    """Search which attention heads to remove (A* or a baseline) under an accuracy bound; write plan.json."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from .searching import run_search, write_plan
+
+    journal = journal or out.with_name(out.name + ".journal.jsonl")
+    with Progress(TextColumn("[bold]{task.fields[phase]}"), BarColumn(), MofNCompleteColumn(), TextColumn("evals"),
+                  TextColumn("nodes {task.fields[nodes]}  best: {task.fields[best]}"), TimeElapsedColumn()) as bar:
+        task = bar.add_task("search", total=max_evals, phase="loading", nodes=0, best="-")
+
+        def on_progress(p):
+            best = f"{p.best_removed} heads removed, {p.best_latency_ms:.2f}, bound {p.best_bound_pts:.2f} pts"
+            bar.update(task, completed=p.evaluations, phase=p.phase, nodes=p.nodes_expanded, best=best)
+
+        result = run_search(model, data, profile=profile, latency_table=latency_table, max_drop_pts=max_drop,
+                            confidence=confidence, algorithm=algorithm, correction=correction,
+                            max_evaluations=max_evals, max_seconds=max_seconds, seed=seed, journal=journal,
+                            resume=resume, on_progress=on_progress, text_column=text_column,
+                            label_column=label_column)
+    path = write_plan(result, out)
+    unit = result.info.get("latency_source", {}).get("unit", "ms")
+    typer.echo(
+        f"{result.algorithm}: removed {result.heads_removed}/{sum(result.plan.num_heads)} heads, search-split drop "
+        f"{result.drop_pts:.2f} pts (bound {result.drop_bound_pts:.2f} <= {max_drop}), predicted "
+        f"{result.base_latency_ms:.2f} -> {result.latency_ms:.2f} {unit}; {result.evaluations} evaluations, "
+        f"{result.nodes_expanded} nodes, {result.wall_time_s:.0f} s, stopped by {result.stopped_by}. Wrote {path}"
+    )
+
+
 def main() -> None:
     """Console-script entry point: runs the app and maps known errors to exit codes."""
     try:
