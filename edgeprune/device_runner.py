@@ -319,14 +319,23 @@ def alternate(
     reps: int = 5,
     warmup: int = 3,
     seed: int = 0,
+    block: str = "min",
+    reps_each: Optional[Sequence[int]] = None,
 ) -> list[list[float]]:
     """Time several sessions side by side: each round runs every session ``reps`` times, in a shuffled order.
 
     Load on a shared machine drifts over seconds; interleaving puts every model under the same drift, so differences
     and ratios between them stay meaningful even when absolute numbers swing.
 
+    The value of a round is the *best* of its ``reps`` runs by default (``block="min"``): other processes can only
+    add time to a run (a preempted worker thread stalls a whole parallel op), and longer runs are hit more often, so
+    medians under load inflate long models more than short ones and break additivity (measured: a MiniLM LUT under
+    load average 10 on 2 cores under-predicted the medians by 2.4x, while the best-of-5 values agreed). On a quiet
+    device min and median coincide. ``block="median"`` keeps the typical run instead. ``reps_each`` gives a
+    per-session number of runs per round (e.g. fewer for a slow full model that only serves as a reference).
+
     Returns:
-        for each session, its per-round medians (``rounds`` values, ms).
+        for each session, its per-round values (``rounds`` values, ms).
     """
     for s, f in zip(sessions, feeds):
         for _ in range(warmup):
@@ -338,12 +347,12 @@ def alternate(
         rng.shuffle(order)
         for j in order:
             s, f = sessions[j], feeds[j]
-            block = []
-            for _ in range(reps):
+            times = []
+            for _ in range(reps_each[j] if reps_each else reps):
                 t0 = time.perf_counter_ns()
                 s.run(None, f)
-                block.append((time.perf_counter_ns() - t0) / 1e6)
-            per_round[j].append(_median(block))
+                times.append((time.perf_counter_ns() - t0) / 1e6)
+            per_round[j].append(min(times) if block == "min" else _median(times))
     return per_round
 
 
@@ -572,31 +581,43 @@ def measure_folder(
 
     files = manifest["files"]
     # The in-group reference: the 0-layer model built exactly like the per-layer ones (same embedding table).
-    ref_s, ref_f = load(files.get("ref") or files["rest"])
+    fixed = [load(files.get("ref") or files["rest"])]
+    # The real rest model and the full model run in every group too: their medians then cover the whole measuring
+    # period (a single separate block was easily caught by a burst of load) and the calibration factor is paired in
+    # time with the per-layer entries.
+    if files.get("ref"):
+        fixed.append(load(files["rest"]))
+    if files.get("full"):
+        fixed.append(load(files["full"]))
+    rest_pos = 1 if files.get("ref") else 0
+    full_pos = len(fixed) - 1 if files.get("full") else None
     layer_rounds: dict[tuple[int, int], list[float]] = {}
     layer_ref: dict[int, list[float]] = {}
+    rest_rounds: list[float] = []
+    full_rounds: list[float] = []
     t0 = time.perf_counter()
     for i, h in enumerate(model["heads_per_layer"]):
-        group = [load(files["layers"][i][k]) for k in range(h + 1)]
-        per = alternate([ref_s] + [g[0] for g in group], [ref_f] + [g[1] for g in group],
-                        rounds=rounds, reps=reps, seed=i)
+        group = fixed + [load(files["layers"][i][k]) for k in range(h + 1)]
+        # The full model is slow and only a reference: 2 runs per round keep its cost near one sub-model's.
+        reps_each = [min(reps, 2) if j == full_pos else reps for j in range(len(group))]
+        per = alternate([g[0] for g in group], [g[1] for g in group], rounds=rounds, reps=reps, seed=i,
+                        reps_each=reps_each)
         layer_ref[i] = per[0]
+        rest_rounds += per[rest_pos]
+        if full_pos is not None:
+            full_rounds += per[full_pos]
         for k in range(h + 1):
-            layer_rounds[(i, k)] = per[k + 1]
+            layer_rounds[(i, k)] = per[len(fixed) + k]
         del group
         log(f"layer {i}: {h + 1} sub-models measured ({time.perf_counter() - t0:.1f} s)")
-    # T_rest with the real embedding table, alternated with the full model (calibration) when it was exported.
-    final = [load(files["rest"])] + ([load(files["full"])] if files.get("full") else [])
-    per = alternate([f[0] for f in final], [f[1] for f in final], rounds=rounds, reps=reps, seed=999)
-    full_rounds = per[1] if len(per) > 1 else None
     return assemble_lut(
         manifest,
-        per[0],
+        rest_rounds,
         layer_rounds,
         layer_ref,
-        full_rounds=full_rounds,
+        full_rounds=full_rounds or None,
         where=where,
-        method={"rounds": rounds, "reps": reps, "allow_spinning": False,
+        method={"rounds": rounds, "reps": reps, "allow_spinning": False, "round_value": "best of reps",
                 "measure_seconds": round(time.perf_counter() - t0, 2)},
         table=table,
     )

@@ -108,9 +108,9 @@ class AlternatingResult:
 
     Attributes:
         paths: the models, in the order given.
-        median_ms: per model, median of its per-round medians.
-        spread_ms: per model, p90 - p10 of its per-round medians (how much the machine's load moved it).
-        rounds_ms: per model, the per-round medians themselves.
+        median_ms: per model, median over rounds of the round values (best of ``reps`` runs by default).
+        spread_ms: per model, p90 - p10 of its round values (how much the machine's load moved it).
+        rounds_ms: per model, the round values themselves.
         ratio_to_first: per model, median over rounds of (this model / first model) in the same round: robust to
             load drift, use it for "x times faster".
     """
@@ -127,6 +127,7 @@ class AlternatingResult:
     where: str
     measured_on: str
     threads_note: str = ""
+    block: str = "min"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -317,6 +318,7 @@ def measure_alternating(
     threads: Optional[int] = None,
     warmup: int = 3,
     seed: int = 0,
+    block: str = "min",
 ) -> AlternatingResult:
     """Time several models side by side (e.g. the unpruned and the pruned INT8 model for the build report).
 
@@ -331,6 +333,8 @@ def measure_alternating(
         threads: override the profile's threads (clipped to the host's cores).
         warmup: untimed runs per model before the first round.
         seed: order shuffling and input seed.
+        block: a round's value is the best (``"min"``, default: robust to other processes, see
+            :func:`edgeprune.device_runner.alternate`) or the median (``"median"``) of its ``reps`` runs.
 
     Returns:
         :class:`AlternatingResult` with medians, spreads and paired ratios to the first model.
@@ -345,7 +349,7 @@ def measure_alternating(
         s = _session(p, thr, allow_spinning=False)
         sessions.append(s)
         feeds.append(dr.synth_inputs(s, inf.batch, inf.seq_len, vocab_size=onnx_vocab_size(p), seed=seed))
-    per = dr.alternate(sessions, feeds, rounds=rounds, reps=reps, warmup=warmup, seed=seed)
+    per = dr.alternate(sessions, feeds, rounds=rounds, reps=reps, warmup=warmup, seed=seed, block=block)
 
     def med(xs):
         return statistics.median(xs)
@@ -369,6 +373,7 @@ def measure_alternating(
         where=where,
         measured_on=sentence,
         threads_note=note,
+        block=block,
     )
 
 

