@@ -7,7 +7,11 @@ Construction (DESIGN 6: layer latency is linear in kept heads and layers add up)
 * each sub-model goes through the same chain as the shipped bundle: adapter surgery -> ``export_onnx`` ->
   ``optimize_onnx`` (ORT fusion, fused-heads check) -> ``quantize_onnx`` with the profile's preset.
 * ``entry[i][k] = median over rounds of (T(layer i with k heads) - T(0 layers))``, both timed in the same round of
-  an alternating schedule, so load drift on a shared machine cancels in the difference.
+  an alternating schedule, so load drift on a shared machine cancels in the difference. A round's T is the best of
+  ``reps`` runs: other processes only ever add time, and they add more to long runs than to short ones, which would
+  break additivity (see :func:`edgeprune.device_runner.alternate`).
+* the real ``rest`` model and the unpruned ``full`` model run in every layer group too; ``calibration_factor`` =
+  measured full / LUT sum for the full model (paired in time with the entries).
 * a line ``a_i + b_i * k`` is fitted over k = 1..H per layer; ``k = 0`` stays raw (a 0-head layer has no attention
   block at all, so it sits below the line). The LUT keeps both ``raw_ms`` and ``fitted_ms``; ``ms`` is what the
   predictor uses (``fitted`` by default: it averages out per-entry noise).
@@ -42,6 +46,9 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "build_lut",
+    "check_lut",
+    "format_lut",
+    "profile_lut",
     "export_for_latency",
     "export_lut_models",
     "layer_costs",
@@ -392,3 +399,38 @@ def format_lut(lut: dict[str, Any]) -> str:
         lines.append(f"note: {s['threads_note']}")
     lines.append(lut["provenance"]["measured_on"])
     return "\n".join(lines)
+
+
+def check_lut(
+    lut: dict[str, Any], heads_per_layer: Sequence[int], profile: Optional[Union[str, DeviceProfile]] = None
+) -> list[str]:
+    """Check that a LUT fits a model (and, optionally, a profile's settings) before the search relies on it.
+
+    Args:
+        lut: the table.
+        heads_per_layer: the model's unpruned heads per layer.
+        profile: if given, the LUT's batch, seq_len and precision are compared with it.
+
+    Returns:
+        Warnings (settings that differ from the profile; the table is still usable but describes other conditions).
+
+    Raises:
+        MeasureError: the table was measured for another head layout.
+    """
+    have = list(lut["model"]["heads_per_layer"])
+    if have != list(heads_per_layer):
+        raise MeasureError(f"the latency table is for heads per layer {have}, the model has {list(heads_per_layer)}")
+    warnings: list[str] = []
+    if profile is not None:
+        prof = load_profile(profile)
+        s = lut["settings"]
+        for key, want in (("batch", prof.batch), ("seq_len", prof.seq_len), ("precision", prof.precision)):
+            if s.get(key) != want:
+                warnings.append(f"latency table {key} is {s.get(key)!r} but profile {prof.name} uses {want!r}")
+    return warnings
+
+
+def profile_lut(profile: Union[str, DeviceProfile]) -> Optional[dict[str, Any]]:
+    """The device-measured LUT a profile points to (``latency_table = "..."``), loaded, or ``None``."""
+    path = load_profile(profile).latency_table_path()
+    return load_lut(path) if path is not None else None

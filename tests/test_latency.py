@@ -186,3 +186,26 @@ def test_cli_lut_export_only(tmp_path):
     assert manifest["files"]["layers"] == [["layer00_k00.onnx", "layer00_k01.onnx", "layer00_k02.onnx"]]
     res = CliRunner().invoke(app, ["lut", "--model", str(model_dir)])
     assert res.exit_code != 0
+
+
+def test_check_lut_layout_and_settings():
+    from edgeprune.latency import check_lut
+
+    lut = _lut()
+    assert check_lut(lut, [2, 3]) == []
+    with pytest.raises(MeasureError, match=r"\[2, 3\]"):
+        check_lut(lut, [2, 2])
+    lut["settings"] = {"batch": 1, "seq_len": 64, "precision": "int8"}
+    warnings = check_lut(lut, [2, 3], "raspberrypi4")
+    assert len(warnings) == 1 and "seq_len" in warnings[0]
+
+
+def test_profile_lut_follows_the_profile_field(tmp_path):
+    from edgeprune.latency import profile_lut
+
+    save_lut(_lut(), tmp_path / "pi4-lut.json")
+    text = (Path(__file__).resolve().parents[1] / "profiles" / "raspberrypi4.toml").read_text()
+    prof = tmp_path / "pi.toml"
+    prof.write_text(text.replace('qemu_cpu = "cortex-a72"', 'qemu_cpu = "cortex-a72"\nlatency_table = "pi4-lut.json"'))
+    assert profile_lut(prof)["rest_ms"] == 1.5
+    assert profile_lut("raspberrypi4") is None
