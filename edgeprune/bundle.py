@@ -29,7 +29,6 @@ plan that is finally shipped.
 from __future__ import annotations
 
 import json
-import math
 import os
 import platform
 import shutil
@@ -57,80 +56,22 @@ ORT_VS_ONNX_ATOL = 1e-3
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# statistics (from edgeprune.bounds; a marked shim until the search helper's module lands)
+# statistics: edgeprune.bounds (exact Clopper-Pearson, Bonferroni split; see its docstrings)
 # ---------------------------------------------------------------------------------------------------------------------
-def _bounds() -> Any:
-    try:
-        from . import bounds  # type: ignore[attr-defined]
-
-        if hasattr(bounds, "paired_drop_upper_bound"):
-            return bounds
-    except ImportError:
-        pass
-    return _BoundsShim
-
-
-class _BoundsShim:
-    """TEMPORARY SHIM (export helper): used only when ``edgeprune.bounds`` is missing. Remove once it exists.
-
-    A simple, sound (conservative) paired bound: drop = p_worse - p_better <= UB(p_worse) - LB(p_better), with
-    one-sided Clopper-Pearson bounds at alpha/2 each (a union bound over the two).
-    """
-
-    @staticmethod
-    def _binom_cdf(k: int, n: int, q: float) -> float:
-        if k < 0:
-            return 0.0
-        if k >= n or q <= 0.0:
-            return 1.0
-        if q >= 1.0:
-            return 0.0
-        total = 0.0
-        for i in range(0, k + 1):
-            total += math.exp(math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1)
-                              + i * math.log(q) + (n - i) * math.log1p(-q))
-        return min(total, 1.0)
-
-    @classmethod
-    def _cp_upper(cls, k: int, n: int, alpha: float) -> float:
-        """Largest q with P(X <= k | n, q) >= alpha (bisection; the CDF decreases in q)."""
-        if k >= n:
-            return 1.0
-        lo, hi = k / n, 1.0
-        for _ in range(60):
-            mid = (lo + hi) / 2
-            if cls._binom_cdf(k, n, mid) >= alpha:
-                lo = mid
-            else:
-                hi = mid
-        return hi
-
-    @classmethod
-    def paired_drop_upper_bound(cls, n_worse: int, n_better: int, n: int, confidence: float) -> float:
-        if n <= 0:
-            return 1.0
-        alpha = (1.0 - confidence) / 2
-        upper_worse = cls._cp_upper(n_worse, n, alpha)
-        lower_better = 1.0 - cls._cp_upper(n - n_better, n, alpha)  # CP lower bound by symmetry
-        return max(upper_worse - lower_better, (n_worse - n_better) / n)
-
-    @staticmethod
-    def corrected_confidence(confidence: float, looks: int) -> float:
-        return 1.0 - (1.0 - confidence) / max(1, int(looks))
-
-
 def corrected_confidence(confidence: float, looks: int) -> float:
     """Per-look confidence so that ``looks`` looks keep the family-wise ``confidence`` (Bonferroni)."""
-    b = _bounds()
-    fn = getattr(b, "corrected_confidence", None) or _BoundsShim.corrected_confidence
-    return float(fn(confidence, looks))
+    from . import bounds
+
+    return float(bounds.corrected_confidence(confidence, looks))
 
 
 # ---------------------------------------------------------------------------------------------------------------------
 # profile access (edgeprune.profiles; a marked shim for a missing profile)
 # ---------------------------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class _QuantShim:
+class _DefaultQuant:
+    """The default preset when no profile is given (DESIGN 5: dynamic, S8, per-channel, no reduce_range)."""
+
     format: str = "dynamic"
     weight_type: str = "s8"
     per_channel: bool = True
@@ -146,7 +87,7 @@ def _load_profile(profile: Any) -> Any:
 
 
 def _quant_of(profile: Any) -> Any:
-    return getattr(profile, "quant", None) or _QuantShim()
+    return getattr(profile, "quant", None) or _DefaultQuant()
 
 
 def _profile_dict(profile: Any) -> Any:
@@ -314,8 +255,10 @@ def certify(base_preds: Sequence[int], preds: Sequence[int], labels: Sequence[in
     ok = [p == y for p, y in zip(preds, labels)]
     n_worse = sum(1 for b, c in zip(base_ok, ok) if b and not c)
     n_better = sum(1 for b, c in zip(base_ok, ok) if c and not b)
+    from . import bounds
+
     per_look = corrected_confidence(confidence, looks)
-    bound = float(_bounds().paired_drop_upper_bound(n_worse, n_better, n, per_look))
+    bound = float(bounds.paired_drop_upper_bound(n_worse, n_better, n, per_look))
     return Certification(
         n=n, base_accuracy=sum(base_ok) / n, accuracy=sum(ok) / n, n_worse=n_worse, n_better=n_better,
         drop=(n_worse - n_better) / n, drop_upper_bound=bound, max_drop=max_drop, confidence=confidence,
