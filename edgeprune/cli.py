@@ -257,6 +257,56 @@ def search_cmd(
     )
 
 
+@app.command()
+def build(
+    profile: ProfileOpt = "raspberrypi4",
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Fine-tuned model folder or hub id (default: the embedded MiniLM sentiment task).")] = None,
+    data: Annotated[Optional[str], typer.Option(help="Labelled dataset: CSV, TSV, JSONL (split into search and certify parts).")] = None,
+    certify_data: Annotated[Optional[str], typer.Option(help="Separate held-out dataset for certification.")] = None,
+    max_drop: Annotated[float, typer.Option(help="Allowed accuracy drop in percentage points (certified).")] = 1.0,
+    confidence: Annotated[float, typer.Option(help="Confidence of the certified bound.")] = 0.95,
+    latency_table: Annotated[Optional[str], typer.Option(help="Latency table JSON measured on the device (edgeprune lut).")] = None,
+    out: Annotated[str, typer.Option("--out", "-o", help="Output folder.")] = "edgeprune-out",
+    resume: Annotated[bool, typer.Option(help="Continue an interrupted build in --out.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace a finished build in --out.")] = False,
+    algorithm: Annotated[str, typer.Option(help="astar, greedy, oneshot or random.")] = "astar",
+    max_evals: Annotated[int, typer.Option(help="Search budget: evaluations of the search split.")] = 120,
+    text_column: Annotated[Optional[str], typer.Option(help="Text column of --data.")] = None,
+    text_pair_column: Annotated[Optional[str], typer.Option(help="Second text column (pair tasks).")] = None,
+    label_column: Annotated[Optional[str], typer.Option(help="Label column of --data.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed for splits and search.")] = 0,
+    force: Annotated[bool, typer.Option(help="Write the bundle even if certification fails (exit code stays non-zero).")] = False,
+    allow_pickle: Annotated[bool, typer.Option(help="Allow pickle checkpoints (runs code from the file: trusted files only).")] = False,
+) -> None:
+    """Search, prune, export, quantize, certify and measure: the whole job in one command."""
+    from .pipeline import BuildConfig
+    from .pipeline import build as run_build
+
+    cfg = BuildConfig(
+        profile=profile, model=model, data=data, certify_data=certify_data, max_drop_pts=max_drop,
+        confidence=confidence, latency_table=latency_table, out=out, resume=resume, overwrite=overwrite,
+        algorithm=algorithm, max_evaluations=max_evals, text_column=text_column, text_pair_column=text_pair_column,
+        label_column=label_column, seed=seed, force=force, allow_pickle=allow_pickle,
+    )
+    report = run_build(cfg)
+    acc, lat, heads = report["accuracy"], report["latency_ms"], report["heads"]
+    typer.echo(
+        f"\n{heads['removed']} of {heads['total']} heads removed | certify accuracy {100 * acc['baseline']:.2f}% -> "
+        f"{100 * acc['final']:.2f}% (drop <= {acc['drop_upper_bound_pts']:.2f} pts at {100 * acc['confidence']:.0f}%)\n"
+        f"p50 latency: dense FP32 {lat['dense_fp32']['p50']:.2f} ms | dense INT8 {lat['dense_int8']['p50']:.2f} ms | "
+        f"final {lat['final']['p50']:.2f} ms ({lat['measured_on']})\n"
+        f"wrote {out}/bundle, {out}/report.md, {out}/report.json, {out}/pareto.png"
+    )
+    if report["warnings"]:
+        for w in report["warnings"]:
+            typer.secho(f"WARNING: {w}", fg=typer.colors.RED, bold=True, err=True)
+    if any("CERTIFICATION FAILED" in w for w in report["warnings"]):
+        banner = "#" * 78
+        typer.secho(f"{banner}\n###  NOT CERTIFIED: THIS BUNDLE BREAKS THE ACCURACY BOUND (shipped with --force)  ###\n"
+                    f"{banner}", fg=typer.colors.RED, bold=True, err=True)
+        raise typer.Exit(code=3)
+
+
 def main() -> None:
     """Console-script entry point: runs the app and maps known errors to exit codes."""
     try:

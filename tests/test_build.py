@@ -1,0 +1,86 @@
+"""End-to-end `edgeprune build` on a tiny model and tiny data: every report key, every file, resume, bad input."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from edgeprune.errors import EdgepruneError  # noqa: E402
+from edgeprune.pipeline import BuildConfig, build  # noqa: E402
+from edgeprune.report import REQUIRED_KEYS, get_dotted  # noqa: E402
+from edgeprune.testing import tiny_model, tiny_tokenizer  # noqa: E402
+
+WORDS = "the a movie film plot actor story good bad great awful fun boring love hate best worst funny dull".split()
+
+
+@pytest.fixture(scope="module")
+def tiny_task(tmp_path_factory):
+    root = tmp_path_factory.mktemp("task")
+    model = tiny_model("bert", num_layers=2, num_heads=4, hidden=32)
+    model.config.id2label = {0: "negative", 1: "positive"}
+    model.config.label2id = {"negative": 0, "positive": 1}
+    model.save_pretrained(root / "model")
+    tiny_tokenizer(root / "model")
+    rng = random.Random(0)
+    rows = ["text,label"]
+    for _ in range(240):
+        words = rng.choices(WORDS, k=rng.randint(3, 9))
+        rows.append(f"{' '.join(words)},{'positive' if rng.random() < 0.5 else 'negative'}")
+    (root / "data.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+def _cfg(root, out, **kw):
+    base = dict(profile="x86-64", model=str(root / "model"), data=str(root / "data.csv"), out=str(out),
+                # a random tiny model: a loose bound so the plumbing, not the statistics, is under test
+                max_drop_pts=60.0, max_evaluations=12, measure_rounds=10)
+    base.update(kw)
+    return BuildConfig(**base)
+
+
+def test_build_end_to_end(tiny_task, tmp_path):
+    out = tmp_path / "out"
+    report = build(_cfg(tiny_task, out), progress=False)
+    for key in REQUIRED_KEYS:
+        get_dotted(report, key)
+    for name in ("report.json", "report.md", "pareto.png", "plan.json", "bundle/model.onnx", "bundle/model.ort",
+                 "bundle/config.json", "bundle/edgeprune.json"):
+        assert (out / name).is_file(), name
+    on_disk = json.loads((out / "report.json").read_text())
+    assert on_disk["heads"]["removed"] == report["heads"]["removed"]
+    assert report["heads"]["total"] == 8
+    assert sum(len(k) for k in report["heads"]["kept_per_layer"]) == 8 - report["heads"]["removed"]
+    acc = report["accuracy"]
+    assert 0.0 <= acc["final"] <= 1.0 and acc["certify_examples"] == 120
+    assert acc["drop_upper_bound_pts"] <= acc["max_drop_pts"]
+    for name in ("dense_fp32", "dense_int8", "final"):
+        lat = report["latency_ms"][name]
+        assert 0 < lat["p50"] <= lat["p90"] <= lat["p99"]
+    assert "measured on" in report["latency_ms"]["measured_on"]
+    assert report["memory"]["final_file_bytes"] < report["memory"]["dense_fp32_file_bytes"]
+    assert "heads removed" in (out / "report.md").read_text()
+
+    # A finished build is not overwritten silently; --resume reuses every stage.
+    with pytest.raises(EdgepruneError, match="--resume"):
+        build(_cfg(tiny_task, out), progress=False)
+    again = build(_cfg(tiny_task, out, resume=True), progress=False)
+    assert again["heads"] == report["heads"] and again["latency_ms"]["final"] == report["latency_ms"]["final"]
+    with pytest.raises(EdgepruneError, match="other settings"):
+        build(_cfg(tiny_task, out, resume=True, max_drop_pts=50.0), progress=False)
+
+
+def test_bad_inputs_have_clear_errors(tiny_task, tmp_path):
+    with pytest.raises(EdgepruneError, match="both --model and --data"):
+        BuildConfig(model=str(tiny_task / "model"))
+    with pytest.raises(EdgepruneError, match="accuracy points"):
+        _cfg(tiny_task, tmp_path / "o", max_drop_pts=-1)
+    with pytest.raises(EdgepruneError, match="unknown --algorithm"):
+        _cfg(tiny_task, tmp_path / "o", algorithm="dfs")
+    with pytest.raises(EdgepruneError, match="no such folder"):
+        _cfg(tiny_task, tmp_path / "o", model="./nope")
+    with pytest.raises(EdgepruneError, match="profile"):
+        build(_cfg(tiny_task, tmp_path / "o", profile="no-such-device"), progress=False)
