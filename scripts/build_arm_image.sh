@@ -19,7 +19,7 @@ HERE=$(cd "$(dirname "$0")/.." && pwd)
 ROOT=${EDGEPRUNE_ARM_ROOT:-$HOME/.cache/edgeprune/arm64}
 IMAGE=${IMAGE:-localhost/edgeprune:arm64-$TARGET}
 CA=${CA_BUNDLE:-/etc/ssl/certs/ca-certificates.crt}
-BASE_IMAGE=localhost/debian-arm64:bookworm
+BASE_IMAGE=${BASE_IMAGE:-localhost/debian-arm64:bookworm}
 WORK=$(mktemp -d /tmp/edgeprune-image.XXXXXX)
 trap 'rm -rf "$WORK"' EXIT
 log() { printf '[build_arm_image] %s\n' "$*" >&2; }
