@@ -63,6 +63,7 @@ def test_build_end_to_end(tiny_task, tmp_path):
     assert "measured on" in report["latency_ms"]["measured_on"]
     assert report["memory"]["final_file_bytes"] < report["memory"]["dense_fp32_file_bytes"]
     assert "heads removed" in (out / "report.md").read_text()
+    _readme_snippet_runs(out / "bundle")
 
     # A finished build is not overwritten silently; --resume reuses every stage.
     with pytest.raises(EdgepruneError, match="--resume"):
@@ -84,3 +85,19 @@ def test_bad_inputs_have_clear_errors(tiny_task, tmp_path):
         _cfg(tiny_task, tmp_path / "o", model="./nope")
     with pytest.raises(EdgepruneError, match="profile"):
         build(_cfg(tiny_task, tmp_path / "o", profile="no-such-device"), progress=False)
+
+
+def _readme_snippet_runs(bundle):
+    """The README's 'Using the bundle in an app' example: plain onnxruntime + the bundle's tokenizer."""
+    import numpy as np
+    import onnxruntime as ort
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(bundle))
+    sess = ort.InferenceSession(str(bundle / "model.onnx"), providers=["CPUExecutionProvider"])
+    id2label = json.loads((bundle / "config.json").read_text())["id2label"]
+    enc = tok(["a good movie", "boring plot"], padding=True, truncation=True, max_length=128, return_tensors="np")
+    feeds = {i.name: enc[i.name].astype(np.int64) for i in sess.get_inputs()}
+    logits = sess.run(None, feeds)[0]
+    assert logits.shape == (2, 2)
+    assert {id2label[str(int(i))] for i in logits.argmax(-1)} <= {"negative", "positive"}
