@@ -77,8 +77,8 @@ def demo_model(
     )
     typer.echo(f"fine-tune wall time: {task.finetune_seconds / 60:.1f} min ({task.finetune_seconds:.0f} s)")
     typer.echo(
-        f"cache: {task.cache_dir}, {task.cache_size_bytes() / 2**20:.0f} MiB "
-        f"(model folder {task.model_size_bytes() / 2**20:.0f} MiB)"
+        f"cache: {task.cache_dir}: default task {task.footprint_bytes() / 2**20:.0f} MiB "
+        f"(model folder {task.model_size_bytes() / 2**20:.0f} MiB); whole cache {task.cache_size_bytes() / 2**20:.0f} MiB"
     )
 
 

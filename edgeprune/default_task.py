@@ -284,6 +284,13 @@ class DefaultTask:
         """Bytes used by the fine-tuned model folder."""
         return _dir_size(self.model_dir)
 
+    def footprint_bytes(self) -> int:
+        """Bytes this task keeps in the cache: model folder, data archive and (if installed there) model package."""
+        sdist = self.cache_dir / "downloads" / SDIST_NAME
+        pkgs = self.cache_dir / "pkgs"
+        return (self.model_size_bytes() + (sdist.stat().st_size if sdist.is_file() else 0)
+                + (_dir_size(pkgs) if pkgs.is_dir() else 0))
+
 
 # ----------------------------------------------------------------------------------------------------------------
 # Cache, hashing, locking
