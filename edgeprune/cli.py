@@ -122,7 +122,8 @@ def verify_arm(
     qemu_cpu: Annotated[Optional[str], typer.Option("--qemu-cpu", help="Override the profile's QEMU CPU model (cortex-a72, cortex-a76, neoverse-n1; never max).")] = None,
     seq_len: Annotated[Optional[int], typer.Option(help="Sequence length of the test inputs (default: the profile's).")] = None,
     batch: Annotated[int, typer.Option(help="Rows per test feed (the last row is half padded).")] = 2,
-    num_batches: Annotated[int, typer.Option(help="Number of test feeds.")] = 2,
+    num_batches: Annotated[int, typer.Option(help="Number of random test feeds (when no sentences are used).")] = 2,
+    texts: Annotated[Optional[Path], typer.Option(help="Text file, one sentence per line, tokenised with the bundle's tokenizer (default: built-in sentences when the bundle has a tokenizer, else random token ids).")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Run the model on aarch64 onnxruntime under qemu-user with the profile's CPU and compare with FP32 here."""
@@ -130,7 +131,8 @@ def verify_arm(
     from .errors import VerificationError
 
     result = _verify_arm(model, profile, reference=reference, source_model=source_model, qemu_cpu=qemu_cpu,
-                         seq_len=seq_len, batch=batch, num_batches=num_batches)
+                         seq_len=seq_len, batch=batch, num_batches=num_batches,
+                         texts=[t for t in texts.read_text().splitlines() if t.strip()] if texts else None)
     if json_out:
         import json
 

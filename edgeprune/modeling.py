@@ -22,6 +22,10 @@ from .plan import HeadPlan
 PRUNING_FILE = "edgeprune_pruning.json"
 WEIGHTS_FILE = "model.safetensors"
 FORMAT_VERSION = 1
+#: Written when the plan has an FFN part: older edgeprune versions then refuse the folder with a clear "unknown
+#: format_version" instead of rebuilding the FFN at full size and failing on the weights. Head-only folders stay 1.
+FFN_FORMAT_VERSION = 2
+READABLE_VERSIONS = (FORMAT_VERSION, FFN_FORMAT_VERSION)
 
 
 def is_pruned_dir(path: str | Path) -> bool:
@@ -100,8 +104,9 @@ def save_pruned(model, out_dir: str | Path, tokenizer=None) -> Path:
     plan = adapter.current_plan(model)
     model.config.save_pretrained(out)
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(out / WEIGHTS_FILE), metadata={"format": "pt", "edgeprune": str(FORMAT_VERSION)})
-    meta = {"format_version": FORMAT_VERSION, "model_type": model.config.model_type, "plan": plan.to_dict()}
+    version = FFN_FORMAT_VERSION if plan.has_ffn else FORMAT_VERSION
+    save_file(state, str(out / WEIGHTS_FILE), metadata={"format": "pt", "edgeprune": str(version)})
+    meta = {"format_version": version, "model_type": model.config.model_type, "plan": plan.to_dict()}
     (out / PRUNING_FILE).write_text(json.dumps(meta, indent=2) + "\n")
     if tokenizer is not None:
         tokenizer.save_pretrained(out)
@@ -109,7 +114,8 @@ def save_pruned(model, out_dir: str | Path, tokenizer=None) -> Path:
 
 
 def load_pruned(path: str | Path):
-    """Rebuild a model saved by :func:`save_pruned`: full-size skeleton, surgery, strict weight load."""
+    """Rebuild a model saved by :func:`save_pruned`: full-size skeleton, surgery (heads and FFN blocks), strict
+    weight load."""
     from safetensors.torch import load_file
     from transformers import AutoModelForSequenceClassification
 
@@ -119,7 +125,7 @@ def load_pruned(path: str | Path):
         plan = HeadPlan.from_dict(meta["plan"])
     except (OSError, ValueError, KeyError) as exc:
         raise EdgepruneError(f"{path / PRUNING_FILE} is unreadable or malformed: {exc}") from exc
-    if meta.get("format_version") != FORMAT_VERSION:
+    if meta.get("format_version") not in READABLE_VERSIONS:
         raise EdgepruneError(f"{path / PRUNING_FILE}: unknown format_version {meta.get('format_version')!r}")
     config = _load_config(path)
     model = AutoModelForSequenceClassification.from_config(config)
@@ -188,13 +194,15 @@ def prune_and_save(model_path: str | Path, plan_path: str | Path, out_dir: str |
     model, tokenizer = load_model(model_path)
     plan = load_plan(plan_path)
     adapter = get_adapter(model)
-    plan.check_fits(adapter.layout(model))
+    adapter.check_plan(model, plan)
     before = count_parameters(model)
     diff = prune_and_verify_(model, plan)
     save_pruned(model, out_dir, tokenizer)
     return {
         "out": str(out_dir), "heads_removed": plan.num_removed, "heads_total": sum(plan.num_heads),
         "params_before": before, "params_after": count_parameters(model), "max_abs_diff": diff,
+        "ffn_blocks_removed": plan.ffn_num_removed,
+        "ffn_blocks_total": sum(plan.ffn_num_blocks) if plan.has_ffn else 0,
     }
 
 

@@ -1,10 +1,17 @@
 """Head layouts and pruning plans: pure data, no torch.
 
 A :class:`HeadLayout` describes the attention heads of an encoder (layers x heads). A :class:`HeadPlan` says which
-heads each layer keeps, by their *original* index. Plans round-trip through plain dicts (JSON), so the search, the
-surgery, the saved model and the report all speak the same format::
+heads each layer keeps, by their *original* index, and optionally which feed-forward (FFN) blocks it keeps: the
+intermediate neurons of a layer are cut into ``block_size``-wide blocks (block ``b`` = neurons
+``b*block_size .. (b+1)*block_size - 1``) and the plan lists the original indices of the kept blocks. Plans
+round-trip through plain dicts (JSON), so the search, the surgery, the saved model and the report all speak the same
+format::
 
-    {"num_heads": [12, 12], "kept_heads": [[0, 3, 7], []]}
+    {"num_heads": [12, 12], "kept_heads": [[0, 3, 7], []]}                       # heads only (FFN untouched)
+    {"num_heads": [12, 12], "kept_heads": [[0, 3, 7], []],
+     "ffn": {"block_size": 128, "num_blocks": [12, 12], "kept_blocks": [[0, 1, 5], []]}}
+
+A plan without ``"ffn"`` says nothing about the FFN: applied to a model, it leaves the FFN as it is.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from typing import Iterable, Sequence
 from .errors import PlanError
 
 Head = tuple[int, int]  # (layer, head) in original indices
+Block = tuple[int, int]  # (layer, FFN block) in original indices
 
 
 @dataclass(frozen=True)
@@ -55,10 +63,16 @@ class HeadPlan:
     Attributes:
         num_heads: heads per layer of the unpruned model.
         kept: per layer, the sorted original indices of the kept heads.
+        ffn_block_size: neurons per FFN block, or None when the plan does not touch the FFN.
+        ffn_num_blocks: FFN blocks per layer of the unpruned model (intermediate size // block size), or None.
+        ffn_kept: per layer, the sorted original indices of the kept FFN blocks, or None.
     """
 
     num_heads: tuple[int, ...]
     kept: tuple[tuple[int, ...], ...]
+    ffn_block_size: int | None = None
+    ffn_num_blocks: tuple[int, ...] | None = None
+    ffn_kept: tuple[tuple[int, ...], ...] | None = None
 
     def __post_init__(self) -> None:
         if len(self.kept) != len(self.num_heads):
@@ -69,6 +83,26 @@ class HeadPlan:
             bad = [h for h in kept if not 0 <= h < n]
             if bad:
                 raise PlanError(f"layer {layer}: head(s) {bad} do not exist (the layer has heads 0..{n - 1})")
+        ffn = (self.ffn_block_size, self.ffn_num_blocks, self.ffn_kept)
+        if any(x is None for x in ffn):
+            if any(x is not None for x in ffn):
+                raise PlanError("an FFN plan needs block_size, num_blocks and kept_blocks together")
+            return
+        if self.ffn_block_size <= 0:
+            raise PlanError(f"FFN block size must be positive, got {self.ffn_block_size}")
+        if len(self.ffn_num_blocks) != len(self.num_heads) or len(self.ffn_kept) != len(self.num_heads):
+            raise PlanError(
+                f"FFN plan has {len(self.ffn_kept)} layers ({len(self.ffn_num_blocks)} block counts) but the head "
+                f"plan has {len(self.num_heads)}"
+            )
+        for layer, (n, kept) in enumerate(zip(self.ffn_num_blocks, self.ffn_kept)):
+            if n <= 0:
+                raise PlanError(f"layer {layer}: an FFN needs >0 blocks, got {n}")
+            if list(kept) != sorted(set(kept)):
+                raise PlanError(f"layer {layer}: kept FFN blocks must be sorted and unique, got {list(kept)}")
+            bad = [b for b in kept if not 0 <= b < n]
+            if bad:
+                raise PlanError(f"layer {layer}: FFN block(s) {bad} do not exist (the layer has blocks 0..{n - 1})")
 
     # ---- constructors -------------------------------------------------------------------------------------------
     @classmethod
@@ -92,17 +126,97 @@ class HeadPlan:
 
     @classmethod
     def from_dict(cls, data: dict) -> "HeadPlan":
-        """Inverse of :meth:`to_dict`; raises :class:`PlanError` on a malformed dict."""
+        """Inverse of :meth:`to_dict` (the ``"ffn"`` entry is optional); raises :class:`PlanError` on a malformed
+        dict."""
         try:
             num_heads = tuple(int(n) for n in data["num_heads"])
             kept = tuple(tuple(int(h) for h in layer) for layer in data["kept_heads"])
         except (KeyError, TypeError, ValueError) as exc:
             raise PlanError(f"malformed plan (need 'num_heads' and 'kept_heads' lists): {exc!r}") from exc
-        return cls(num_heads, kept)
+        ffn = data.get("ffn")
+        if ffn is None:
+            return cls(num_heads, kept)
+        try:
+            block_size = int(ffn["block_size"])
+            num_blocks = tuple(int(n) for n in ffn["num_blocks"])
+            kept_blocks = tuple(tuple(int(b) for b in layer) for layer in ffn["kept_blocks"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise PlanError(
+                f"malformed FFN plan (need 'block_size', 'num_blocks' and 'kept_blocks'): {exc!r}"
+            ) from exc
+        return cls(num_heads, kept, block_size, num_blocks, kept_blocks)
+
+    def with_ffn(self, block_size: int, num_blocks: Sequence[int],
+                 kept_blocks: Sequence[Sequence[int]] | None = None) -> "HeadPlan":
+        """This plan's heads plus an FFN part (``kept_blocks=None`` keeps every block)."""
+        num_blocks = tuple(int(n) for n in num_blocks)
+        if kept_blocks is None:
+            kept_blocks = [range(n) for n in num_blocks]
+        kept_t = tuple(tuple(int(b) for b in k) for k in kept_blocks)
+        return HeadPlan(self.num_heads, self.kept, int(block_size), num_blocks, kept_t)
+
+    def with_ffn_removed(self, block_size: int, num_blocks: Sequence[int], removed: Iterable[Block]) -> "HeadPlan":
+        """This plan's heads plus the FFN plan that removes exactly ``removed`` (a set of (layer, block) pairs)."""
+        num_blocks = tuple(int(n) for n in num_blocks)
+        gone: set[Block] = set()
+        for layer, block in removed:
+            if not 0 <= layer < len(num_blocks):
+                raise PlanError(f"layer {layer} does not exist (the model has layers 0..{len(num_blocks) - 1})")
+            if not 0 <= block < num_blocks[layer]:
+                raise PlanError(f"layer {layer}: FFN block {block} does not exist (blocks 0..{num_blocks[layer] - 1})")
+            gone.add((layer, block))
+        kept = [[b for b in range(n) if (layer, b) not in gone] for layer, n in enumerate(num_blocks)]
+        return self.with_ffn(block_size, num_blocks, kept)
+
+    def heads_only(self) -> "HeadPlan":
+        """This plan without its FFN part."""
+        return HeadPlan(self.num_heads, self.kept)
+
+    def select_layers(self, indices: Sequence[int]) -> "HeadPlan":
+        """The plan of the encoder truncated to ``indices`` (heads and FFN blocks)."""
+        heads = HeadPlan(tuple(self.num_heads[i] for i in indices), tuple(self.kept[i] for i in indices))
+        if not self.has_ffn:
+            return heads
+        return heads.with_ffn(self.ffn_block_size, [self.ffn_num_blocks[i] for i in indices],
+                              [self.ffn_kept[i] for i in indices])
 
     # ---- views --------------------------------------------------------------------------------------------------
     def to_dict(self) -> dict:
-        return {"num_heads": list(self.num_heads), "kept_heads": [list(k) for k in self.kept]}
+        d: dict = {"num_heads": list(self.num_heads), "kept_heads": [list(k) for k in self.kept]}
+        if self.has_ffn:
+            d["ffn"] = {
+                "block_size": self.ffn_block_size,
+                "num_blocks": list(self.ffn_num_blocks),
+                "kept_blocks": [list(k) for k in self.ffn_kept],
+            }
+        return d
+
+    @property
+    def has_ffn(self) -> bool:
+        """True when the plan carries an FFN part (it may still keep every block)."""
+        return self.ffn_kept is not None
+
+    @property
+    def ffn_kept_counts(self) -> tuple[int, ...] | None:
+        """Kept FFN blocks per layer (None without an FFN part)."""
+        return None if self.ffn_kept is None else tuple(len(k) for k in self.ffn_kept)
+
+    @property
+    def ffn_kept_widths(self) -> tuple[int, ...] | None:
+        """Kept FFN neurons per layer (None without an FFN part)."""
+        counts = self.ffn_kept_counts
+        return None if counts is None else tuple(c * self.ffn_block_size for c in counts)
+
+    def ffn_removed(self) -> list[Block]:
+        """The removed (layer, FFN block) pairs, layer-major ([] without an FFN part)."""
+        if not self.has_ffn:
+            return []
+        return [(layer, b) for layer, n in enumerate(self.ffn_num_blocks) for b in range(n)
+                if b not in self.ffn_kept[layer]]
+
+    @property
+    def ffn_num_removed(self) -> int:
+        return 0 if not self.has_ffn else sum(self.ffn_num_blocks) - sum(self.ffn_kept_counts)
 
     @property
     def kept_counts(self) -> tuple[int, ...]:
@@ -118,7 +232,8 @@ class HeadPlan:
 
     @property
     def is_full(self) -> bool:
-        return self.num_removed == 0
+        """True when nothing is removed: no head and no FFN block."""
+        return self.num_removed == 0 and self.ffn_num_removed == 0
 
     def check_fits(self, layout: HeadLayout) -> None:
         """Raise :class:`PlanError` if this plan was made for another head layout."""

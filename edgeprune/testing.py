@@ -55,6 +55,22 @@ def tiny_model(model_type: str = "bert", num_layers: int = 4, num_heads: int = 4
     return model.eval()
 
 
+def randomize_biases_(model, std: float = 0.2, seed: int = 0):
+    """Give every bias and LayerNorm parameter random values, in place; returns the model.
+
+    transformers initialises biases to 0 and LayerNorm to (1, 0), so a surgery that forgets a bias (e.g. of a layer
+    left without heads or FFN neurons) would still pass a parity check on a fresh tiny model.
+    """
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias") or "LayerNorm" in name or "layer_norm" in name:
+                p.add_(torch.randn(p.shape, generator=g) * std)
+    return model
+
+
 def tiny_tokenizer(directory: str | Path):
     """A WordPiece tokenizer over a small fixed vocabulary (ids < 128), saved in ``directory``."""
     from transformers import BertTokenizerFast

@@ -7,7 +7,7 @@ from torch import nn
 
 from . import register_adapter
 from .base import Adapter
-from .modules import BiasResidualNorm, FusableSelfAttention
+from .modules import BiasResidualNorm, FfnBiasResidualNorm, FusableSelfAttention, NoIntermediate, slice_linear
 
 
 @register_adapter("bert", "roberta", "xlm-roberta", "electra")
@@ -52,6 +52,28 @@ class BertFamilyAdapter(Adapter):
         attn.output.dense = self._slice_out(attn.output.dense, keep_positions, d)
         sa.num_attention_heads = len(keep_positions)
         sa.all_head_size = len(keep_positions) * d
+
+    def _ffn_width_config(self, config) -> int:
+        return config.intermediate_size
+
+    def _ffn_in(self, layer: nn.Module) -> nn.Linear | None:
+        return None if isinstance(layer.intermediate, NoIntermediate) else layer.intermediate.dense
+
+    def _ffn_out(self, layer: nn.Module) -> nn.Linear | None:
+        return None if isinstance(layer.output, FfnBiasResidualNorm) else layer.output.dense
+
+    def _prune_ffn_layer(self, layer: nn.Module, keep_neurons: list[int], config) -> None:
+        out = layer.output
+        if not keep_neurons:
+            # BertOutput: LayerNorm(dropout(dense(h)) + input); with no neurons dense(h) == bias.
+            layer.output = FfnBiasResidualNorm(out.dense.bias, out.LayerNorm, config.hidden_dropout_prob).train(
+                out.training
+            )
+            layer.intermediate = NoIntermediate().train(out.training)
+            return
+        index = torch.tensor(keep_neurons, dtype=torch.long)
+        layer.intermediate.dense = slice_linear(layer.intermediate.dense, index, 0)
+        out.dense = slice_linear(out.dense, index, 1)
 
     def embed(self, model: nn.Module, input_ids, attention_mask, token_type_ids=None):
         base = model.base_model

@@ -7,7 +7,7 @@ from torch import nn
 
 from . import register_adapter
 from .base import Adapter
-from .modules import BiasOnlyAttention, FusableDistilAttention
+from .modules import BiasOnlyAttention, BiasOnlyFFN, FusableDistilAttention, slice_linear
 
 
 @register_adapter("distilbert")
@@ -49,6 +49,26 @@ class DistilBertAdapter(Adapter):
         attn.out_lin = self._slice_out(attn.out_lin, keep_positions, d)
         attn.n_heads = len(keep_positions)
         attn.dim = len(keep_positions) * d
+
+    def _ffn_width_config(self, config) -> int:
+        return config.hidden_dim
+
+    def _ffn_in(self, layer: nn.Module) -> nn.Linear | None:
+        return None if isinstance(layer.ffn, BiasOnlyFFN) else layer.ffn.lin1
+
+    def _ffn_out(self, layer: nn.Module) -> nn.Linear | None:
+        return None if isinstance(layer.ffn, BiasOnlyFFN) else layer.ffn.lin2
+
+    def _prune_ffn_layer(self, layer: nn.Module, keep_neurons: list[int], config) -> None:
+        ffn = layer.ffn
+        if not keep_neurons:
+            # FFN: dropout(lin2(act(lin1(x)))); with no neurons lin2(.) == bias. The block adds the residual and
+            # applies output_layer_norm.
+            layer.ffn = BiasOnlyFFN(ffn.lin2.bias, config.dropout).train(ffn.training)
+            return
+        index = torch.tensor(keep_neurons, dtype=torch.long)
+        ffn.lin1 = slice_linear(ffn.lin1, index, 0)
+        ffn.lin2 = slice_linear(ffn.lin2, index, 1)
 
     def embed(self, model: nn.Module, input_ids, attention_mask, token_type_ids=None):
         hidden = model.base_model.embeddings(input_ids)

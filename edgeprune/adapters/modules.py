@@ -137,6 +137,44 @@ class BiasOnlyAttention(nn.Module):
         return self.bias.expand_as(hidden), None
 
 
+class NoIntermediate(nn.Module):
+    """A BERT-family ``intermediate`` with no neurons left: passes its input on (the matching
+    :class:`FfnBiasResidualNorm` ignores it), so no empty (B, S, 0) tensor is ever built."""
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return hidden_states
+
+
+class FfnBiasResidualNorm(nn.Module):
+    """A BERT-family FFN ``output`` with no intermediate neurons: ``LayerNorm(dropout(bias) + input_tensor)``.
+
+    ``BertOutput`` computes ``LayerNorm(dropout(dense(h)) + input_tensor)``; with an empty ``h`` the dense layer
+    only adds its bias. Same reasoning as :class:`BiasResidualNorm` for a 0-head attention.
+    """
+
+    def __init__(self, bias: torch.Tensor, layer_norm: nn.LayerNorm, p: float):
+        super().__init__()
+        self.bias = nn.Parameter(bias.detach().clone())
+        self.LayerNorm = layer_norm
+        self.dropout = nn.Dropout(p)
+
+    def forward(self, hidden_states: torch.Tensor, input_tensor: torch.Tensor) -> torch.Tensor:
+        return self.LayerNorm(self.dropout(self.bias) + input_tensor)
+
+
+class BiasOnlyFFN(nn.Module):
+    """A DistilBERT ``ffn`` with no intermediate neurons: its output is ``dropout(lin2.bias)`` (the block adds the
+    residual and applies ``output_layer_norm`` itself)."""
+
+    def __init__(self, bias: torch.Tensor, p: float):
+        super().__init__()
+        self.bias = nn.Parameter(bias.detach().clone())
+        self.dropout = nn.Dropout(p)
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:  # noqa: A002 - DistilBERT's FFN argument name
+        return self.dropout(self.bias).expand_as(input)
+
+
 def slice_linear(linear: nn.Linear, index: torch.Tensor, dim: int) -> nn.Linear:
     """A new Linear keeping ``index`` along ``dim`` (0 = output rows, 1 = input columns)."""
     weight = linear.weight.detach().index_select(dim, index).clone()
