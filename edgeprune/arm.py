@@ -44,6 +44,7 @@ from .errors import EmulationError, VerificationError
 
 __all__ = [
     "ATOL",
+    "DEFAULT_TEXTS",
     "HOST_FACTOR",
     "RTOL",
     "ArmCheckResult",
@@ -53,6 +54,7 @@ __all__ = [
     "find_fp32_reference",
     "fp32_reference_from_source",
     "make_inputs",
+    "make_text_inputs",
     "run_on_arm",
     "run_on_host",
     "setup_command",
@@ -283,6 +285,79 @@ def make_inputs(
     return feeds
 
 
+#: Sentences used when the model folder has a tokenizer and no texts are given: short and long, both polarities, so
+#: real logits (not the near-zero ones random token ids give) and padded rows are compared.
+DEFAULT_TEXTS = (
+    "A gripping, beautifully acted film that stays with you long after the credits.",
+    "Dull, predictable and far too long.",
+    "The plot is thin but the performances are wonderful.",
+    "I wanted to like it, yet nothing in it works.",
+    "One of the funniest and warmest comedies of the year, with a script that never talks down to its audience.",
+    "Not bad.",
+    "A tedious mess of clichés that wastes a talented cast on a story nobody asked for.",
+    "It is what it is: a pleasant, forgettable afternoon at the movies.",
+)
+
+
+def make_text_inputs(
+    onnx_path: Union[str, Path],
+    texts: Sequence[str],
+    *,
+    tokenizer_dir: Optional[Union[str, Path]] = None,
+    batch: int = 2,
+    seq_len: int = 128,
+) -> list[dict[str, Any]]:
+    """Feeds of real tokenised sentences (padded to ``seq_len``) for the model's inputs.
+
+    Args:
+        onnx_path: ``.onnx`` or ``.ort`` model (its input names and integer types are read from a session).
+        texts: sentences; feed ``i`` holds ``texts[i*batch:(i+1)*batch]``.
+        tokenizer_dir: folder with the tokenizer files (default: the model's folder). Loaded locally only.
+        batch: rows per feed.
+        seq_len: padded length.
+
+    Returns:
+        List of ``{input name: numpy array}`` feeds.
+
+    Raises:
+        EmulationError: no tokenizer can be loaded from the folder, or ``texts`` is empty.
+    """
+    import numpy as np
+    import onnxruntime as ort
+
+    if not texts:
+        raise EmulationError("no texts given for the test inputs")
+    tok_dir = Path(tokenizer_dir) if tokenizer_dir is not None else Path(onnx_path).parent
+    try:
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(str(tok_dir), local_files_only=True)
+    except Exception as exc:  # transformers raises several types for a folder without tokenizer files
+        raise EmulationError(f"cannot load a tokenizer from {tok_dir}: {exc}") from exc
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    inputs = ort.InferenceSession(str(onnx_path), sess_options=so, providers=["CPUExecutionProvider"]).get_inputs()
+    feeds: list[dict[str, Any]] = []
+    for start in range(0, len(texts), batch):
+        enc = tok(list(texts[start:start + batch]), padding="max_length", truncation=True, max_length=seq_len,
+                  return_tensors="np")
+        feed: dict[str, Any] = {}
+        for inp in inputs:
+            dtype = np.int32 if "int32" in inp.type else np.int64
+            if inp.name in enc:
+                feed[inp.name] = np.asarray(enc[inp.name]).astype(dtype)
+            elif "type" in inp.name.lower() or "segment" in inp.name.lower():
+                feed[inp.name] = np.zeros_like(np.asarray(enc["input_ids"]), dtype=dtype)
+            else:
+                raise EmulationError(f"the tokenizer does not produce the model input {inp.name!r}")
+        feeds.append(feed)
+    return feeds
+
+
+def _has_tokenizer(folder: Path) -> bool:
+    return (folder / "tokenizer.json").is_file() or (folder / "vocab.txt").is_file()
+
+
 def run_on_host(onnx_path: Union[str, Path], feeds: Sequence[dict[str, Any]], threads: int = 1) -> list[list[Any]]:
     """Run ``feeds`` with this host's onnxruntime (CPU). Returns one list of output arrays per feed."""
     import onnxruntime as ort
@@ -411,6 +486,7 @@ class ArmCheckResult:
     batch: int
     seq_len: int
     num_batches: int
+    inputs: str
     outputs: list[OutputCheck]
     argmax_agree: Optional[int]
     argmax_total: Optional[int]
@@ -442,8 +518,7 @@ class ArmCheckResult:
             f"onnxruntime inside: {self.guest.get('onnxruntime')} on {self.guest.get('machine')} (numpy "
             f"{self.guest.get('numpy')}, Python {self.guest.get('python')}); host onnxruntime {self.host_onnxruntime}",
             f"model: {self.model} ({kind}); reference: {self.reference} [{self.reference_kind}, run on this host]",
-            f"inputs: {self.num_batches} feeds of batch {self.batch} x seq {self.seq_len} (seeded, last row half "
-            f"padded)",
+            f"inputs: {self.num_batches} feeds of batch <= {self.batch} x seq {self.seq_len}: {self.inputs}",
         ]
         for o in self.outputs:
             host = ""
@@ -551,6 +626,7 @@ def verify_arm(
     batch: Optional[int] = None,
     seq_len: Optional[int] = None,
     num_batches: int = 2,
+    texts: Optional[Sequence[str]] = None,
     seed: int = 0,
     threads: int = 1,
     atol: float = ATOL,
@@ -572,7 +648,9 @@ def verify_arm(
         qemu_cpu: override the profile's QEMU CPU model (never ``max``).
         batch: rows per feed (default 2: more than one row, one of them padded).
         seq_len: sequence length (default: the profile's).
-        num_batches: number of feeds.
+        num_batches: number of feeds of random inputs (ignored with texts).
+        texts: sentences to tokenise with the tokenizer next to the model. Default: :data:`DEFAULT_TEXTS` when the
+            model's folder has a tokenizer, else seeded random token ids (``()`` forces random inputs).
         seed: input RNG seed.
         threads: ORT threads on both sides.
         atol: absolute tolerance term.
@@ -621,14 +699,15 @@ def verify_arm(
             else:
                 ref_path, ref_kind = model_path, "host int8 (no FP32 model found: weaker check)"
         return _compare(model_path, ref_path, ref_label or str(ref_path), ref_kind, quantized, prof_name, cpu, prof,
-                        batch=batch, seq_len=seq_len, num_batches=num_batches, seed=seed, threads=threads,
+                        batch=batch, seq_len=seq_len, num_batches=num_batches, texts=texts, seed=seed,
+                        threads=threads,
                         atol=atol, rtol=rtol, host_factor=host_factor, root=root, timeout=timeout)
 
 
 def _compare(model_path: Path, ref_path: Path, ref_label: str, ref_kind: str, quantized: Optional[bool],
              prof_name: str, cpu: str, prof: Any, *, batch: Optional[int], seq_len: Optional[int], num_batches: int,
-             seed: int, threads: int, atol: float, rtol: float, host_factor: float, root: Optional[Union[str, Path]],
-             timeout: float) -> ArmCheckResult:
+             texts: Optional[Sequence[str]], seed: int, threads: int, atol: float, rtol: float, host_factor: float,
+             root: Optional[Union[str, Path]], timeout: float) -> ArmCheckResult:
     """The host and emulated runs and the comparison of :func:`verify_arm` (reference already chosen)."""
     import numpy as np
     import onnxruntime as ort
@@ -637,7 +716,14 @@ def _compare(model_path: Path, ref_path: Path, ref_label: str, ref_kind: str, qu
 
     seq = seq_len or (prof.seq_len if prof is not None else 128)
     b = batch or 2
-    feeds = make_inputs(model_path, batch=b, seq_len=seq, num_batches=num_batches, seed=seed)
+    if texts is None and _has_tokenizer(model_path.parent):
+        texts = DEFAULT_TEXTS
+    if texts:
+        feeds = make_text_inputs(model_path, list(texts), batch=b, seq_len=seq)
+        input_kind = f"{len(texts)} tokenised sentences"
+    else:
+        feeds = make_inputs(model_path, batch=b, seq_len=seq, num_batches=num_batches, seed=seed)
+        input_kind = f"seeded random token ids (seed {seed}), last row half padded"
     ref_outs = run_on_host(ref_path, feeds, threads)
     host_outs = ref_outs if same_file else run_on_host(model_path, feeds, threads)
     arm_outs, info = run_on_arm(model_path, feeds, qemu_cpu=cpu, threads=threads, root=root, timeout=timeout)
@@ -683,7 +769,8 @@ def _compare(model_path: Path, ref_path: Path, ref_label: str, ref_kind: str, qu
     return ArmCheckResult(
         model=str(model_path), reference=ref_label, reference_kind=ref_kind, model_quantized=quantized,
         profile=prof_name, qemu_cpu=cpu, guest=info, host_onnxruntime=ort.__version__, batch=b, seq_len=seq,
-        num_batches=num_batches, outputs=checks, argmax_agree=agree, argmax_total=total, host_argmax_agree=host_agree,
+        num_batches=len(feeds), inputs=input_kind, outputs=checks, argmax_agree=agree, argmax_total=total,
+        host_argmax_agree=host_agree,
         emulated_seconds=float(info.get("wall_seconds", 0.0)), tolerance_rule=rule,
     )
 

@@ -107,8 +107,9 @@ def test_int8_graph_on_emulated_cores(tiny_bundle, profile, cpu, dotprod):
 @pytest.mark.arm
 @pytest.mark.slow
 def test_pruned_bert_bundle_via_cli(tmp_path):
-    """A bundle-shaped folder like `edgeprune export` writes (uneven plan with a 0-head layer, fused, INT8, no FP32
-    file): `edgeprune verify-arm` rebuilds the FP32 reference from model_source + plan and passes on cortex-a72."""
+    """A bundle-shaped folder like `edgeprune export` writes (uneven plan with a 0-head layer, fused, INT8, tokenizer,
+    no FP32 file): `edgeprune verify-arm` rebuilds the FP32 reference from model_source + plan, feeds the built-in
+    sentences, and passes on cortex-a72."""
     _emulator_or_skip()
     from typer.testing import CliRunner
 
@@ -117,7 +118,7 @@ def test_pruned_bert_bundle_via_cli(tmp_path):
     from edgeprune.export import export_onnx, optimize_onnx
     from edgeprune.plan import HeadPlan
     from edgeprune.quantize import quantize_onnx
-    from edgeprune.testing import tiny_model
+    from edgeprune.testing import tiny_model, tiny_tokenizer
 
     src = tmp_path / "source"
     tiny_model("bert", num_layers=3, num_heads=4, hidden=32).save_pretrained(src)
@@ -131,6 +132,7 @@ def test_pruned_bert_bundle_via_cli(tmp_path):
     optimize_onnx(tmp_path / "fp32.onnx", tmp_path / "fused.onnx", expected_heads=plan.kept_counts)
     quantize_onnx(tmp_path / "fused.onnx", bundle / "model.onnx")
     (bundle / "edgeprune.json").write_text(json.dumps({"model_source": str(src), "plan": plan.to_dict()}))
+    tiny_tokenizer(bundle)  # a bundle ships its tokenizer: the check then feeds real sentences
     result = CliRunner().invoke(app, ["verify-arm", str(bundle), "--profile", "raspberrypi4", "--seq-len", "16",
                                       "--json"])
     assert result.exit_code == 0, result.output
@@ -140,7 +142,7 @@ def test_pruned_bert_bundle_via_cli(tmp_path):
     out = data["outputs"][0]
     assert out["shape"] == [2, 2] and out["host_max_abs_diff"] is not None
     assert out["max_abs_diff"] <= out["tolerance"]
-    assert data["argmax_total"] == 4
+    assert data["inputs"].startswith("8 tokenised sentences") and data["argmax_total"] == 8
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -209,6 +211,25 @@ def test_inputs_are_seeded_padded_and_in_vocab(tmp_path):
     assert mask[:-1].all() and mask[-1, :5].all() and not mask[-1, 5:].any()
     assert (ids[-1, 5:] == 0).all()
     assert np.array_equal(ids, again[0]["input_ids"]) and not np.array_equal(ids, feeds[1]["input_ids"])
+
+
+def test_text_inputs_use_the_bundle_tokenizer(tmp_path):
+    from edgeprune.arm import DEFAULT_TEXTS, make_text_inputs
+    from edgeprune.export import export_onnx
+    from edgeprune.testing import tiny_model, tiny_tokenizer
+
+    tok = tiny_tokenizer(tmp_path)
+    export_onnx(tiny_model("bert", num_layers=1, num_heads=2, hidden=16), tmp_path / "model.onnx")
+    texts = ["the movie was good", "bad plot", "a very very long and boring story that is not fun at all"]
+    feeds = make_text_inputs(tmp_path / "model.onnx", texts, batch=2, seq_len=12)
+    assert [f["input_ids"].shape for f in feeds] == [(2, 12), (1, 12)]
+    assert np.array_equal(feeds[0]["input_ids"][0], tok("the movie was good", padding="max_length", max_length=12,
+                                                         return_tensors="np")["input_ids"][0])
+    # short sentences are padded (mask 0 at the tail), the long one is truncated to seq_len
+    assert feeds[0]["attention_mask"][1, -1] == 0 and feeds[1]["attention_mask"].all()
+    assert len(DEFAULT_TEXTS) >= 8
+    with pytest.raises(EmulationError, match="tokenizer"):
+        make_text_inputs(tmp_path / "model.onnx", texts, tokenizer_dir=tmp_path / "nothing")
 
 
 def test_fp32_reference_lookup(tiny_bundle, tmp_path):
