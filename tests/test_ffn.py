@@ -268,3 +268,46 @@ def test_onnx_export_fusion_quantization_parity(family, tmp_path):
     assert got.shape == ref.shape and np.all(np.isfinite(got))
     # INT8 error is a small fraction of the logit scale (a broken graph is off by the whole scale).
     assert np.max(np.abs(got - ref)) < 0.2 * np.max(np.abs(ref)) + 1e-3
+
+
+# ---- FFN block importance ------------------------------------------------------------------------------------------
+def test_ffn_block_importance_matches_finite_differences(tmp_path):
+    from edgeprune.data import TextDataset
+    from edgeprune.evaluate import MaskedEvaluator
+    from edgeprune.ffn_importance import ffn_block_importance, joint_importance
+    from edgeprune.importance import head_importance
+    from edgeprune.testing import tiny_tokenizer
+
+    rng = random.Random(3)
+    words = "the a movie film good bad great awful fun boring love hate not very plot actor".split()
+    data = TextDataset([" ".join(rng.choice(words) for _ in range(rng.randint(1, 12))) for _ in range(12)],
+                       [rng.randint(0, 1) for _ in range(12)])
+    ev = MaskedEvaluator(tiny_model("bert", seed=2).double(), tiny_tokenizer(tmp_path / "tok"), data, batch_size=64,
+                         threads=1)
+    heads, blocks = joint_importance(ev, BS)
+    assert len(blocks) == L * NB and all(v > 0 for v in blocks.values())
+    ref = head_importance(ev, normalize=False)  # same forward (all FFN gates 1): same head scores
+    assert all(heads[h] == pytest.approx(ref[h], rel=1e-9) for h in ref)
+    model, adapter, b = ev.model, ev.adapter, ev.batches[0]
+
+    def loss(gates):
+        with torch.inference_mode(), adapter.mask_ffn(model, gates):
+            logits = model(**b.inputs).logits
+            return float(torch.nn.functional.cross_entropy(logits, b.labels, reduction="sum"))
+
+    eps = 1e-5
+    for blk in [(0, 1), (2, 7), (3, 4)]:
+        up = torch.ones(L, NB, dtype=torch.float64)
+        down = up.clone()
+        up[blk] += eps
+        down[blk] -= eps
+        fd = abs(loss(up) - loss(down)) / (2 * eps) / ev.n
+        assert blocks[blk] == pytest.approx(fd, rel=1e-4, abs=1e-9), blk
+    removed = frozenset({(1, 0), (1, 1)})
+    again = ffn_block_importance(ev, BS, removed, normalize=False)
+    assert again[(1, 0)] == float("inf") and again[(1, 1)] == float("inf")
+    assert again[(1, 2)] != pytest.approx(blocks[(1, 2)])
+    normed = ffn_block_importance(ev, BS)
+    assert sum(normed[(0, k)] ** 2 for k in range(NB)) == pytest.approx(1.0)
+    with pytest.raises(PlanError, match="not divisible"):
+        joint_importance(ev, 7)
