@@ -162,6 +162,8 @@ class _Display:
         if self.progress is not None:
             self.progress.update(self.overall, completed=self._base,
                                  description=f"stage {index + 1}/{len(STAGES)}: {name}", info="")
+            if not self.progress.console.is_terminal:  # logs (CI, files): one plain line per stage
+                self.progress.console.print(f"[{time.strftime('%H:%M:%S')}] stage {index + 1}/{len(STAGES)}: {name}")
 
     def fraction(self, name: str, frac: float, info: str = "") -> None:
         """Progress inside the current stage (0..1)."""
@@ -172,7 +174,7 @@ class _Display:
     def log(self, message: str) -> None:
         if self.progress is not None:
             self.progress.console.log(message)
-        elif self.enabled is not None:
+        elif self.enabled:
             print(message, flush=True)
 
 

@@ -72,16 +72,28 @@ def randomize_biases_(model, std: float = 0.2, seed: int = 0):
 
 
 def tiny_tokenizer(directory: str | Path):
-    """A WordPiece tokenizer over a small fixed vocabulary (ids < 128), saved in ``directory``."""
-    from transformers import BertTokenizerFast
+    """A lower-casing WordPiece tokenizer over a small fixed vocabulary (ids < 128), saved in ``directory``.
+
+    Built with the ``tokenizers`` library directly, so it behaves the same on transformers 4.57 and 5.x.
+    """
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *_WORDS]
-    vocab += [c for c in "abcdefghijklmnopqrstuvwxyz"] + [f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz"]
-    vocab_file = directory / "vocab.txt"
-    vocab_file.write_text("\n".join(vocab[:128]) + "\n")
-    tok = BertTokenizerFast(vocab_file=str(vocab_file), do_lower_case=True)
+    vocab += list("abcdefghijklmnopqrstuvwxyz") + [f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz"]
+    vocab = list(dict.fromkeys(vocab))[:128]  # unique ("a" is a word and a letter), ids < the tiny vocab size
+    core = Tokenizer(models.WordPiece({w: i for i, w in enumerate(vocab)}, unk_token="[UNK]"))
+    core.normalizer = normalizers.BertNormalizer(lowercase=True)
+    core.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    core.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
+    )
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=core, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]",
+        mask_token="[MASK]", model_input_names=["input_ids", "token_type_ids", "attention_mask"],
+    )
     tok.save_pretrained(directory)
     return tok
 

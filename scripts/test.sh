@@ -13,7 +13,8 @@ bash scripts/setup.sh .venv "transformers>=5,<6"
 MARK="not arm"
 if [ "${EDGEPRUNE_SKIP_ARM:-0}" != 1 ] && [ -f scripts/setup_arm_emu.sh ]; then
   # ~1-2 minutes and ~420 MB on first use; cached afterwards. Emulation gives correctness checks only.
-  if timeout 600 bash scripts/setup_arm_emu.sh >/tmp/edgeprune-arm-setup.log 2>&1; then
+  # PYTHON: the sysroot gets the same onnxruntime/numpy versions as the venv.
+  if PYTHON=.venv/bin/python timeout 600 bash scripts/setup_arm_emu.sh >/tmp/edgeprune-arm-setup.log 2>&1; then
     MARK=""
   else
     echo "ARM emulation setup failed (see /tmp/edgeprune-arm-setup.log); arm tests will report as skipped" >&2

@@ -95,3 +95,14 @@ def test_import_is_lean_and_help_works():
     subprocess.run([sys.executable, "-c", code], check=True)
     out = subprocess.run([sys.executable, "-m", "edgeprune.cli", "--help"], check=True, capture_output=True, text=True)
     assert "Usage" in out.stdout and "prune" in out.stdout
+
+
+def test_tiny_tokenizer_tokenizes_words(tmp_path):
+    tok = tiny_tokenizer(tmp_path / "tok")
+    from transformers import AutoTokenizer
+
+    again = AutoTokenizer.from_pretrained(tmp_path / "tok")
+    enc = again(["a good movie", "boring"], padding=True)
+    assert again.convert_ids_to_tokens(enc["input_ids"][0]) == ["[CLS]", "a", "good", "movie", "[SEP]"]
+    assert enc["attention_mask"][1] == [1, 1, 1, 0, 0] and "token_type_ids" in enc
+    assert max(tok.get_vocab().values()) < 128
