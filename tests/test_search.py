@@ -303,3 +303,19 @@ def test_search_package_is_pure():
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_greedy_rescore_every_k_removals():
+    layout = (6,) * 3
+    model = Synthetic(layout, 3)
+    seen = []
+
+    def counting(state):
+        seen.append(len(state))
+        return _rescorer(model)(state)
+
+    cfg = SearchConfig(max_drop_pts=5.0, correction="none", max_evaluations=100, rescore_every=3)
+    result = search(model, linear_latency, model.importance, layout, cfg, "greedy", rescore=counting)
+    assert result.heads_removed >= 4
+    assert seen and all(k % 3 == 0 for k in seen)  # re-scored only at 0, 3, 6, ... removals
+    assert len(seen) == result.heads_removed // 3 + 1

@@ -23,11 +23,14 @@ def greedy_path(problem: Problem) -> str:
         Why it stopped: "bound" (next removal breaks the bound), "complete" (no head left) or a budget name.
     """
     state: frozenset = frozenset()
+    every = problem.config.rescore_every
+    scores: dict = {}
     try:
         problem.evaluate([state])
         problem.offer(state)
         while True:
-            scores = problem.importance_for(state)
+            if len(state) % every == 0:  # re-score every `every` removals; in between, the last scores stand
+                scores = problem.importance_for(state)
             remaining = [x for x in problem.all_heads if x not in state]
             if not remaining:
                 return "complete"
