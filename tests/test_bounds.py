@@ -80,7 +80,8 @@ def test_bounds_are_monotone():
 
 def test_paired_bound_edge_cases():
     # m = 0: the smallest drop the split cannot rule out, from the worse-side CP bound at alpha/2.
-    assert paired_drop_upper_bound(0, 0, 1000, 0.95) == pytest.approx(1 - 0.025 ** (1 / 1000), rel=1e-12)
+    assert paired_drop_upper_bound(0, 0, 1000, 0.95, method="split") == pytest.approx(1 - 0.025 ** (1 / 1000), rel=1e-12)
+    assert 0 < paired_drop_upper_bound(0, 0, 1000, 0.95) < 0.005
     # All discordant pairs in the candidate's favour: the bound is negative (the candidate is better).
     assert paired_drop_upper_bound(0, 100, 1000, 0.95) < 0
     assert paired_drop_upper_bound(1000, 0, 1000, 0.95) == 1.0
@@ -99,7 +100,7 @@ def test_paired_bound_edge_cases():
 
 
 def test_paired_bound_is_the_documented_bonferroni_split():
-    got = paired_drop_upper_bound(20, 10, 1000, 0.95)
+    got = paired_drop_upper_bound(20, 10, 1000, 0.95, method="split")
     want = clopper_pearson_upper(20, 1000, 0.975) - clopper_pearson_lower(10, 1000, 0.975)
     assert got == pytest.approx(want, abs=1e-15)
     # The numbers quoted in the docstring: ~2.6 points here, vs 1.9 for the (invalid at small n) normal approx.
@@ -137,15 +138,16 @@ def _trinomial(rng: random.Random, n: int, p_w: float, p_b: float) -> tuple[int,
         (0.10, 0.08),  # many discordant pairs
     ],
 )
-def test_paired_bound_coverage_by_simulation(p_w, p_b):
+@pytest.mark.parametrize("method", ["exact", "split"])
+def test_paired_bound_coverage_by_simulation(p_w, p_b, method):
     """The bound must cover the true drop p_w - p_b in at least `confidence` of simulated experiments."""
     rng = random.Random(12345)
-    n, trials, confidence = 300, 2000, 0.9
+    n, trials, confidence = 300, 2000 if method == "split" else 800, 0.9
     true_drop = p_w - p_b
     covered = 0
     for _ in range(trials):
         worse, better = _trinomial(rng, n, p_w, p_b)
-        covered += paired_drop_upper_bound(worse, better, n, confidence) >= true_drop
+        covered += paired_drop_upper_bound(worse, better, n, confidence, method=method) >= true_drop
     rate = covered / trials
     # Monte Carlo slack: 3 standard errors of a proportion at the nominal level.
     slack = 3 * math.sqrt(confidence * (1 - confidence) / trials)
@@ -161,6 +163,21 @@ def test_accuracy_bound_coverage_by_simulation():
     assert covered / trials >= confidence - 3 * math.sqrt(confidence * (1 - confidence) / trials)
 
 
-def test_module_is_pure():
+def test_module_is_light():
+    # numpy only inside the exact paired bound (imported lazily); never scipy, torch or onnxruntime.
     src = open(bounds.__file__, encoding="utf-8").read()
-    assert "import numpy" not in src and "import scipy" not in src and "import torch" not in src
+    assert "import scipy" not in src and "import torch" not in src and "onnxruntime" not in src
+    assert "\nimport numpy" not in src
+
+
+def test_exact_paired_bound_is_tighter_where_it_matters():
+    # An INT8 model vs its FP32 source on the default task's certify split: 29 worse / 28 better of 2113.
+    exact = paired_drop_upper_bound(29, 28, 2113, 0.95)
+    split = paired_drop_upper_bound(29, 28, 2113, 0.95, method="split")
+    assert 0.006 < exact < 0.007 < 0.010 < split
+    # Never below the observed drop, monotone in the counts and in the confidence.
+    assert paired_drop_upper_bound(40, 10, 2113, 0.95) > 30 / 2113
+    assert paired_drop_upper_bound(30, 10, 2113, 0.95) > paired_drop_upper_bound(25, 10, 2113, 0.95)
+    assert paired_drop_upper_bound(25, 12, 2113, 0.99) > paired_drop_upper_bound(25, 12, 2113, 0.95)
+    with pytest.raises(ValueError, match="unknown method"):
+        paired_drop_upper_bound(1, 1, 10, 0.95, method="normal")

@@ -200,7 +200,7 @@ class SearchResult:
                     "search_split_drop_pts": self.drop_pts,
                     "search_split_drop_bound_pts": self.drop_bound_pts,
                     "bound": {
-                        "method": "paired exact, Bonferroni split of Clopper-Pearson bounds (edgeprune.bounds)",
+                        "method": "paired exact unconditional (Berger-Boos, edgeprune.bounds.paired_drop_upper_bound)",
                         "max_drop_pts": self.config.max_drop_pts,
                         "confidence": self.config.confidence,
                         "correction": self.config.correction.value,
