@@ -58,6 +58,9 @@ class BuildConfig:
         force: write the bundle even when certification fails (marked, non-zero exit).
         allow_pickle: allow pickle checkpoints of the user's model (only for trusted files).
         measure_rounds: alternating rounds for the side-by-side latency measurement.
+        int8_aware: add the dense INT8 model's flips on the search split to every candidate's counts, so the
+            search keeps room for quantization (the certified file is INT8).
+        rescore_every: the greedy seed of A* re-scores head importance every this many removals.
     """
 
     profile: str = "raspberrypi4"
@@ -82,6 +85,8 @@ class BuildConfig:
     force: bool = False
     allow_pickle: bool = False
     measure_rounds: int = 120
+    int8_aware: bool = True
+    rescore_every: int = 4
 
     def __post_init__(self) -> None:
         if (self.model is None) != (self.data is None):
@@ -320,9 +325,37 @@ def _stage_lut(cfg: BuildConfig, state: _State, model, display: _Display) -> dic
     return {"path": str(path), "source": source, "where": lut.get("provenance", {}).get("where", "")}
 
 
+def _int8_allowance(cfg: BuildConfig, state: _State, model, tokenizer, task: _Task, display: _Display) -> dict:
+    """Flips of the dense model quantized as it will ship (profile preset), on the search split.
+
+    The search bounds masked FP32 candidates; the shipped file is INT8, which changes some predictions by itself.
+    Adding these counts to every candidate's makes the search keep room for them (SearchConfig.offset_*).
+    """
+    from .bundle import build_model_files, onnx_predictions, torch_predictions
+    from .plan import HeadPlan
+    from .profiles import load_profile
+
+    from .adapters import get_adapter
+
+    prof = load_profile(cfg.profile)
+    full = HeadPlan.full(get_adapter(model).layout(model).heads_per_layer)
+    display.fraction("search", 0.0, "dense INT8 flips on the search split")
+    _, int8, _ = build_model_files(model, full, prof.quant, state.dir / "dense-int8-preset")
+    base = torch_predictions(model, tokenizer, task.search, max_length=prof.seq_len)
+    quant = onnx_predictions(int8, tokenizer, task.search, max_length=prof.seq_len)
+    labels = task.search.labels
+    worse = sum(1 for b, q, y in zip(base, quant, labels) if b == y and q != y)
+    better = sum(1 for b, q, y in zip(base, quant, labels) if b != y and q == y)
+    shutil.rmtree(state.dir / "dense-int8-preset", ignore_errors=True)
+    return {"worse": worse, "better": better, "n": len(labels)}
+
+
 def _stage_search(cfg: BuildConfig, state: _State, model, tokenizer, task: _Task, lut_path: str,
                   display: _Display) -> dict:
     from .searching import run_search, write_plan
+
+    allowance = _int8_allowance(cfg, state, model, tokenizer, task, display) if cfg.int8_aware else \
+        {"worse": 0, "better": 0, "n": len(task.search)}
 
     def on_progress(p) -> None:
         display.fraction("search", p.evaluations / max(p.max_evaluations, 1),
@@ -335,10 +368,12 @@ def _stage_search(cfg: BuildConfig, state: _State, model, tokenizer, task: _Task
         confidence=cfg.confidence, algorithm=cfg.algorithm, correction=cfg.correction,
         max_evaluations=cfg.max_evaluations, seed=cfg.seed, tokenizer=tokenizer,
         journal=state.dir / "search.journal.jsonl", resume=True, on_progress=on_progress,
+        offset_worse=allowance["worse"], offset_better=allowance["better"], rescore_every=cfg.rescore_every,
     )
     plan_path = write_plan(result, state.out / "plan.json")
     data = json.loads(Path(plan_path).read_text())
     data.setdefault("search", {})["pipeline_wall_s"] = round(time.perf_counter() - t0, 2)
+    data["search"]["int8_allowance"] = allowance
     return {"plan_path": str(plan_path), "plan": data}
 
 
@@ -465,6 +500,7 @@ def _assemble(cfg: BuildConfig, state: _State, model, task_info: dict) -> dict:
             "certified": export.get("certified"), "per_look_confidence": cert.get("per_look_confidence"),
             "looks_planned": cert.get("looks_planned"),
             "search_split_drop_upper_bound_pts": s.get("search_split_drop_bound_pts"),
+            "search_int8_allowance": s.get("int8_allowance"),
             "note": "baseline = the unpruned FP32 PyTorch model; final = the shipped INT8 ONNX file; both on the "
                     "certify split, which the search never saw",
         },

@@ -116,6 +116,9 @@ def run_search(
     on_progress: Optional[Callable[[Progress], None]] = None,
     text_column: Optional[str] = None,
     label_column: Optional[str] = None,
+    offset_worse: int = 0,
+    offset_better: int = 0,
+    rescore_every: int = 1,
 ) -> SearchResult:
     """Search a head plan for ``model`` on ``search_data`` under an accuracy bound.
 
@@ -144,6 +147,9 @@ def run_search(
         on_progress: progress callback.
         text_column: dataset text column (file datasets).
         label_column: dataset label column (file datasets).
+        offset_worse, offset_better: discordant counts added to every candidate before bounding (the dense INT8
+            model's flips on the search split, so accepted plans leave room for quantization; see SearchConfig).
+        rescore_every: greedy (and A*'s greedy seed) re-score importance every this many removals.
 
     Returns:
         The :class:`SearchResult`; ``result.to_dict()`` is the plan.json content (with latency source, model,
@@ -199,7 +205,8 @@ def run_search(
     importance_s = time.monotonic() - t1
     config = SearchConfig(max_drop_pts=max_drop_pts, confidence=confidence, correction=Correction(correction),
                           max_evaluations=max_evaluations, max_seconds=max_seconds, branching=branching,
-                          batch_size=batch_size, seed=seed)
+                          batch_size=batch_size, seed=seed, offset_worse=offset_worse,
+                          offset_better=offset_better, rescore_every=rescore_every)
     fingerprint = {
         "model": model_id or type(model).__name__,
         "data": {"source": getattr(search_data, "source", None), "n": len(search_data)},

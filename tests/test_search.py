@@ -319,3 +319,15 @@ def test_greedy_rescore_every_k_removals():
     assert result.heads_removed >= 4
     assert seen and all(k % 3 == 0 for k in seen)  # re-scored only at 0, 3, 6, ... removals
     assert len(seen) == result.heads_removed // 3 + 1
+
+
+def test_offsets_make_the_search_keep_room_for_quantization():
+    layout = (12,) * 6
+    plain = SearchConfig(max_drop_pts=2.0, correction="none", max_evaluations=150)
+    roomy = SearchConfig(max_drop_pts=2.0, correction="none", max_evaluations=150, offset_worse=15, offset_better=10)
+    a = search(Synthetic(layout, 2), linear_latency, Synthetic(layout, 2).importance, layout, plain, "astar")
+    b = search(Synthetic(layout, 2), linear_latency, Synthetic(layout, 2).importance, layout, roomy, "astar")
+    assert b.heads_removed < a.heads_removed
+    assert b.drop_bound_pts <= 2.0
+    with pytest.raises(SearchError):
+        SearchConfig(max_drop_pts=1.0, offset_worse=-1)
