@@ -81,6 +81,28 @@ def _matmul_model(n: int, path: Path, seed: int = 0) -> Path:
     return path
 
 
+def gemm_ceiling(sizes: Sequence[int] = (512, 1024, 2048), *, threads: int = 1, rounds: int = 7, reps: int = 3,
+                 seed: int = 0, work: Optional[Path] = None) -> dict[str, Any]:
+    """The roofline ceiling: :func:`gemm_throughput` at several sizes; per precision the best size's best round.
+
+    A ceiling is what the library *can* reach on this machine, so the fastest round (least disturbed by other jobs)
+    of the best size is used; the medians are kept too.
+
+    Returns:
+        ``{"fp32": {"gflops", "n", "median_gflops"}, "int8": {...}, "by_size": [gemm_throughput results]}``.
+    """
+    runs = [gemm_throughput(n, threads=threads, rounds=rounds, reps=reps, seed=seed, work=work) for n in sizes]
+    out: dict[str, Any] = {"threads": threads, "sizes": list(sizes), "by_size": runs,
+                           "method": "per precision: max over sizes of the fastest round's throughput"}
+    for prec in ("fp32", "int8"):
+        best = max(runs, key=lambda r: r[prec]["best_gflops"])
+        out[prec] = {"gflops": best[prec]["best_gflops"], "n": best["n"],
+                     "median_gflops": best[prec]["gflops"], "p50_ms": best[prec]["p50_ms"]}
+    out["int8_speedup"] = out["int8"]["gflops"] / out["fp32"]["gflops"]
+    out["int8_graph_ops"] = runs[-1]["int8_graph_ops"]
+    return out
+
+
 def gemm_throughput(n: int = 1024, *, threads: int = 1, rounds: int = 7, reps: int = 3, seed: int = 0,
                     work: Optional[Path] = None) -> dict[str, Any]:
     """FP32 vs dynamic-INT8 GEMM throughput of onnxruntime on this machine (one ``n x n x n`` MatMul).
@@ -285,4 +307,4 @@ def ort_breakdown(onnx_path: Path, *, threads: int, batch: int, seq_len: int, ru
     }
 
 
-__all__ = ["GROUPS", "classify_node", "encoder_flops", "gemm_throughput", "ort_breakdown", "torch_vs_ort"]
+__all__ = ["GROUPS", "classify_node", "encoder_flops", "gemm_ceiling", "gemm_throughput", "ort_breakdown", "torch_vs_ort"]

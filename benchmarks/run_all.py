@@ -56,7 +56,8 @@ GOALS = {
     "astar_heads_share": 0.40,
 }
 
-TABLE_HEADER = ("| row | heads removed | accuracy | drop (pts) | certified bound (pts) | p50 ms (p10-p90) | "
+TABLE_HEADER = ("| row | heads removed | accuracy | drop (pts) | flips worse/better | certified bound (pts) | "
+                "p50 ms (p10-p90) | "
                 "x vs ORT FP32 | file MB | session RSS MiB | search s / evals | GFLOP/s | roofline eff. |")
 
 
@@ -293,10 +294,15 @@ def dense_files(model: Any, prof: Any, work: Path) -> dict[str, tuple[Path, dict
     # What a user does without edgeprune: ORT dynamic quantization of the exported graph with its defaults (the same
     # baseline `edgeprune build` measures).
     quantize_dynamic(str(fp32), str(int8), weight_type=QuantType.QInt8)
+    # The profile's preset on the *unfused* graph: separates what fusion costs or gains from what the preset does.
+    from edgeprune.quantize import quantize_onnx
+
+    pc = quantize_onnx(fp32, work / "dense_int8_preset_unfused.onnx", **prof.quant.kwargs())
     layout = get_adapter(model).layout(model)
     full = HeadPlan.from_removed(layout.heads_per_layer, [])
     _, ep, checks = build_model_files(model, full, prof.quant, work / "ep_dense")
-    return {"ort_fp32": (Path(fp32), {}), "ort_int8": (int8, {}), "ep_int8": (Path(ep), checks)}
+    return {"ort_fp32": (Path(fp32), {}), "ort_int8": (int8, {}), "preset_unfused": (Path(pc), {}),
+            "ep_int8": (Path(ep), checks)}
 
 
 def optimum_arm64(fp32: Path, model: Any, work: Path) -> dict[str, Any]:
@@ -356,7 +362,7 @@ def measure_rows(rows: list[dict[str, Any]], prof: Any, *, rounds: int, reps: in
             gf = fl["total"] / (lat["p50_ms"] * 1e-3) / 1e9
             peak = gemm["int8" if r["precision"] == "int8" else "fp32"]["gflops"]
             r["roofline"] = {"gflops_per_s": gf, "ceiling_gflops_per_s": peak,
-                             "ceiling": f"{r['precision']} GEMM {gemm['n']}^3 (onnxruntime, this host)",
+                             "ceiling": f"{r['precision']} GEMM (onnxruntime, this host, best of sizes {gemm['sizes']})",
                              "efficiency_pct": 100.0 * gf / peak}
     return {"alternating": {"rounds": rounds, "reps": reps, "block": alt.block, "threads": alt.threads,
                             "threads_note": alt.threads_note, "batch": alt.batch, "seq_len": alt.seq_len,
@@ -386,7 +392,7 @@ def torch_row(model: Any, ref_path: Path, ref_row: dict, prof: Any, threads: int
     gf = fl["total"] / (tv["torch_p50_ms"] * 1e-3) / 1e9
     row["flops"] = fl
     row["roofline"] = {"gflops_per_s": gf, "ceiling_gflops_per_s": gemm["fp32"]["gflops"],
-                       "ceiling": f"fp32 GEMM {gemm['n']}^3 (onnxruntime, this host)",
+                       "ceiling": f"fp32 GEMM (onnxruntime, this host, best of sizes {gemm['sizes']})",
                        "efficiency_pct": 100.0 * gf / gemm["fp32"]["gflops"]}
     return row
 
@@ -425,14 +431,15 @@ def bench_task(args: argparse.Namespace, prof: Any, work: Path, gemm: dict, log:
     threads, _ = effective_threads(prof)
     seq = prof.seq_len
 
-    log("LUT: building the latency table of the default model at the profile's settings")
     t = time.monotonic()
     lut_path = work / "lut.json"
     if args.work and lut_path.is_file():
         from edgeprune.latency import load_lut
 
+        log(f"LUT: reusing {lut_path} (delete it to measure again)")
         lut = load_lut(lut_path)
     else:
+        log("LUT: building the latency table of the default model at the profile's settings")
         lut = build_lut(clone_model(base), prof, rounds=args.lut_rounds, reps=args.lut_reps)
         save_lut(lut, lut_path)
     lut_s = lut.get("method", {}).get("total_seconds", time.monotonic() - t)
@@ -452,6 +459,8 @@ def bench_task(args: argparse.Namespace, prof: Any, work: Path, gemm: dict, log:
          "kept_counts": list(heads)},
         {"key": "ort_int8", "name": "dense ORT INT8 (ORT quantize_dynamic, defaults)", "precision": "int8",
          "path": files["ort_int8"][0], "kept_counts": list(heads)},
+        {"key": "preset_unfused", "name": "dense INT8, profile preset on the unfused graph (quantize_onnx)",
+         "precision": "int8", "path": files["preset_unfused"][0], "kept_counts": list(heads)},
         {"key": "ep_int8", "name": "dense edgeprune INT8 (fused + profile preset)", "precision": "int8",
          "path": files["ep_int8"][0], "kept_counts": list(heads), "checks": files["ep_int8"][1], "ep_chain": True},
     ]
@@ -559,6 +568,8 @@ def bench_bert_base(args: argparse.Namespace, prof: Any, work: Path, gemm: dict,
          "kept_counts": list(heads)},
         {"key": "ort_int8", "name": "dense ORT INT8 (ORT quantize_dynamic, defaults)", "precision": "int8",
          "path": files["ort_int8"][0], "kept_counts": list(heads)},
+        {"key": "preset_unfused", "name": "dense INT8, profile preset on the unfused graph (quantize_onnx)",
+         "precision": "int8", "path": files["preset_unfused"][0], "kept_counts": list(heads)},
         {"key": "ep_int8", "name": "dense edgeprune INT8 (fused + profile preset)", "precision": "int8",
          "path": files["ep_int8"][0], "kept_counts": list(heads)},
         {"key": "pruned_int8", "name": f"edgeprune INT8, {n_remove}/{sum(heads)} heads removed (even)",
@@ -644,6 +655,7 @@ def _row_md(r: dict[str, Any]) -> str:
         f"{r['heads_removed']}/{r['heads_total']}",
         _f(acc and 100 * acc["accuracy"], "{:.2f}%"),
         _f(acc and acc["drop_pts"]),
+        f"{acc['n_worse']}/{acc['n_better']}" if acc else "n/a",
         _f(acc and acc["drop_bound_pts"]) + ("" if not acc else (" ✓" if acc["certified"] else " ✗")),
         f"{lat['p50_ms']:.2f} ({lat['p10_ms']:.2f}-{lat['p90_ms']:.2f})" if lat else "n/a",
         _f(lat.get("speedup_vs_ort_fp32"), "{:.2f}x"),
@@ -696,7 +708,7 @@ def render_markdown(res: dict[str, Any]) -> str:
               + f". Search setup (shared by all algorithms): base pass "
               f"{task['search_setup']['setup_s']['tokenise_and_base_pass']} s, importance "
               f"{task['search_setup']['setup_s']['importance']} s.", "",
-              TABLE_HEADER, "|" + "---|" * 12]
+              TABLE_HEADER, "|" + "---|" * 13]
         L += [_row_md(r) for r in task["rows"]]
         opt = task["optimum_arm64"]
         L += ["", f"optimum arm64 preset: {opt['status']}"
@@ -727,18 +739,24 @@ def render_markdown(res: dict[str, Any]) -> str:
         L += ["", f"## BERT-base size ({a['layers']} x {a['heads_per_layer'][0]} heads, hidden {a['hidden']}, FFN "
               f"{a['intermediate']}, random weights): latency only"
               + (" (--quick: a small stand-in)" if res["quick"] else ""), "",
-              TABLE_HEADER, "|" + "---|" * 12]
+              TABLE_HEADER, "|" + "---|" * 13]
         L += [_row_md(r) for r in bb["rows"]]
         L += ["", f"Pruned row: {bb['pruned_plan']['how']} (kept {bb['pruned_plan']['kept_counts']}).", "",
               "### Where the time goes (ORT profiler)", ""] + _breakdown_md(bb["breakdown"])
     g = res["gemm"]
     L += ["", "## Roofline ceiling (onnxruntime GEMM on this host)", "",
-          f"{g['n']}x{g['n']}x{g['n']} MatMul, {g['threads']} threads: FP32 {g['fp32']['gflops']:.1f} GFLOP/s "
-          f"(p50 {g['fp32']['p50_ms']:.2f} ms), dynamic INT8 {g['int8']['gflops']:.1f} GOP/s (p50 "
-          f"{g['int8']['p50_ms']:.2f} ms, ops {', '.join(sorted(set(g['int8_graph_ops'])))}); INT8/FP32 "
-          f"{g['int8_speedup']:.2f}x. Model FLOPs are counted from the architecture (Q/K/V/output projections of the "
-          "kept heads, attention matmuls, FFN, pooler+classifier) at the profile's seq_len; efficiency = model "
-          "FLOP/s at p50 / the GEMM ceiling of the row's precision."]
+          "| n | FP32 p50 ms | FP32 GFLOP/s (p50 / best round) | INT8 p50 ms | INT8 GOP/s (p50 / best round) |",
+          "|---|---|---|---|---|"]
+    for b in g["by_size"]:
+        L.append(f"| {b['n']} | {b['fp32']['p50_ms']:.2f} | {b['fp32']['gflops']:.0f} / {b['fp32']['best_gflops']:.0f} | "
+                 f"{b['int8']['p50_ms']:.2f} | {b['int8']['gflops']:.0f} / {b['int8']['best_gflops']:.0f} |")
+    L += ["", f"Ceiling used (best round of the best size, {g['threads']} threads): FP32 {g['fp32']['gflops']:.0f} "
+          f"GFLOP/s (n={g['fp32']['n']}), dynamic INT8 {g['int8']['gflops']:.0f} GOP/s (n={g['int8']['n']}, ops "
+          f"{', '.join(sorted(set(g['int8_graph_ops'])))}); INT8/FP32 {g['int8_speedup']:.2f}x. Model FLOPs are "
+          "counted from the architecture (Q/K/V/output projections of the kept heads, attention matmuls, FFN, "
+          "pooler+classifier; 2 per multiply-add) at the profile's seq_len; efficiency = model FLOP/s at p50 / the "
+          "ceiling of the row's precision (PyTorch rows against the ORT FP32 ceiling: PyTorch's own GEMMs can "
+          "exceed it)."]
     if res.get("analysis"):
         L += ["", "## What limits the speed-up", ""] + [f"- {x}" for x in res["analysis"]]
     L += ["", f"Raw data: `results/{res['date']}.json`; plot: `results/{res['date']}.png`. Wall time "
@@ -825,6 +843,31 @@ def analysis(res: dict[str, Any]) -> list[str]:
                        f"the FFN {100 * ffn:.0f}% (embeddings+classifier {100 * ep['shares']['embeddings+classifier']:.0f}%, "
                        f"other {100 * ep['shares']['other']:.0f}%): removing *every* head can at most give "
                        f"{ceiling:.2f}x over that model; the FFN, untouched by head pruning, sets the floor.")
+        if "ort_int8" in rows and "ep_int8" in rows:
+            lat = {k: rows[k]["latency"]["rounds_ms"] for k in ("ort_int8", "ep_int8", "preset_unfused")
+                   if k in rows}
+            msg = (f"{label}: dense INT8 chains, paired speed-ups: plain ORT quantize_dynamic over edgeprune fused+preset "
+                   f"{_paired_speedup(lat['ep_int8'], lat['ort_int8']):.2f}x")
+            if "preset_unfused" in lat:
+                msg += (f"; plain over preset-unfused {_paired_speedup(lat['preset_unfused'], lat['ort_int8']):.2f}x, "
+                        f"preset-unfused over fused {_paired_speedup(lat['ep_int8'], lat['preset_unfused']):.2f}x")
+            out.append(msg + " (> 1: the first is faster).")
+        if ep:
+            others = {op: ms for op, ms in ep["op_types"].items()
+                      if op in ("SkipLayerNormalization", "LayerNormalization", "DynamicQuantizeLinear")}
+            if others:
+                top = max(others, key=others.get)
+                out.append(f"{label}: in the fused INT8 model {top} alone takes {others[top]:.2f} ms of "
+                           f"{ep['kernel_ms_per_run']:.2f} ms kernel time ({100 * others[top] / ep['kernel_ms_per_run']:.0f}%)"
+                           " per run: glue that head pruning does not shrink.")
+        if ep and rows.get("ep_int8", {}).get("accuracy"):
+            a = rows["ep_int8"]["accuracy"]
+            out.append(f"{label}: INT8 quantization alone (no head removed) flips {a['n_worse']} predictions to wrong "
+                       f"and {a['n_better']} to right out of {a['n']} (observed drop {a['drop_pts']:.2f} pts); the "
+                       f"paired bound on that is already {a['drop_bound_pts']:.2f} pts"
+                       + (f" > {res['settings']['max_drop_pts']} pt, so no INT8 file can be certified at this bound "
+                          "with this certify split: the search's bound (on the FP32 masked model) does not see the "
+                          "quantization flips." if a["drop_bound_pts"] > res["settings"]["max_drop_pts"] else "."))
         fin_key = p.get("final_row", "pruned_int8")
         fin = rows.get(fin_key)
         if fin and "ort_fp32" in rows and "ort_int8" in rows and "ep_int8" in rows:
@@ -868,7 +911,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     ap.add_argument("--rounds", type=int, default=None, help="alternating latency rounds (default 25; 4 quick)")
     ap.add_argument("--reps", type=int, default=None, help="runs per model per round (default 5; 2 quick)")
     ap.add_argument("--memory-processes", type=int, default=None, help="fresh processes per memory figure")
-    ap.add_argument("--gemm-n", type=int, default=None, help="GEMM size for the roofline (default 1024)")
+    ap.add_argument("--gemm-sizes", default=None, help="GEMM sizes for the roofline ceiling (default 512,1024,2048)")
     ap.add_argument("--wait-task", type=float, default=60.0, help="minutes to wait for a default task in progress")
     ap.add_argument("--date", default=None, help="result file stem (default: today, UTC)")
     ap.add_argument("--quiet", action="store_true")
@@ -882,7 +925,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     args.rounds = args.rounds or (4 if q else 25)
     args.reps = args.reps or (2 if q else 5)
     args.memory_processes = args.memory_processes or (1 if q else 3)
-    args.gemm_n = args.gemm_n or (256 if q else 1024)
+    args.gemm_sizes = [int(x) for x in (args.gemm_sizes or ("128,256" if q else "512,1024,2048")).split(",")]
     args.lut_rounds, args.lut_reps = (3, 2) if q else (15, 5)
     args.profile_runs = 5 if q else 20
     if q:
@@ -901,7 +944,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     import transformers
 
     transformers.logging.set_verbosity_error()
-    from benchmarks.bench_tools import gemm_throughput
+    from benchmarks.bench_tools import gemm_ceiling
     from edgeprune import device_runner as dr
     from edgeprune.measure import effective_threads, measured_on
     from edgeprune.profiles import load_profile
@@ -930,12 +973,12 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
                      "importance_examples": args.importance_examples or "all",
                      "search_threads": args.search_threads or "physical cores",
                      "rounds": args.rounds, "reps": args.reps, "memory_processes": args.memory_processes,
-                     "gemm_n": args.gemm_n},
+                     "gemm_sizes": args.gemm_sizes},
         "goals_targets": GOALS,
     }
     try:
-        log(f"roofline: {args.gemm_n}^3 GEMM FP32 vs dynamic INT8 with onnxruntime, {threads} threads")
-        gemm = gemm_throughput(args.gemm_n, threads=threads, rounds=max(5, args.rounds // 2), reps=3, work=work)
+        log(f"roofline: GEMM {args.gemm_sizes} FP32 vs dynamic INT8 with onnxruntime, {threads} threads")
+        gemm = gemm_ceiling(args.gemm_sizes, threads=threads, rounds=max(5, args.rounds // 2), reps=3, work=work)
         res["gemm"] = gemm
         if not args.skip_task:
             res["default_task"] = bench_task(args, prof, work, gemm, log)
