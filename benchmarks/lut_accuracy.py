@@ -68,7 +68,7 @@ def random_plans(heads, n, seed):
     return plans
 
 
-def run_one(model_name, precision, profile, n_plans, rounds, reps, threads, seed, log, keep=None, plan_rounds=31):
+def run_one(model_name, precision, profile, n_plans, rounds, reps, threads, seed, log, keep=None, plan_rounds=31, chunk=10):
     import torch
 
     from edgeprune import device_runner as dr
@@ -98,7 +98,8 @@ def run_one(model_name, precision, profile, n_plans, rounds, reps, threads, seed
     lut_seconds = time.perf_counter() - t0
     log(f"{model_name} {precision}: LUT in {lut_seconds:.1f} s (export {lut['method']['export_seconds']} s)")
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"lut-{model_name}-{precision}-{profile}.json").write_text(json.dumps(lut, indent=2))
+    lut_name = f"lut-{model_name}-{precision}-{profile}-{lut['settings']['threads']}t.json"
+    (RESULTS / lut_name).write_text(json.dumps(lut, indent=2))
     from edgeprune.plan import HeadPlan
 
     # The unpruned model runs in the same alternation as the plans (index 0): "anchored" predictions scale the LUT by
@@ -120,10 +121,20 @@ def run_one(model_name, precision, profile, n_plans, rounds, reps, threads, seed
                 del m
             paths.append(target)
         log(f"{model_name} {precision}: {len(paths)} plan models exported")
-        meas = measure_alternating(paths, prof, rounds=plan_rounds, reps=reps, threads=threads, seed=seed)
+        del model  # the torch copy is not needed any more; FP32 BERT-base sessions need the memory
+        # Plans are measured in chunks, each alternated with the unpruned model (paths[0]) as its anchor: 11 FP32
+        # BERT-base sessions at once (weights + ORT's prepacked copies, ~0.9 GB each) ran the 24 GB host out of memory.
+        medians, spreads, ratios, anchors = [], [], [], []
+        for c in range(1, len(paths), chunk):
+            part = [paths[0]] + paths[c:c + chunk]
+            meas = measure_alternating(part, prof, rounds=plan_rounds, reps=reps, threads=threads, seed=seed + c)
+            medians += meas.median_ms[1:]
+            spreads += meas.spread_ms[1:]
+            ratios += meas.ratio_to_first[1:]
+            anchors += [meas.median_ms[0]] * (len(part) - 1)
     rows = []
-    full_measured, full_pred = meas.median_ms[0], predict(lut, plans[0])
-    for plan, med, spread, ratio in zip(plans[1:], meas.median_ms[1:], meas.spread_ms[1:], meas.ratio_to_first[1:]):
+    full_pred = predict(lut, plans[0])
+    for plan, med, spread, ratio, full_measured in zip(plans[1:], medians, spreads, ratios, anchors):
         pred = predict(lut, plan)
         pred_c = predict(lut, plan, calibrated=True)
         pred_a = pred * full_measured / full_pred
@@ -139,6 +150,7 @@ def run_one(model_name, precision, profile, n_plans, rounds, reps, threads, seed
             "predicted_anchored_ms": pred_a,
             "error_anchored": (pred_a - med) / med,
             "measured_ratio_to_full": ratio,
+            "full_model_measured_ms": full_measured,
             "predicted_ratio_to_full": pred / full_pred,
             "error_ratio": (pred / full_pred - ratio) / ratio,
         })
@@ -172,8 +184,10 @@ def run_one(model_name, precision, profile, n_plans, rounds, reps, threads, seed
         "error_calibrated": agg("error_calibrated"),
         "error_anchored": agg("error_anchored"),
         "error_ratio": agg("error_ratio"),
-        "full_model_measured_with_plans_ms": full_measured,
+        "full_model_measured_with_plans_ms": statistics.median(anchors),
+        "plan_chunk": chunk,
         "measured_on": meas.measured_on,
+        "threads_note": meas.threads_note,
         "loadavg_at_lut": lut["provenance"]["loadavg"],
     }
 
@@ -223,6 +237,8 @@ def main(argv=None):
     ap.add_argument("--plan-rounds", type=int, default=31, help="rounds for the end-to-end plan measurements")
     ap.add_argument("--threads", type=int, default=None, help="override the profile's threads")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--chunk", type=int, default=4, help="plans measured together (each chunk with the unpruned model)")
+    ap.add_argument("--tag", default="", help="suffix of the result files (lut_accuracy-<date><tag>.json)")
     ap.add_argument("--keep", default=None, help="keep exported ONNX files here and reuse them on the next run")
     args = ap.parse_args(argv)
 
@@ -233,11 +249,11 @@ def main(argv=None):
 
     date = dt.date.today().isoformat()
     doc = {"date": date, "host": host_info(), "args": vars(args), "runs": []}
-    out_json = RESULTS / f"lut_accuracy-{date}.json"
+    out_json = RESULTS / f"lut_accuracy-{date}{args.tag}.json"
     for model_name in args.models.split(","):
         for precision in args.precisions.split(","):
             run = run_one(model_name, precision, args.profile, args.plans, args.rounds, args.reps, args.threads,
-                          args.seed, log, keep=args.keep, plan_rounds=args.plan_rounds)
+                          args.seed, log, keep=args.keep, plan_rounds=args.plan_rounds, chunk=args.chunk)
             doc["runs"].append(run)
             doc["measured_on"] = run["measured_on"]
             log(f"{model_name} {precision}: median/max |err| raw {run['error']['median_abs']:.1%} / "
