@@ -272,7 +272,8 @@ def build(
     resume: Annotated[bool, typer.Option(help="Continue an interrupted build in --out.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace a finished build in --out.")] = False,
     algorithm: Annotated[str, typer.Option(help="astar, greedy, oneshot or random.")] = "astar",
-    max_evals: Annotated[int, typer.Option(help="Search budget: evaluations of the search split.")] = 120,
+    max_evals: Annotated[int, typer.Option(help="Search budget: evaluations of the search split.")] = 200,
+    search_seconds: Annotated[float, typer.Option(help="Search wall-time budget in seconds (0 = no time limit).")] = 360.0,
     text_column: Annotated[Optional[str], typer.Option(help="Text column of --data.")] = None,
     text_pair_column: Annotated[Optional[str], typer.Option(help="Second text column (pair tasks).")] = None,
     label_column: Annotated[Optional[str], typer.Option(help="Label column of --data.")] = None,
@@ -287,7 +288,8 @@ def build(
     cfg = BuildConfig(
         profile=profile, model=model, data=data, certify_data=certify_data, max_drop_pts=max_drop,
         confidence=confidence, latency_table=latency_table, out=out, resume=resume, overwrite=overwrite,
-        algorithm=algorithm, max_evaluations=max_evals, text_column=text_column, text_pair_column=text_pair_column,
+        algorithm=algorithm, max_evaluations=max_evals, search_seconds=search_seconds or None,
+        text_column=text_column, text_pair_column=text_pair_column,
         label_column=label_column, seed=seed, force=force, allow_pickle=allow_pickle,
     )
     report = run_build(cfg)

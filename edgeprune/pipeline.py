@@ -52,6 +52,9 @@ class BuildConfig:
         overwrite: replace an existing finished build in ``out``.
         algorithm: search algorithm.
         max_evaluations: search budget (each evaluation is a pass over the search split).
+        search_seconds: wall-time budget of the search (None = evaluations only). On a 2-core machine one
+            evaluation of the default task costs 5-15 s, so time is the budget that keeps a build near 10 minutes;
+            the best plan found so far is used when it runs out (recorded as ``search.stopped_by``).
         correction: multiple-comparison correction of the search bound ("bonferroni" or "none"; docs/search.md).
         fallbacks: frontier plans certification may fall back to (Bonferroni-corrected looks).
         seed: seed for splits and the search.
@@ -78,7 +81,8 @@ class BuildConfig:
     resume: bool = False
     overwrite: bool = False
     algorithm: str = "astar"
-    max_evaluations: int = 120
+    max_evaluations: int = 200
+    search_seconds: Optional[float] = 360.0
     correction: str = "none"
     fallbacks: int = 2
     seed: int = 0
@@ -103,6 +107,8 @@ class BuildConfig:
             raise EdgepruneError(f"unknown --algorithm {self.algorithm!r}; choose one of {', '.join(ALGORITHMS)}")
         if self.correction not in ("none", "bonferroni"):
             raise EdgepruneError(f"unknown correction {self.correction!r}; choose 'none' or 'bonferroni'")
+        if self.search_seconds is not None and self.search_seconds <= 0:
+            raise EdgepruneError(f"--search-seconds must be > 0, got {self.search_seconds}")
         if self.max_evaluations < 1 or self.fallbacks < 0 or self.measure_rounds < 5:
             raise EdgepruneError("max_evaluations >= 1, fallbacks >= 0 and measure_rounds >= 5 are required")
         if self.resume and self.overwrite:
@@ -366,7 +372,7 @@ def _stage_search(cfg: BuildConfig, state: _State, model, tokenizer, task: _Task
     result = run_search(
         model, task.search, profile=cfg.profile, latency_table=lut_path, max_drop_pts=cfg.max_drop_pts,
         confidence=cfg.confidence, algorithm=cfg.algorithm, correction=cfg.correction,
-        max_evaluations=cfg.max_evaluations, seed=cfg.seed, tokenizer=tokenizer,
+        max_evaluations=cfg.max_evaluations, max_seconds=cfg.search_seconds, seed=cfg.seed, tokenizer=tokenizer,
         journal=state.dir / "search.journal.jsonl", resume=True, on_progress=on_progress,
         offset_worse=allowance["worse"], offset_better=allowance["better"], rescore_every=cfg.rescore_every,
     )
@@ -519,7 +525,7 @@ def _assemble(cfg: BuildConfig, state: _State, model, task_info: dict) -> dict:
         "search": {"algorithm": cfg.algorithm, "evaluations": s.get("evaluations"),
                    "wall_s": s.get("pipeline_wall_s", s.get("wall_time_s")), "nodes_expanded": s.get("nodes_expanded"),
                    "stopped_by": s.get("stopped_by"), "max_evaluations": cfg.max_evaluations,
-                   "correction": cfg.correction},
+                   "correction": cfg.correction, "max_seconds": cfg.search_seconds},
         "data": task_info,
         "settings": cfg.to_dict(),
         "warnings": warnings,

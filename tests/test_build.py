@@ -101,3 +101,28 @@ def _readme_snippet_runs(bundle):
     logits = sess.run(None, feeds)[0]
     assert logits.shape == (2, 2)
     assert {id2label[str(int(i))] for i in logits.argmax(-1)} <= {"negative", "positive"}
+
+
+def test_build_command_forwards_options(monkeypatch, tmp_path):
+    from typer.testing import CliRunner
+
+    import edgeprune.pipeline as pipeline
+    from edgeprune.cli import app
+    from test_report import sample_report
+
+    seen = {}
+
+    def fake_build(cfg):
+        seen["cfg"] = cfg
+        return sample_report() | {"warnings": []}
+
+    monkeypatch.setattr(pipeline, "build", fake_build)
+    result = CliRunner().invoke(app, ["build", "--profile", "raspberrypi5", "--max-drop", "0.5", "--confidence", "0.9",
+                                      "--out", str(tmp_path / "o"), "--search-seconds", "0", "--max-evals", "7"])
+    assert result.exit_code == 0, result.output
+    cfg = seen["cfg"]
+    assert (cfg.profile, cfg.max_drop_pts, cfg.confidence, cfg.max_evaluations) == ("raspberrypi5", 0.5, 0.9, 7)
+    assert cfg.search_seconds is None and cfg.model is None
+    assert "3 of 8 heads removed" in result.output and "not on a Raspberry Pi 4" in result.output
+    bad = CliRunner().invoke(app, ["build", "--max-drop", "-2", "--out", str(tmp_path / "o2")])
+    assert bad.exit_code != 0
