@@ -331,37 +331,33 @@ def _stage_lut(cfg: BuildConfig, state: _State, model, display: _Display) -> dic
     return {"path": str(path), "source": source, "where": lut.get("provenance", {}).get("where", "")}
 
 
-def _int8_allowance(cfg: BuildConfig, state: _State, model, tokenizer, task: _Task, display: _Display) -> dict:
-    """Flips of the dense model quantized as it will ship (profile preset), on the search split.
+def _shipped_dense_predictions(cfg: BuildConfig, state: _State, model, tokenizer, task: _Task,
+                               display: _Display) -> list[int]:
+    """Predictions on the search split of the dense model quantized as it will ship (profile preset).
 
     The search bounds masked FP32 candidates; the shipped file is INT8, which changes some predictions by itself.
-    Adding these counts to every candidate's makes the search keep room for them (SearchConfig.offset_*).
+    The search adds these flips to every candidate's counts, so it keeps room for them (SearchConfig.offset_*).
     """
-    from .bundle import build_model_files, onnx_predictions, torch_predictions
+    from .adapters import get_adapter
+    from .bundle import build_model_files, onnx_predictions
     from .plan import HeadPlan
     from .profiles import load_profile
 
-    from .adapters import get_adapter
-
     prof = load_profile(cfg.profile)
     full = HeadPlan.full(get_adapter(model).layout(model).heads_per_layer)
-    display.fraction("search", 0.0, "dense INT8 flips on the search split")
-    _, int8, _ = build_model_files(model, full, prof.quant, state.dir / "dense-int8-preset")
-    base = torch_predictions(model, tokenizer, task.search, max_length=prof.seq_len)
-    quant = onnx_predictions(int8, tokenizer, task.search, max_length=prof.seq_len)
-    labels = task.search.labels
-    worse = sum(1 for b, q, y in zip(base, quant, labels) if b == y and q != y)
-    better = sum(1 for b, q, y in zip(base, quant, labels) if b != y and q == y)
-    shutil.rmtree(state.dir / "dense-int8-preset", ignore_errors=True)
-    return {"worse": worse, "better": better, "n": len(labels)}
+    display.fraction("search", 0.0, "dense INT8 predictions on the search split")
+    work = state.dir / "dense-int8-preset"
+    _, int8, _ = build_model_files(model, full, prof.quant, work)
+    preds = onnx_predictions(int8, tokenizer, task.search, max_length=prof.seq_len)
+    shutil.rmtree(work, ignore_errors=True)
+    return preds
 
 
 def _stage_search(cfg: BuildConfig, state: _State, model, tokenizer, task: _Task, lut_path: str,
                   display: _Display) -> dict:
     from .searching import run_search, write_plan
 
-    allowance = _int8_allowance(cfg, state, model, tokenizer, task, display) if cfg.int8_aware else \
-        {"worse": 0, "better": 0, "n": len(task.search)}
+    shipped = _shipped_dense_predictions(cfg, state, model, tokenizer, task, display) if cfg.int8_aware else None
 
     def on_progress(p) -> None:
         display.fraction("search", p.evaluations / max(p.max_evaluations, 1),
@@ -374,12 +370,11 @@ def _stage_search(cfg: BuildConfig, state: _State, model, tokenizer, task: _Task
         confidence=cfg.confidence, algorithm=cfg.algorithm, correction=cfg.correction,
         max_evaluations=cfg.max_evaluations, max_seconds=cfg.search_seconds, seed=cfg.seed, tokenizer=tokenizer,
         journal=state.dir / "search.journal.jsonl", resume=True, on_progress=on_progress,
-        offset_worse=allowance["worse"], offset_better=allowance["better"], rescore_every=cfg.rescore_every,
+        shipped_predictions=shipped, rescore_every=cfg.rescore_every,
     )
     plan_path = write_plan(result, state.out / "plan.json")
     data = json.loads(Path(plan_path).read_text())
     data.setdefault("search", {})["pipeline_wall_s"] = round(time.perf_counter() - t0, 2)
-    data["search"]["int8_allowance"] = allowance
     return {"plan_path": str(plan_path), "plan": data}
 
 
@@ -506,7 +501,7 @@ def _assemble(cfg: BuildConfig, state: _State, model, task_info: dict) -> dict:
             "certified": export.get("certified"), "per_look_confidence": cert.get("per_look_confidence"),
             "looks_planned": cert.get("looks_planned"),
             "search_split_drop_upper_bound_pts": s.get("search_split_drop_bound_pts"),
-            "search_int8_allowance": s.get("int8_allowance"),
+            "search_int8_allowance": s.get("shipped_model_flips"),
             "note": "baseline = the unpruned FP32 PyTorch model; final = the shipped INT8 ONNX file; both on the "
                     "certify split, which the search never saw",
         },

@@ -119,6 +119,7 @@ def run_search(
     offset_worse: int = 0,
     offset_better: int = 0,
     rescore_every: int = 1,
+    shipped_predictions: Optional[Sequence[int]] = None,
 ) -> SearchResult:
     """Search a head plan for ``model`` on ``search_data`` under an accuracy bound.
 
@@ -150,6 +151,9 @@ def run_search(
         offset_worse, offset_better: discordant counts added to every candidate before bounding (the dense INT8
             model's flips on the search split, so accepted plans leave room for quantization; see SearchConfig).
         rescore_every: greedy (and A*'s greedy seed) re-score importance every this many removals.
+        shipped_predictions: predictions of the *unpruned* model in its shipped form (e.g. the INT8 ONNX file) on
+            the search split, in dataset order; its worse/better counts against the FP32 model are added to the
+            offsets, so the search keeps room for what quantization changes by itself.
 
     Returns:
         The :class:`SearchResult`; ``result.to_dict()`` is the plan.json content (with latency source, model,
@@ -195,6 +199,18 @@ def run_search(
     evaluator = MaskedEvaluator(model, tokenizer, search_data, batch_size=eval_batch_size, max_length=seq_len)
     base_s = time.monotonic() - t0
     layout = evaluator.layout
+    shipped_counts = None
+    if shipped_predictions is not None:
+        import torch
+
+        ref = torch.as_tensor(list(shipped_predictions), dtype=torch.long)
+        if ref.shape[0] != evaluator.n:
+            raise EdgepruneError(f"shipped_predictions has {ref.shape[0]} entries, the search split {evaluator.n}")
+        ref_correct = ref == evaluator.labels
+        shipped_counts = {"worse": int((evaluator.base_correct & ~ref_correct).sum()),
+                          "better": int((~evaluator.base_correct & ref_correct).sum()), "n": evaluator.n}
+        offset_worse += shipped_counts["worse"]
+        offset_better += shipped_counts["better"]
     if latency is not None:
         lat_fn, source = latency, {"kind": "callable", "unit": "ms"}
     else:
@@ -224,6 +240,7 @@ def run_search(
                      "max_length": seq_len, "base_accuracy": evaluator.base_accuracy},
             "profile": getattr(prof, "name", None),
             "timing_s": {"tokenise_and_base_pass": base_s, "importance": importance_s},
+            "shipped_model_flips": shipped_counts,
             "versions": _versions(),
         }
     )
