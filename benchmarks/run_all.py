@@ -218,13 +218,32 @@ def run_searches(model_dir: Path, search_data: Any, lut_path: Path, prof: Any, a
     imp_s = time.monotonic() - t1
     log(f"search setup: base pass {base_s:.0f}s on {len(data)} examples, importance {imp_s:.0f}s on "
         f"{scorer.n} examples")
+    allowance = {"worse": 0, "better": 0, "n": len(data)}
+    if args.int8_aware:
+        # As `edgeprune build` (BuildConfig.int8_aware): the dense model quantized with the profile's preset flips
+        # some search-split predictions by itself; adding those counts to every candidate keeps room for them.
+        from edgeprune.bundle import build_model_files, onnx_predictions, torch_predictions
+        from edgeprune.plan import HeadPlan
+
+        t2 = time.monotonic()
+        dense, _ = load_model(model_dir, with_tokenizer=False)
+        full = HeadPlan.from_removed(layout.heads_per_layer, [])
+        _, int8, _ = build_model_files(dense, full, prof.quant, Path(args.work or tempfile.mkdtemp()) / "allowance")
+        base_p = torch_predictions(dense, tok, data, max_length=prof.seq_len)
+        q_p = onnx_predictions(int8, tok, data, max_length=prof.seq_len)
+        allowance["worse"] = sum(1 for b, q, y in zip(base_p, q_p, data.labels) if b == y and q != y)
+        allowance["better"] = sum(1 for b, q, y in zip(base_p, q_p, data.labels) if b != y and q == y)
+        allowance["seconds"] = round(time.monotonic() - t2, 1)
+        log(f"search: INT8 allowance {allowance['worse']} worse / {allowance['better']} better on the search split")
     config = SearchConfig(max_drop_pts=args.max_drop, confidence=args.confidence,
                           correction=Correction(args.correction), max_evaluations=args.max_evals,
-                          max_seconds=args.search_seconds, batch_size=4, seed=0)
+                          max_seconds=args.search_seconds, batch_size=4, seed=0,
+                          rescore_every=args.rescore_every, offset_worse=allowance["worse"],
+                          offset_better=allowance["better"])
     # A* gets its own wall-time cap (counting its greedy seed); the evaluation budget is the same for all.
     astar_config = dataclasses.replace(config, max_seconds=args.astar_seconds)
     common = {"setup_s": {"tokenise_and_base_pass": round(base_s, 1), "importance": round(imp_s, 1)},
-              "n": len(data), "importance_n": scorer.n, "base_accuracy": evaluator.base_accuracy, "latency_source": source,
+              "n": len(data), "importance_n": scorer.n, "int8_allowance": allowance, "base_accuracy": evaluator.base_accuracy, "latency_source": source,
               "config": config.to_dict(), "astar_max_seconds": args.astar_seconds,
               "torch_threads": torch.get_num_threads()}
     out: dict[str, Any] = {"common": common}
@@ -899,6 +918,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     ap.add_argument("--search-threads", type=int, default=1,
                     help="torch threads of the search's evaluator (default 1; 0 = edgeprune's default, the "
                          "physical cores)")
+    ap.add_argument("--int8-aware", action=argparse.BooleanOptionalAction, default=True,
+                    help="add the dense INT8 model's search-split flips to every candidate (as `edgeprune build`)")
+    ap.add_argument("--rescore-every", type=int, default=4,
+                    help="greedy re-scores importance every N removals (the build's default 4; Michel: 1)")
     ap.add_argument("--random", action="store_true", help="also run the random baseline")
     ap.add_argument("--out", default=str(HERE), help="writes OUT/results/<date>.json|.png and OUT/RESULTS.md")
     ap.add_argument("--work", default=None, help="keep intermediate files here (default: a temporary folder)")
@@ -972,6 +995,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
                      "search_seconds": args.search_seconds, "astar_seconds": args.astar_seconds, "search_examples": args.search_examples or "all",
                      "importance_examples": args.importance_examples or "all",
                      "search_threads": args.search_threads or "physical cores",
+                     "int8_aware": args.int8_aware, "rescore_every": args.rescore_every,
                      "rounds": args.rounds, "reps": args.reps, "memory_processes": args.memory_processes,
                      "gemm_sizes": args.gemm_sizes},
         "goals_targets": GOALS,
