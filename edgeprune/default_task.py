@@ -577,8 +577,9 @@ def split_indices(
     out: dict[str, list[int]] = {name: [] for name in SPLIT_NAMES}
     for label in sorted(set(labels)):
         members = sorted((i for i, y in enumerate(labels) if y == label), key=key)
-        n_search = round(len(members) * fractions[1])
         n_certify = round(len(members) * fractions[2])
+        # Both roundings can go up on an odd class (0.5/0.5 of 111 -> 56 + 56): never take more than is there.
+        n_search = min(round(len(members) * fractions[1]), len(members) - n_certify)
         n_finetune = len(members) - n_search - n_certify
         out["finetune"] += members[:n_finetune]
         out["search"] += members[n_finetune:n_finetune + n_search]

@@ -54,8 +54,9 @@ def resolve_latency(layout, hidden: int, seq_len: int, *, latency_table: Optiona
         ``(latency_fn, source)`` where ``source`` describes it for plan.json (kind, path, LUT provenance).
     """
     path = Path(latency_table) if latency_table else None
-    if path is None and profile is not None and getattr(profile, "latency_table_path", None) is not None:
-        candidate = profile.latency_table_path
+    if path is None and profile is not None and callable(getattr(profile, "latency_table_path", None)) \
+            and profile.latency_table_path() is not None:
+        candidate = profile.latency_table_path()
         path = candidate if candidate.exists() else None
     if path is not None:
         from .latency import load_lut, predict

@@ -395,3 +395,15 @@ def test_cached_real_default_task_is_valid_and_accurate():
     manifest = dt._verify(folder, dt.TaskSpec(), data)
     assert manifest["accuracy"]["search"] >= 0.80 and manifest["accuracy"]["certify"] >= 0.80
     assert manifest["splits"]["sizes"] == {"finetune": 6342, "search": 2113, "certify": 2113}
+
+
+def test_split_indices_never_overlaps_on_odd_classes():
+    from edgeprune.default_task import split_indices
+
+    ids = [str(i) for i in range(240)]
+    labels = [0] * 111 + [1] * 129
+    parts = split_indices(ids, labels, 0, (0.0, 0.5, 0.5))
+    sizes = {k: len(v) for k, v in parts.items()}
+    assert sizes == {"finetune": 1, "search": 119, "certify": 120}  # banker's rounding leaves one example out
+    assert not set(parts["search"]) & set(parts["certify"])
+    assert sorted(parts["finetune"] + parts["search"] + parts["certify"]) == list(range(240))

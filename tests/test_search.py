@@ -331,3 +331,20 @@ def test_offsets_make_the_search_keep_room_for_quantization():
     assert b.drop_bound_pts <= 2.0
     with pytest.raises(SearchError):
         SearchConfig(max_drop_pts=1.0, offset_worse=-1)
+
+
+def test_prefix_search_offers_feasible_probes_past_an_infeasible_one():
+    layout = (6,) * 3
+
+    class Bumpy(Synthetic):
+        # only k <= 3 or k == 14 removals fit the bound (non-monotone); the first probes are k = 4, 9, 14, 18
+        def counts(self, state):
+            k = len(state)
+            ok = k <= 3 or k == 14
+            return EvalResult(0 if ok else 200, 0, self.n, 0.0)
+
+    model = Bumpy(layout, 0)
+    cfg = SearchConfig(max_drop_pts=1.0, correction="none", max_evaluations=50, batch_size=4)
+    result = search(model, linear_latency, model.importance, layout, cfg, "oneshot")
+    assert result.heads_removed == 14  # offered although the k = 4 and k = 9 probes failed
+    assert result.drop_bound_pts <= 1.0

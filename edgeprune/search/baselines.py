@@ -66,13 +66,15 @@ def _prefix_search(problem: Problem, order: list[Head]) -> str:
             problem.evaluate(states)
             problem.expansions += 1
             new_lo, new_hi = lo, hi
+            infeasible_seen = False
             for k, s in zip(probes, states):
                 if problem.bound_pts(s) <= problem.config.max_drop_pts:
-                    problem.offer(s)
-                    new_lo = max(new_lo, k)
-                else:
+                    problem.offer(s)  # every feasible probe is offered, even past an infeasible one
+                    if not infeasible_seen:
+                        new_lo = max(new_lo, k)
+                elif not infeasible_seen:
+                    infeasible_seen = True  # monotone assumption: refine below the first infeasible probe
                     new_hi = min(new_hi, k - 1)
-                    break  # monotone assumption: larger prefixes are infeasible too
             if new_hi < new_lo:  # non-monotone evidence: trust the feasible one, stop refining
                 return "bound"
             lo, hi = new_lo, new_hi
