@@ -106,3 +106,14 @@ def test_tiny_tokenizer_tokenizes_words(tmp_path):
     assert again.convert_ids_to_tokens(enc["input_ids"][0]) == ["[CLS]", "a", "good", "movie", "[SEP]"]
     assert enc["attention_mask"][1] == [1, 1, 1, 0, 0] and "token_type_ids" in enc
     assert max(tok.get_vocab().values()) < 128
+
+
+def test_every_subpackage_is_packaged():
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    listed = set(tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(root).parts) for p in (root / "edgeprune").rglob("__init__.py")}
+    assert found <= listed, f"add to [tool.setuptools] packages: {sorted(found - listed)}"
+    assert "edgeprune._profiles" in listed  # profiles/*.toml ship inside the wheel
