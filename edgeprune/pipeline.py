@@ -64,6 +64,7 @@ class BuildConfig:
         int8_aware: add the dense INT8 model's flips on the search split to every candidate's counts, so the
             search keeps room for quantization (the certified file is INT8).
         rescore_every: the greedy seed of A* re-scores head importance every this many removals.
+        importance_examples: examples per head-importance (gradient) pass; None = the whole search split.
     """
 
     profile: str = "raspberrypi4"
@@ -91,6 +92,7 @@ class BuildConfig:
     measure_rounds: int = 120
     int8_aware: bool = True
     rescore_every: int = 4
+    importance_examples: Optional[int] = 512
 
     def __post_init__(self) -> None:
         if (self.model is None) != (self.data is None):
@@ -370,7 +372,7 @@ def _stage_search(cfg: BuildConfig, state: _State, model, tokenizer, task: _Task
         confidence=cfg.confidence, algorithm=cfg.algorithm, correction=cfg.correction,
         max_evaluations=cfg.max_evaluations, max_seconds=cfg.search_seconds, seed=cfg.seed, tokenizer=tokenizer,
         journal=state.dir / "search.journal.jsonl", resume=True, on_progress=on_progress,
-        shipped_predictions=shipped, rescore_every=cfg.rescore_every,
+        shipped_predictions=shipped, rescore_every=cfg.rescore_every, importance_examples=cfg.importance_examples,
     )
     plan_path = write_plan(result, state.out / "plan.json")
     data = json.loads(Path(plan_path).read_text())

@@ -121,6 +121,7 @@ def run_search(
     offset_better: int = 0,
     rescore_every: int = 1,
     shipped_predictions: Optional[Sequence[int]] = None,
+    importance_examples: Optional[int] = None,
 ) -> SearchResult:
     """Search a head plan for ``model`` on ``search_data`` under an accuracy bound.
 
@@ -152,6 +153,7 @@ def run_search(
         offset_worse, offset_better: discordant counts added to every candidate before bounding (the dense INT8
             model's flips on the search split, so accepted plans leave room for quantization; see SearchConfig).
         rescore_every: greedy (and A*'s greedy seed) re-score importance every this many removals.
+        importance_examples: compute head importance on about this many examples (None = the whole split).
         shipped_predictions: predictions of the *unpruned* model in its shipped form (e.g. the INT8 ONNX file) on
             the search split, in dataset order; its worse/better counts against the FP32 model are added to the
             offsets, so the search keeps room for what quantization changes by itself.
@@ -218,7 +220,7 @@ def run_search(
         lat_fn, source = resolve_latency(layout, layout.hidden_size, seq_len, latency_table=latency_table,
                                          profile=prof)
     t1 = time.monotonic()
-    importance = head_importance(evaluator)
+    importance = head_importance(evaluator, max_examples=importance_examples)
     importance_s = time.monotonic() - t1
     config = SearchConfig(max_drop_pts=max_drop_pts, confidence=confidence, correction=Correction(correction),
                           max_evaluations=max_evaluations, max_seconds=max_seconds, branching=branching,
@@ -231,7 +233,7 @@ def run_search(
         "latency_source": source.get("path") or source["kind"],
     }
     result = _search(evaluator, lat_fn, importance, layout, config, algorithm,
-                     rescore=make_rescorer(evaluator) if algorithm in ("greedy", "astar") else None,
+                     rescore=make_rescorer(evaluator, max_examples=importance_examples) if algorithm in ("greedy", "astar") else None,
                      journal=journal, resume=resume, fingerprint=fingerprint, on_progress=on_progress)
     result.info.update(
         {

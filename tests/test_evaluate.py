@@ -144,3 +144,14 @@ def test_search_end_to_end_on_a_tiny_model(tok, tmp_path):
     pred = ev.predict(frozenset(res.removed))
     assert (res.n_worse, res.n_better) == paired(ev, pred)
     assert '"kind":"importance"' in (tmp_path / "j.jsonl").read_text()
+
+
+def test_importance_on_a_subset_of_the_split(tok):
+    from edgeprune.importance import head_importance
+
+    ev = MaskedEvaluator(tiny_model("bert"), tok, dataset(n=40), batch_size=4)
+    full = head_importance(ev)
+    part = head_importance(ev, max_examples=ev.n // 2)
+    assert set(full) == set(part)
+    assert all(v >= 0 for v in part.values())
+    assert part != full  # really computed on fewer examples
