@@ -155,8 +155,9 @@ def run_search(
         rescore_every: greedy (and A*'s greedy seed) re-score importance every this many removals.
         importance_examples: compute head importance on about this many examples (None = the whole split).
         shipped_predictions: predictions of the *unpruned* model in its shipped form (e.g. the INT8 ONNX file) on
-            the search split, in dataset order; its worse/better counts against the FP32 model are added to the
-            offsets, so the search keeps room for what quantization changes by itself.
+            the search split, in dataset order; its discordant count against the FP32 model is added to the
+            offsets, split evenly between worse and better, so the search keeps room for the flips quantization
+            causes by itself without banking on their net direction.
 
     Returns:
         The :class:`SearchResult`; ``result.to_dict()`` is the plan.json content (with latency source, model,
@@ -212,8 +213,13 @@ def run_search(
         ref_correct = ref == evaluator.labels
         shipped_counts = {"worse": int((evaluator.base_correct & ~ref_correct).sum()),
                           "better": int((~evaluator.base_correct & ref_correct).sum()), "n": evaluator.n}
-        offset_worse += shipped_counts["worse"]
-        offset_better += shipped_counts["better"]
+        # Add the quantization's discordance symmetrically: its flips widen the final bound whichever way they go,
+        # but its net effect is noise around zero for the default preset (measured on the default task: +0.05 pt
+        # on the certify split, -0.85 pt on the search split). Taking the search split's lucky net gain at face
+        # value let the search spend room that certification then did not have.
+        discordant = shipped_counts["worse"] + shipped_counts["better"]
+        offset_worse += (discordant + 1) // 2
+        offset_better += discordant // 2
     if latency is not None:
         lat_fn, source = latency, {"kind": "callable", "unit": "ms"}
     else:
