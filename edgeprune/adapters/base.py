@@ -192,27 +192,10 @@ class Adapter(ABC):
                 rows.append([1.0 if h in mask.kept[layer] else 0.0 for h in kept])
             width = max((len(r) for r in rows), default=0)
             mask = torch.tensor([r + [0.0] * (width - len(r)) for r in rows])
-        d = self.head_size(model)
-        handles = []
-        try:
-            for i, layer in enumerate(self.layers(model)):
-                proj = self._out_proj(layer)
-                count = len(current.kept[i])
-                if proj is None or count == 0:
-                    continue
-                if i >= mask.shape[0]:
-                    raise PlanError(f"head mask has {mask.shape[0]} rows but the model has {len(current.kept)} layers")
-                row = mask[i, :count]
-
-                def hook(module, args, row=row):
-                    scale = row.repeat_interleave(d).to(args[0].dtype)  # (H*d,)
-                    return (args[0] * scale,) + tuple(args[1:])
-
-                handles.append(proj.register_forward_pre_hook(hook))
+        layers = self.layers(model)
+        with _scale_slices([self._out_proj(layer) for layer in layers], [len(k) for k in current.kept], mask,
+                           self.head_size(model), "head"):
             yield
-        finally:
-            for h in handles:
-                h.remove()
 
     @contextlib.contextmanager
     def mask_ffn(self, model: nn.Module, mask, *, block_size: int | None = None) -> Iterator[None]:
@@ -249,28 +232,9 @@ class Adapter(ABC):
                     raise PlanError(f"FFN mask has {mask.shape[-1]} columns, which do not divide the width {width}")
                 bs = width // mask.shape[-1]
             now = self._current_ffn(model, bs)
-        handles = []
-        try:
-            for i, layer in enumerate(self.layers(model)):
-                proj = self._ffn_out(layer)
-                count = len(now[i])
-                if proj is None or count == 0:
-                    continue
-                if i >= mask.shape[0]:
-                    raise PlanError(f"FFN mask has {mask.shape[0]} rows but the model has {len(now)} layers")
-                if mask.shape[1] < count:
-                    raise PlanError(f"FFN mask has {mask.shape[1]} columns but layer {i} has {count} blocks")
-                row = mask[i, :count]
-
-                def hook(module, args, row=row):
-                    scale = row.repeat_interleave(bs).to(args[0].dtype)  # (blocks * block_size,)
-                    return (args[0] * scale,) + tuple(args[1:])
-
-                handles.append(proj.register_forward_pre_hook(hook))
+        layers = self.layers(model)
+        with _scale_slices([self._ffn_out(layer) for layer in layers], [len(k) for k in now], mask, bs, "FFN"):
             yield
-        finally:
-            for h in handles:
-                h.remove()
 
     def prune_ffn_(self, model: nn.Module, plan: HeadPlan) -> nn.Module:
         """Physically remove the FFN blocks ``plan`` drops (original block indices), in place; heads untouched.
@@ -374,3 +338,32 @@ class Adapter(ABC):
             [p * head_size + j for p in keep_positions for j in range(head_size)], dtype=torch.long
         )
         return slice_linear(linear, index, 1)
+
+
+@contextlib.contextmanager
+def _scale_slices(projections: list, counts: list[int], mask: torch.Tensor, width: int, what: str) -> Iterator[None]:
+    """Forward pre-hooks scaling unit j's ``width``-wide slice of ``projections[i]``'s input by ``mask[i, j]``.
+
+    Units are heads (slices of the attention output projection's input) or FFN blocks (slices of the FFN output
+    projection's input); zeroing a slice is exactly what removing the unit does. Layers with no unit are skipped.
+    """
+    handles = []
+    try:
+        for i, (proj, count) in enumerate(zip(projections, counts)):
+            if proj is None or count == 0:
+                continue
+            if i >= mask.shape[0]:
+                raise PlanError(f"{what} mask has {mask.shape[0]} rows but the model has {len(counts)} layers")
+            if mask.shape[1] < count:
+                raise PlanError(f"{what} mask has {mask.shape[1]} columns but layer {i} has {count} units")
+            row = mask[i, :count]
+
+            def hook(module, args, row=row):
+                scale = row.repeat_interleave(width).to(args[0].dtype)  # (units * width,)
+                return (args[0] * scale,) + tuple(args[1:])
+
+            handles.append(proj.register_forward_pre_hook(hook))
+        yield
+    finally:
+        for h in handles:
+            h.remove()
