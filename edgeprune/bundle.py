@@ -30,9 +30,7 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import shutil
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -41,6 +39,7 @@ from typing import Any, Callable, Sequence
 
 from .errors import CertificationError, EdgepruneError, VerificationError
 from .plan import HeadPlan
+from .versions import versions
 
 BUNDLE_FORMAT_VERSION = 1
 MODEL_FILE = "model.onnx"
@@ -139,18 +138,6 @@ class BundleResult:
 # ---------------------------------------------------------------------------------------------------------------------
 # helpers
 # ---------------------------------------------------------------------------------------------------------------------
-def _versions() -> dict[str, str]:
-    from . import __version__
-
-    out = {"edgeprune": __version__, "python": platform.python_version()}
-    for mod in ("torch", "transformers", "onnx", "onnxruntime", "numpy"):
-        try:
-            out[mod] = __import__(mod).__version__
-        except Exception:  # noqa: BLE001 - version reporting must never fail an export
-            out[mod] = "unavailable"
-    return out
-
-
 def _tokenize(tokenizer: Any, texts: Sequence[str], pairs: Sequence[str] | None, names: Sequence[str],
               max_length: int) -> dict[str, Any]:
     import numpy as np
@@ -542,7 +529,7 @@ def export_bundle(
             "forced": forced,
             "certification": cert.to_dict() if cert else None,
             "attempts": attempts,
-            "versions": _versions(),
+            "versions": versions(),
             "export_seconds": round(time.time() - t0, 2),
         }
         if cert is None:

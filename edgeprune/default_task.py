@@ -42,12 +42,13 @@ import subprocess
 import sys
 import tarfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from .data import TextDataset
 from .errors import DataError, EdgepruneError
+from .versions import versions
 
 __all__ = [
     "CACHE_ENV",
@@ -783,18 +784,6 @@ def _finetune(base_dir: Path, train: TextDataset, spec: TaskSpec, progress: bool
                               "warmup_steps": warmup}
 
 
-def _versions() -> dict[str, str]:
-    from importlib import metadata
-
-    out = {"python": platform.python_version()}
-    for name in ("edgeprune", "torch", "transformers", "tokenizers", "safetensors", "numpy"):
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = "not installed"
-    return out
-
-
 def _file_list(folder: Path) -> list[dict[str, Any]]:
     return [
         {"path": p.relative_to(folder).as_posix(), "size": p.stat().st_size, "sha256": _sha256_file(p)}
@@ -883,7 +872,7 @@ def _build(cache: Path, final: Path, spec: TaskSpec, data: DefaultSplits, progre
                          "max_seq_len": spec.max_seq_len, "seed": spec.seed, "threads": torch.get_num_threads(),
                          "padding": "per batch, length-grouped batches", "schedule": "linear warm-up + decay"},
             "accuracy": accuracy,
-            "versions": _versions(),
+            "versions": versions(),
             "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": _cpu_count()},
             "files": _file_list(tmp),
         }

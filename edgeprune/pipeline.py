@@ -16,15 +16,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import platform
 import shutil
 import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 from .errors import EdgepruneError
+from .versions import versions
 
 STATE_DIR = ".edgeprune"
 STAGES = ("task", "lut", "search", "export", "measure", "report")
@@ -248,18 +248,6 @@ def _prepare_out(cfg: BuildConfig) -> _State:
 # ---------------------------------------------------------------------------------------------------------------------
 # stages
 # ---------------------------------------------------------------------------------------------------------------------
-def _versions() -> dict[str, str]:
-    import importlib.metadata as md
-
-    out = {"python": platform.python_version()}
-    for pkg in ("edgeprune", "torch", "transformers", "onnx", "onnxruntime"):
-        try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            out[pkg] = "not installed"
-    return out
-
-
 @dataclass
 class _Task:
     model_dir: str
@@ -526,7 +514,7 @@ def _assemble(cfg: BuildConfig, state: _State, model, task_info: dict) -> dict:
         "data": task_info,
         "settings": cfg.to_dict(),
         "warnings": warnings,
-        "versions": _versions(),
+        "versions": versions(),
     }
 
 

@@ -15,6 +15,7 @@ from typing import Any, Callable, Optional, Sequence, Union
 from .errors import EdgepruneError
 from .search import ALGORITHMS, Correction, Progress, SearchConfig, SearchResult
 from .search import search as _search
+from .versions import versions
 
 LatencyFn = Callable[[tuple[int, ...]], float]
 
@@ -79,18 +80,6 @@ def resolve_latency(layout, hidden: int, seq_len: int, *, latency_table: Optiona
                 "`edgeprune lut` and pass --latency-table for real latency.",
         "seq_len": seq_len,
     }
-
-
-def _versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for pkg in ("edgeprune", "torch", "transformers", "numpy"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            pass
-    return out
 
 
 def run_search(
@@ -250,7 +239,7 @@ def run_search(
             "profile": getattr(prof, "name", None),
             "timing_s": {"tokenise_and_base_pass": base_s, "importance": importance_s},
             "shipped_model_flips": shipped_counts,
-            "versions": _versions(),
+            "versions": versions(),
         }
     )
     return result
