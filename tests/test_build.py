@@ -128,3 +128,18 @@ def test_build_command_forwards_options(monkeypatch, tmp_path):
     assert "3 of 8 heads removed" in result.output and "not on a Raspberry Pi 4" in result.output
     bad = CliRunner().invoke(app, ["build", "--max-drop", "-2", "--out", str(tmp_path / "o2")])
     assert bad.exit_code != 0
+
+
+def test_certification_fallbacks_spread_over_the_frontier_and_end_unpruned():
+    from edgeprune.pipeline import _frontier_fallbacks
+    from edgeprune.plan import HeadPlan
+
+    frontier = [{"latency_ms": 10.0 - i, "drop_bound_pts": 0.1 * i, "removed": [[0, h] for h in range(i)]}
+                for i in range(0, 9)]
+    plan_json = {"num_heads": [8, 8], "removed": [[0, h] for h in range(8)], "search": {"frontier": frontier}}
+    plans = _frontier_fallbacks(plan_json, 2, max_drop_pts=1.0)
+    assert len(plans) == 2
+    assert 0 < plans[0].num_removed < 8  # a middle plan, not a neighbour of the chosen 8-head plan
+    assert plans[-1] == HeadPlan.full([8, 8])  # finally: the dense model as shipped
+    assert _frontier_fallbacks(plan_json, 0, 1.0) == []
+    assert _frontier_fallbacks(dict(plan_json, removed=[]), 2, 1.0)[-1] != HeadPlan.full([8, 8])
