@@ -15,18 +15,13 @@ normalisation (``normalize=True``) is applied per kind and only makes sense with
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from .errors import PlanError
 from .evaluate import MaskedEvaluator
+from .importance import gate_gradients, normalise_rows
 
 Head = tuple[int, int]
 Block = tuple[int, int]
-
-
-def _normalise(scores: torch.Tensor) -> torch.Tensor:
-    norms = scores.pow(2).sum(dim=1, keepdim=True).sqrt().clamp_min(1e-20)
-    return scores / norms
 
 
 def joint_importance(evaluator: MaskedEvaluator, block_size: int, *, removed_heads: frozenset = frozenset(),
@@ -65,32 +60,11 @@ def joint_importance(evaluator: MaskedEvaluator, block_size: int, *, removed_hea
     block_gates = torch.ones(ev.num_layers, max(num_blocks))
     for l, b in removed_blocks:
         block_gates[l, b] = 0.0
-    head_gates.requires_grad_(True)
-    block_gates.requires_grad_(True)
-    head_total = torch.zeros_like(head_gates)
-    block_total = torch.zeros_like(block_gates)
-    flags = [p.requires_grad for p in model.parameters()]
-    for p in model.parameters():
-        p.requires_grad_(False)  # only the gates need gradients
-    try:
-        with torch.enable_grad(), adapter.mask_heads(model, head_gates), \
-                adapter.mask_ffn(model, block_gates, block_size=block_size):
-            for b in ev.batches:
-                hidden, layer_mask = ev._embed(b)
-                for i in range(ev.num_layers):
-                    hidden = adapter.layer_forward(model, i, hidden, layer_mask)
-                logits = adapter.classify(model, hidden)
-                y = b.labels if target == "labels" else ev.base_pred[b.index]
-                loss = F.cross_entropy(logits.float(), y, reduction="sum")
-                gh, gb = torch.autograd.grad(loss, (head_gates, block_gates))
-                head_total += gh.abs()  # |sum over the batch|, as in edgeprune.importance
-                block_total += gb.abs()
-    finally:
-        for p, f in zip(model.parameters(), flags):
-            p.requires_grad_(f)
-    hs, bs = head_total / ev.n, block_total / ev.n
+    (head_total, block_total), used = gate_gradients(ev, head_gates, block_gates=block_gates,
+                                                     block_size=block_size, target=target)
+    hs, bs = head_total / used, block_total / used
     if normalize:
-        hs, bs = _normalise(hs), _normalise(bs)
+        hs, bs = normalise_rows(hs), normalise_rows(bs)
     heads = {(l, h): float("inf") if (l, h) in removed_heads else float(hs[l, h])
              for l, n in enumerate(ev.layout.heads_per_layer) for h in range(n)}
     blocks = {(l, k): float("inf") if (l, k) in removed_blocks else float(bs[l, k])
