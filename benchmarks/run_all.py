@@ -297,6 +297,20 @@ def run_searches(model_dir: Path, search_data: Any, lut_path: Path, prof: Any, a
 # ---------------------------------------------------------------------------------------------------------------------
 # files
 # ---------------------------------------------------------------------------------------------------------------------
+def _dense_rows(files: dict, heads) -> list[dict[str, Any]]:
+    """The four dense rows every table starts with (ORT FP32, ORT INT8, preset unfused, edgeprune fused INT8)."""
+    return [
+        {"key": "ort_fp32", "name": "dense ORT FP32", "precision": "fp32", "path": files["ort_fp32"][0],
+         "kept_counts": list(heads)},
+        {"key": "ort_int8", "name": "dense ORT INT8 (ORT quantize_dynamic, defaults)", "precision": "int8",
+         "path": files["ort_int8"][0], "kept_counts": list(heads)},
+        {"key": "preset_unfused", "name": "dense INT8, profile preset on the unfused graph (quantize_onnx)",
+         "precision": "int8", "path": files["preset_unfused"][0], "kept_counts": list(heads)},
+        {"key": "ep_int8", "name": "dense edgeprune INT8 (fused + profile preset)", "precision": "int8",
+         "path": files["ep_int8"][0], "kept_counts": list(heads)},
+    ]
+
+
 def dense_files(model: Any, prof: Any, work: Path) -> dict[str, tuple[Path, dict]]:
     """Dense ORT FP32 (plain export), ORT INT8 (ORT's own quantize_dynamic) and edgeprune INT8 (fused + preset)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -473,16 +487,8 @@ def bench_task(args: argparse.Namespace, prof: Any, work: Path, gemm: dict, log:
     log("export: dense ORT FP32 / ORT INT8 / edgeprune INT8 and one INT8 bundle model per searched plan")
     files = dense_files(base, prof, work / "dense")
     heads = arch["heads_per_layer"]
-    rows: list[dict[str, Any]] = [
-        {"key": "ort_fp32", "name": "dense ORT FP32", "precision": "fp32", "path": files["ort_fp32"][0],
-         "kept_counts": list(heads)},
-        {"key": "ort_int8", "name": "dense ORT INT8 (ORT quantize_dynamic, defaults)", "precision": "int8",
-         "path": files["ort_int8"][0], "kept_counts": list(heads)},
-        {"key": "preset_unfused", "name": "dense INT8, profile preset on the unfused graph (quantize_onnx)",
-         "precision": "int8", "path": files["preset_unfused"][0], "kept_counts": list(heads)},
-        {"key": "ep_int8", "name": "dense edgeprune INT8 (fused + profile preset)", "precision": "int8",
-         "path": files["ep_int8"][0], "kept_counts": list(heads), "checks": files["ep_int8"][1], "ep_chain": True},
-    ]
+    rows: list[dict[str, Any]] = _dense_rows(files, heads)
+    rows[-1].update({"checks": files["ep_int8"][1], "ep_chain": True})
     names = {"greedy": "Michel greedy + INT8", "oneshot": "one-shot top-k + INT8", "astar": "edgeprune A* + INT8",
              "random": "random + INT8"}
     for alg in ("greedy", "oneshot", "astar", "random"):
@@ -582,15 +588,7 @@ def bench_bert_base(args: argparse.Namespace, prof: Any, work: Path, gemm: dict,
     n_remove = int(round(removed_share * sum(heads)))
     plan = _even_plan(heads, n_remove)
     _, pruned, checks = build_model_files(model, plan, prof.quant, work / "bert-base" / "pruned")
-    rows = [
-        {"key": "ort_fp32", "name": "dense ORT FP32", "precision": "fp32", "path": files["ort_fp32"][0],
-         "kept_counts": list(heads)},
-        {"key": "ort_int8", "name": "dense ORT INT8 (ORT quantize_dynamic, defaults)", "precision": "int8",
-         "path": files["ort_int8"][0], "kept_counts": list(heads)},
-        {"key": "preset_unfused", "name": "dense INT8, profile preset on the unfused graph (quantize_onnx)",
-         "precision": "int8", "path": files["preset_unfused"][0], "kept_counts": list(heads)},
-        {"key": "ep_int8", "name": "dense edgeprune INT8 (fused + profile preset)", "precision": "int8",
-         "path": files["ep_int8"][0], "kept_counts": list(heads)},
+    rows = _dense_rows(files, heads) + [
         {"key": "pruned_int8", "name": f"edgeprune INT8, {n_remove}/{sum(heads)} heads removed (even)",
          "precision": "int8", "path": Path(pruned), "kept_counts": list(plan.kept_counts)},
     ]
