@@ -191,8 +191,9 @@ def lut(
     rounds: Annotated[int, typer.Option(help="Alternating rounds (entries are medians over rounds).")] = 15,
     reps: Annotated[int, typer.Option(help="Runs per sub-model per round.")] = 5,
     num_labels: Annotated[int, typer.Option(help="Labels of the classifier head if the checkpoint has none (latency does not depend on it).")] = 2,
+    ffn: Annotated[bool, typer.Option("--ffn/--no-ffn", help="Also measure each layer's FFN by kept width (needed to predict FFN pruning; ~+35% build time).")] = True,
 ) -> None:
-    """Per-layer latency table: ORT latency of each layer with k = 0..H kept heads, plus the rest of the model."""
+    """Per-layer latency table: ORT latency of each layer with k = 0..H kept heads (and by kept FFN width), plus the rest of the model."""
     from .latency import build_lut, export_lut_models, format_lut
     from .modeling import load_model
 
@@ -201,12 +202,12 @@ def lut(
     m, _ = load_model(model, num_labels=num_labels, with_tokenizer=False)
     if export_only is not None:
         manifest = export_lut_models(m, profile, export_only, precision=precision, rounds=rounds, reps=reps,
-                                     log_fn=lambda s: typer.echo(s, err=True))
+                                     ffn=ffn, log_fn=lambda s: typer.echo(s, err=True))
         typer.echo(f"wrote {manifest.parent}: copy the folder to the device and run "
                    f"`python {manifest.parent.name}/device_runner.py {manifest.parent.name} --out lut.json`")
         return
     table = build_lut(m, profile, out=out, precision=precision, threads=threads, rounds=rounds, reps=reps,
-                      log_fn=lambda s: typer.echo(s, err=True))
+                      ffn=ffn, log_fn=lambda s: typer.echo(s, err=True))
     typer.echo(format_lut(table))
     typer.echo(f"wrote {out}")
 
@@ -229,8 +230,10 @@ def search_cmd(
     resume: Annotated[bool, typer.Option("--resume", help="Replay the journal of an interrupted search.")] = False,
     text_column: Annotated[Optional[str], typer.Option(help="Text column of a file dataset.")] = None,
     label_column: Annotated[Optional[str], typer.Option(help="Label column of a file dataset.")] = None,
+    structures: Annotated[str, typer.Option(help="heads | heads+ffn (attention heads and FFN neuron blocks in one search).")] = "heads",
+    ffn_block_size: Annotated[Optional[int], typer.Option(help="Neurons per FFN block with --structures heads+ffn (default 128).")] = None,
 ) -> None:
-    """Search which attention heads to remove (A* or a baseline) under an accuracy bound; write plan.json."""
+    """Search which attention heads (and FFN blocks) to remove, A* or a baseline, under an accuracy bound."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from .searching import run_search, write_plan
@@ -241,18 +244,21 @@ def search_cmd(
         task = bar.add_task("search", total=max_evals, phase="loading", nodes=0, best="-")
 
         def on_progress(p):
-            best = f"{p.best_removed} heads removed, {p.best_latency_ms:.2f}, bound {p.best_bound_pts:.2f} pts"
+            what = "units" if structures != "heads" else "heads"
+            best = f"{p.best_removed} {what} removed, {p.best_latency_ms:.2f}, bound {p.best_bound_pts:.2f} pts"
             bar.update(task, completed=p.evaluations, phase=p.phase, nodes=p.nodes_expanded, best=best)
 
         result = run_search(model, data, profile=profile, latency_table=latency_table, max_drop_pts=max_drop,
                             confidence=confidence, algorithm=algorithm, correction=correction,
                             max_evaluations=max_evals, max_seconds=max_seconds, seed=seed, journal=journal,
                             resume=resume, on_progress=on_progress, text_column=text_column,
-                            label_column=label_column)
+                            label_column=label_column, structures=structures, ffn_block_size=ffn_block_size)
     path = write_plan(result, out)
     unit = result.info.get("latency_source", {}).get("unit", "ms")
+    ffn = (f" and {result.ffn_blocks_removed}/{sum(result.plan.ffn_num_blocks)} FFN blocks of "
+           f"{result.plan.ffn_block_size}" if result.plan.has_ffn else "")
     typer.echo(
-        f"{result.algorithm}: removed {result.heads_removed}/{sum(result.plan.num_heads)} heads, search-split drop "
+        f"{result.algorithm}: removed {result.heads_removed}/{sum(result.plan.num_heads)} heads{ffn}, search-split drop "
         f"{result.drop_pts:.2f} pts (bound {result.drop_bound_pts:.2f} <= {max_drop}), predicted "
         f"{result.base_latency_ms:.2f} -> {result.latency_ms:.2f} {unit}; {result.evaluations} evaluations, "
         f"{result.nodes_expanded} nodes, {result.wall_time_s:.0f} s, stopped by {result.stopped_by}. Wrote {path}"

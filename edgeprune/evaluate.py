@@ -12,7 +12,10 @@ Implements the search's evaluator protocol (``evaluate(states) -> list[EvalResul
 * everything runs under ``torch.inference_mode`` on ``threads`` threads (default: physical cores).
 
 Heads are masked with :meth:`Adapter.mask_heads` (hooks that zero a head's input slice of the attention output
-projection), so masked evaluation equals physically pruning the heads.
+projection), so masked evaluation equals physically pruning the heads. With ``ffn_block_size`` the candidates are
+sets of *units* of a joint :class:`~edgeprune.plan.UnitSpace` (heads and FFN blocks); FFN blocks are masked with
+:meth:`Adapter.mask_ffn` (hooks that zero the block's slice of the activated intermediate), which equals removing
+the block's neurons.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import torch
 
 from .adapters import get_adapter
 from .errors import DataError
+from .plan import UnitSpace
 from .search.core import EvalResult
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -82,13 +86,17 @@ class MaskedEvaluator:
         threads: torch intra-op threads (default: physical cores). Set process-wide.
         cache_mb: memory cap for the cached base-model layer inputs (the highest layers are cached first, as they
             save the most compute per hit). 0 disables the cache.
+        ffn_block_size: search heads *and* FFN blocks of this many neurons (states are units of
+            :attr:`space`); None = heads only.
 
     Raises:
         DataError: empty dataset, or labels outside the model's classes.
+        PlanError: the block size does not divide the FFN width.
     """
 
     def __init__(self, model, tokenizer, dataset: "TextDataset", *, batch_size: int = 32, max_length: int = 128,
-                 threads: Optional[int] = None, cache_mb: float = 512.0) -> None:
+                 threads: Optional[int] = None, cache_mb: float = 512.0,
+                 ffn_block_size: Optional[int] = None) -> None:
         if len(dataset) == 0:
             raise DataError("the search split is empty")
         torch.set_num_threads(threads or free_cores())
@@ -98,6 +106,11 @@ class MaskedEvaluator:
         self.layout = self.adapter.layout(model)
         self.num_layers = self.layout.num_layers
         self.max_heads = max(self.layout.heads_per_layer)
+        if ffn_block_size is None:
+            self.space = UnitSpace(self.layout.heads_per_layer)
+        else:
+            self.space = UnitSpace(self.layout.heads_per_layer, self.adapter.ffn_num_blocks(model, ffn_block_size),
+                                   ffn_block_size)
         self.n = len(dataset)
         num_labels = int(getattr(model.config, "num_labels", 2))
         bad = [y for y in dataset.labels if not 0 <= y < num_labels]
@@ -181,6 +194,22 @@ class MaskedEvaluator:
             mask[layer, h] = 0.0
         return mask
 
+    def _masked(self, layer: int, removed_in_layer: frozenset):
+        """Context masking the removed units (heads and FFN blocks) of one layer."""
+        import contextlib
+
+        n_heads = self.layout.heads_per_layer[layer]
+        heads = frozenset(u for u in removed_in_layer if u < n_heads)
+        blocks = [u - n_heads for u in removed_in_layer if u >= n_heads]
+        stack = contextlib.ExitStack()
+        if heads:
+            stack.enter_context(self.adapter.mask_heads(self.model, self._layer_mask(layer, heads)))
+        if blocks:
+            mask = torch.ones(self.num_layers, max(self.space.ffn_blocks_per_layer))
+            mask[layer, blocks] = 0.0
+            stack.enter_context(self.adapter.mask_ffn(self.model, mask, block_size=self.space.ffn_block_size))
+        return stack
+
     def _run(self, states: Sequence[frozenset], bi: int) -> list[torch.Tensor]:
         """Logits of every candidate on batch ``bi``, sharing layer inputs across candidates with equal prefixes."""
         b = self.batches[bi]
@@ -202,7 +231,7 @@ class MaskedEvaluator:
                 below = layer_input(i - 1, c)
                 removed = by_layer[c][i - 1]
                 if removed:
-                    with self.adapter.mask_heads(self.model, self._layer_mask(i - 1, removed)):
+                    with self._masked(i - 1, removed):
                         out = self.adapter.layer_forward(self.model, i - 1, below, layer_mask)
                 else:
                     out = self.adapter.layer_forward(self.model, i - 1, below, layer_mask)
@@ -213,19 +242,22 @@ class MaskedEvaluator:
 
     @torch.inference_mode()
     def evaluate(self, states: Sequence[frozenset]) -> list[EvalResult]:
-        """Paired outcomes of each candidate (set of removed (layer, head)) against the unpruned model.
+        """Paired outcomes of each candidate (set of removed units) against the unpruned model.
 
         Args:
-            states: candidates; each is an iterable of (layer, head) in original indices.
+            states: candidates; each is an iterable of units (layer, index) of :attr:`space`: heads in original
+                indices (and, in a joint space, FFN blocks after the layer's heads).
 
         Returns:
             One :class:`EvalResult` per state: n_worse, n_better, n and the mean KL(base || candidate) as proxy.
         """
         states = [frozenset((int(l), int(h)) for l, h in s) for s in states]
+        units = self.space.units_per_layer()
         for s in states:
             for l, h in s:
-                if not (0 <= l < self.num_layers and 0 <= h < self.layout.heads_per_layer[l]):
-                    raise DataError(f"head ({l}, {h}) does not exist in layout {self.layout.heads_per_layer}")
+                if not (0 <= l < self.num_layers and 0 <= h < units[l]):
+                    raise DataError(f"unit ({l}, {h}) does not exist (units per layer {list(units)}: heads "
+                                    f"{list(self.layout.heads_per_layer)}, then FFN blocks)")
         todo = [c for c, s in enumerate(states) if s]
         pred = torch.empty(len(states), self.n, dtype=torch.long)
         kl = [0.0] * len(states)
@@ -251,13 +283,11 @@ class MaskedEvaluator:
 
     @torch.inference_mode()
     def predict(self, state: frozenset = frozenset()) -> torch.Tensor:
-        """Predicted class per example (dataset order) with the heads of ``state`` masked: plain full forward.
+        """Predicted class per example (dataset order) with the units of ``state`` masked: plain full forward.
 
         This is the reference the cached/prefix-shared path is tested against.
         """
-        from .plan import HeadPlan
-
-        plan = HeadPlan.from_removed(self.layout.heads_per_layer, state)
+        plan = self.space.plan(state)
         pred = torch.empty(self.n, dtype=torch.long)
         with self.adapter.mask_heads(self.model, plan):
             for b in self.batches:

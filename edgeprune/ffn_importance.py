@@ -26,7 +26,8 @@ Block = tuple[int, int]
 
 def joint_importance(evaluator: MaskedEvaluator, block_size: int, *, removed_heads: frozenset = frozenset(),
                      removed_blocks: frozenset = frozenset(), normalize: bool = False,
-                     target: str = "labels") -> tuple[dict[Head, float], dict[Block, float]]:
+                     target: str = "labels", max_examples: int | None = None
+                     ) -> tuple[dict[Head, float], dict[Block, float]]:
     """Gradient importance of every head and every FFN block, with the given ones removed (gate 0).
 
     Args:
@@ -37,6 +38,7 @@ def joint_importance(evaluator: MaskedEvaluator, block_size: int, *, removed_hea
         normalize: divide each layer's scores by their L2 norm, per kind (heads, blocks), as Michel et al. do.
         target: "labels" (cross-entropy against the gold labels) or "base" (against the unpruned model's
             predictions; needs no labels).
+        max_examples: use about this many examples (every k-th length-sorted batch); None = the whole split.
 
     Returns:
         ``(head_scores, block_scores)``: lower = less important; removed structures get +inf.
@@ -60,8 +62,11 @@ def joint_importance(evaluator: MaskedEvaluator, block_size: int, *, removed_hea
     block_gates = torch.ones(ev.num_layers, max(num_blocks))
     for l, b in removed_blocks:
         block_gates[l, b] = 0.0
+    batches = ev.batches
+    if max_examples is not None and max_examples < ev.n:
+        batches = ev.batches[::max(1, round(ev.n / max(max_examples, 1)))]
     (head_total, block_total), used = gate_gradients(ev, head_gates, block_gates=block_gates,
-                                                     block_size=block_size, target=target)
+                                                     block_size=block_size, batches=batches, target=target)
     hs, bs = head_total / used, block_total / used
     if normalize:
         hs, bs = normalise_rows(hs), normalise_rows(bs)
@@ -83,4 +88,23 @@ def ffn_block_importance(evaluator: MaskedEvaluator, block_size: int, removed: f
                             normalize=normalize, target=target)[1]
 
 
-__all__ = ["ffn_block_importance", "joint_importance"]
+def unit_importance(evaluator: MaskedEvaluator, removed: frozenset = frozenset(), *,
+                    max_examples: int | None = None, target: str = "labels") -> dict[tuple[int, int], float]:
+    """Importance of every unit of the evaluator's joint space (heads and FFN blocks) for the state ``removed``.
+
+    Un-normalised gate gradients, so heads and blocks share one scale (see the module docstring); removed units get
+    +inf. The evaluator must have been built with ``ffn_block_size``.
+    """
+    space = evaluator.space
+    if not space.has_ffn:
+        raise PlanError("unit_importance needs an evaluator over heads and FFN blocks (ffn_block_size)")
+    heads, blocks = space.split(removed)
+    hs, bs = joint_importance(evaluator, space.ffn_block_size, removed_heads=frozenset(heads),
+                              removed_blocks=frozenset(blocks), normalize=False, target=target,
+                              max_examples=max_examples)
+    out: dict[tuple[int, int], float] = dict(hs)
+    out.update({space.block_unit(l, b): v for (l, b), v in bs.items()})
+    return out
+
+
+__all__ = ["ffn_block_importance", "joint_importance", "unit_importance"]

@@ -241,3 +241,121 @@ class HeadPlan:
             raise PlanError(
                 f"plan is for heads per layer {list(self.num_heads)} but the model has {list(layout.heads_per_layer)}"
             )
+
+
+Unit = tuple[int, int]  # (layer, unit index): a head when index < heads of the layer, else an FFN block
+
+
+@dataclass(frozen=True)
+class UnitSpace:
+    """The prunable units the search works over: heads only, or heads and FFN blocks together.
+
+    A unit is ``(layer, i)``: ``i < heads_per_layer[layer]`` is head ``i``; ``i >= heads_per_layer[layer]`` is FFN
+    block ``i - heads_per_layer[layer]``. One flat pair keeps search states plain, sortable sets of 2-tuples (the
+    journal, the cache keys and A*'s tie-breaking need nothing else), and a heads-only space is exactly the old
+    heads-only state space.
+
+    Attributes:
+        heads_per_layer: heads of each layer of the unpruned model.
+        ffn_blocks_per_layer: FFN blocks of each layer (None = heads only).
+        ffn_block_size: neurons per FFN block (None = heads only).
+    """
+
+    heads_per_layer: tuple[int, ...]
+    ffn_blocks_per_layer: tuple[int, ...] | None = None
+    ffn_block_size: int | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "heads_per_layer", tuple(int(h) for h in self.heads_per_layer))
+        if not self.heads_per_layer or any(h <= 0 for h in self.heads_per_layer):
+            raise PlanError(f"a unit space needs >0 heads in every layer, got {self.heads_per_layer}")
+        if (self.ffn_blocks_per_layer is None) != (self.ffn_block_size is None):
+            raise PlanError("give both ffn_blocks_per_layer and ffn_block_size, or neither")
+        if self.ffn_blocks_per_layer is not None:
+            blocks = tuple(int(b) for b in self.ffn_blocks_per_layer)
+            object.__setattr__(self, "ffn_blocks_per_layer", blocks)
+            if len(blocks) != len(self.heads_per_layer) or any(b <= 0 for b in blocks):
+                raise PlanError(f"FFN blocks per layer {blocks} do not fit heads per layer {self.heads_per_layer}")
+            if int(self.ffn_block_size) <= 0:
+                raise PlanError(f"FFN block size must be positive, got {self.ffn_block_size}")
+
+    @classmethod
+    def of(cls, layout: "HeadLayout | Sequence[int] | UnitSpace") -> "UnitSpace":
+        """Coerce a head layout, a heads-per-layer sequence or a space into a space."""
+        if isinstance(layout, UnitSpace):
+            return layout
+        if isinstance(layout, HeadLayout):
+            return cls(layout.heads_per_layer)
+        return cls(tuple(layout))
+
+    @property
+    def has_ffn(self) -> bool:
+        return self.ffn_blocks_per_layer is not None
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.heads_per_layer)
+
+    def units_per_layer(self) -> tuple[int, ...]:
+        blocks = self.ffn_blocks_per_layer or (0,) * self.num_layers
+        return tuple(h + b for h, b in zip(self.heads_per_layer, blocks))
+
+    def all_units(self) -> list[Unit]:
+        """Every unit, layer-major (heads of a layer before its FFN blocks)."""
+        return [(layer, i) for layer, n in enumerate(self.units_per_layer()) for i in range(n)]
+
+    def is_head(self, unit: Unit) -> bool:
+        return unit[1] < self.heads_per_layer[unit[0]]
+
+    def split(self, removed: Iterable[Unit]) -> tuple[list[Head], list[Block]]:
+        """Removed units -> (removed heads, removed FFN blocks), both in original indices."""
+        heads: list[Head] = []
+        blocks: list[Block] = []
+        per_layer = self.units_per_layer()
+        for layer, i in removed:
+            if not (0 <= layer < self.num_layers and 0 <= i < per_layer[layer]):
+                raise PlanError(f"unit ({layer}, {i}) does not exist (units per layer {list(per_layer)})")
+            if i < self.heads_per_layer[layer]:
+                heads.append((layer, i))
+            else:
+                blocks.append((layer, i - self.heads_per_layer[layer]))
+        return sorted(heads), sorted(blocks)
+
+    def block_unit(self, layer: int, block: int) -> Unit:
+        """The unit of FFN block ``block`` of ``layer``."""
+        return (layer, self.heads_per_layer[layer] + block)
+
+    def kept_counts(self, removed: Iterable[Unit]) -> tuple[tuple[int, ...], tuple[int, ...] | None]:
+        """(kept heads per layer, kept FFN blocks per layer or None for a heads-only space)."""
+        heads = list(self.heads_per_layer)
+        blocks = list(self.ffn_blocks_per_layer) if self.has_ffn else None
+        for layer, i in removed:
+            if i < self.heads_per_layer[layer]:
+                heads[layer] -= 1
+            elif blocks is not None:
+                blocks[layer] -= 1
+        return tuple(heads), None if blocks is None else tuple(blocks)
+
+    def plan(self, removed: Iterable[Unit]) -> HeadPlan:
+        """The plan removing exactly ``removed``; it has an FFN part iff the space has FFN blocks."""
+        heads, blocks = self.split(removed)
+        plan = HeadPlan.from_removed(self.heads_per_layer, heads)
+        if self.has_ffn:
+            plan = plan.with_ffn_removed(self.ffn_block_size, self.ffn_blocks_per_layer, blocks)
+        return plan
+
+    def units_of(self, plan: HeadPlan) -> list[Unit]:
+        """Inverse of :meth:`plan`: the removed units of ``plan`` (its FFN part must match the space's blocks)."""
+        units = list(plan.removed())
+        if plan.has_ffn:
+            if not self.has_ffn or plan.ffn_block_size != self.ffn_block_size \
+                    or tuple(plan.ffn_num_blocks) != self.ffn_blocks_per_layer:
+                raise PlanError("the plan's FFN blocks do not match the search space's")
+            units += [self.block_unit(layer, b) for layer, b in plan.ffn_removed()]
+        return sorted(units)
+
+    def to_dict(self) -> dict:
+        d: dict = {"heads_per_layer": list(self.heads_per_layer)}
+        if self.has_ffn:
+            d.update(ffn_blocks_per_layer=list(self.ffn_blocks_per_layer), ffn_block_size=self.ffn_block_size)
+        return d

@@ -17,10 +17,13 @@ from .search import ALGORITHMS, Correction, Progress, SearchConfig, SearchResult
 from .search import search as _search
 from .versions import versions
 
-LatencyFn = Callable[[tuple[int, ...]], float]
+LatencyFn = Callable[..., float]  # latency(kept_heads[, kept_ffn_blocks]) -> ms
+STRUCTURES = ("heads", "heads+ffn")
+DEFAULT_FFN_BLOCK_SIZE = 128
 
 
-def analytic_latency(heads_per_layer: Sequence[int], hidden: int, seq_len: int) -> LatencyFn:
+def analytic_latency(heads_per_layer: Sequence[int], hidden: int, seq_len: int,
+                     ffn_blocks_per_layer: Optional[Sequence[int]] = None) -> LatencyFn:
     """A FLOP-count stand-in for a latency table (relative units, *not* milliseconds).
 
     Per layer: FFN ``16 * S * D^2`` (two D x 4D matmuls, 2 FLOPs per MAC) plus, per kept head, its share of the
@@ -32,24 +35,32 @@ def analytic_latency(heads_per_layer: Sequence[int], hidden: int, seq_len: int) 
         heads_per_layer: heads per layer of the unpruned model.
         hidden: hidden size D.
         seq_len: sequence length S.
+        ffn_blocks_per_layer: FFN blocks per layer of the unpruned model (joint search: the FFN term scales with
+            the kept share of blocks).
 
     Returns:
-        ``latency(kept_counts) -> GFLOPs``.
+        ``latency(kept_counts, kept_blocks=None) -> GFLOPs``.
     """
     n = max(heads_per_layer)
     d = hidden // n
     ffn = 16.0 * seq_len * hidden * hidden
     per_head = 8.0 * seq_len * hidden * d + 4.0 * seq_len * seq_len * d
 
-    def latency(kept_counts: tuple[int, ...]) -> float:
-        return sum(ffn + per_head * k for k in kept_counts) / 1e9
+    def latency(kept_counts: tuple[int, ...], kept_blocks: Optional[Sequence[int]] = None) -> float:
+        shares = [1.0] * len(kept_counts) if kept_blocks is None else \
+            [b / full for b, full in zip(kept_blocks, ffn_blocks_per_layer)]
+        return sum(ffn * f + per_head * k for k, f in zip(kept_counts, shares)) / 1e9
 
     return latency
 
 
 def resolve_latency(layout, hidden: int, seq_len: int, *, latency_table: Optional[Union[str, Path]] = None,
-                    profile: Any = None) -> tuple[LatencyFn, dict[str, Any]]:
+                    profile: Any = None, space: Any = None) -> tuple[LatencyFn, dict[str, Any]]:
     """Pick the latency model: an explicit LUT file, else the profile's LUT, else the analytic proxy.
+
+    Args:
+        space: the search's :class:`~edgeprune.plan.UnitSpace`; with FFN blocks the function also takes the kept
+            blocks per layer, and a LUT must have an FFN axis.
 
     Returns:
         ``(latency_fn, source)`` where ``source`` describes it for plan.json (kind, path, LUT provenance).
@@ -59,21 +70,31 @@ def resolve_latency(layout, hidden: int, seq_len: int, *, latency_table: Optiona
             and profile.latency_table_path() is not None:
         candidate = profile.latency_table_path()
         path = candidate if candidate.exists() else None
+    joint = space is not None and space.has_ffn
     if path is not None:
-        from .latency import load_lut, predict
+        from .latency import has_ffn_axis, load_lut, predict
 
         lut = load_lut(path)
         n_layers = len(lut["layers"])
         if n_layers != layout.num_layers:
             raise EdgepruneError(f"{path}: latency table has {n_layers} layers but the model has {layout.num_layers}")
-        return (lambda kc: predict(lut, kc)), {
+        if joint and not has_ffn_axis(lut):
+            raise EdgepruneError(f"{path}: this latency table has no FFN axis, so it cannot rank FFN-block plans; "
+                                 "rebuild it with `edgeprune lut --ffn` or search with --structures heads")
+        bs = space.ffn_block_size if joint else 0
+
+        def lut_latency(kc, kb=None):
+            return predict(lut, kc, ffn_widths=None if kb is None else [b * bs for b in kb])
+
+        return lut_latency, {
             "kind": "lut",
             "unit": "ms",
             "path": str(path),
             "provenance": lut.get("provenance"),
             "settings": lut.get("settings"),
         }
-    return analytic_latency(layout.heads_per_layer, hidden, seq_len), {
+    return analytic_latency(layout.heads_per_layer, hidden, seq_len,
+                            space.ffn_blocks_per_layer if joint else None), {
         "kind": "analytic-proxy",
         "unit": "GFLOPs (relative proxy, NOT milliseconds)",
         "note": "no latency table given or found for the profile; plan ranking uses a FLOP count. Build one with "
@@ -111,6 +132,8 @@ def run_search(
     rescore_every: int = 1,
     shipped_predictions: Optional[Sequence[int]] = None,
     importance_examples: Optional[int] = None,
+    structures: str = "heads",
+    ffn_block_size: Optional[int] = None,
 ) -> SearchResult:
     """Search a head plan for ``model`` on ``search_data`` under an accuracy bound.
 
@@ -147,6 +170,9 @@ def run_search(
             the search split, in dataset order; its discordant count against the FP32 model is added to the
             offsets, split evenly between worse and better, so the search keeps room for the flips quantization
             causes by itself without banking on their net direction.
+        structures: "heads" (attention heads only) or "heads+ffn" (heads and FFN neuron blocks in one search;
+            the latency table needs an FFN axis). See docs/search.md, "Joint search".
+        ffn_block_size: neurons per FFN block for "heads+ffn" (default 128).
 
     Returns:
         The :class:`SearchResult`; ``result.to_dict()`` is the plan.json content (with latency source, model,
@@ -160,6 +186,14 @@ def run_search(
 
     if algorithm not in ALGORITHMS:
         raise EdgepruneError(f"unknown algorithm {algorithm!r}; choose one of {', '.join(ALGORITHMS)}")
+    if structures not in STRUCTURES:
+        raise EdgepruneError(f"unknown structures {structures!r}; choose one of {', '.join(STRUCTURES)}")
+    joint = structures == "heads+ffn"
+    if ffn_block_size is not None and not joint:
+        raise EdgepruneError("--ffn-block-size needs --structures heads+ffn")
+    block_size = (ffn_block_size or DEFAULT_FFN_BLOCK_SIZE) if joint else None
+    if block_size is not None and block_size <= 0:
+        raise EdgepruneError(f"--ffn-block-size must be positive, got {block_size}")
     model_id = None
     if str(model) == "default" or str(search_data) == "default":
         from .default_task import default_task
@@ -189,9 +223,11 @@ def run_search(
         prof = load_profile(profile)
     seq_len = max_length or (prof.seq_len if prof is not None else 128)
     t0 = time.monotonic()
-    evaluator = MaskedEvaluator(model, tokenizer, search_data, batch_size=eval_batch_size, max_length=seq_len)
+    evaluator = MaskedEvaluator(model, tokenizer, search_data, batch_size=eval_batch_size, max_length=seq_len,
+                                ffn_block_size=block_size)
     base_s = time.monotonic() - t0
     layout = evaluator.layout
+    space = evaluator.space
     shipped_counts = None
     if shipped_predictions is not None:
         import torch
@@ -213,9 +249,20 @@ def run_search(
         lat_fn, source = latency, {"kind": "callable", "unit": "ms"}
     else:
         lat_fn, source = resolve_latency(layout, layout.hidden_size, seq_len, latency_table=latency_table,
-                                         profile=prof)
+                                         profile=prof, space=space)
     t1 = time.monotonic()
-    importance = head_importance(evaluator, max_examples=importance_examples)
+    if joint:
+        from .ffn_importance import unit_importance
+
+        def rescore_units(state: frozenset) -> dict:
+            raw = unit_importance(evaluator, frozenset(state), max_examples=importance_examples)
+            return importance_per_ms(raw, space, lat_fn, frozenset(state))
+
+        importance = rescore_units(frozenset())
+        rescorer = rescore_units
+    else:
+        importance = head_importance(evaluator, max_examples=importance_examples)
+        rescorer = make_rescorer(evaluator, max_examples=importance_examples)
     importance_s = time.monotonic() - t1
     config = SearchConfig(max_drop_pts=max_drop_pts, confidence=confidence, correction=Correction(correction),
                           max_evaluations=max_evaluations, max_seconds=max_seconds, branching=branching,
@@ -226,9 +273,10 @@ def run_search(
         "data": {"source": getattr(search_data, "source", None), "n": len(search_data)},
         "max_length": seq_len,
         "latency_source": source.get("path") or source["kind"],
+        "importance_examples": importance_examples,
     }
-    result = _search(evaluator, lat_fn, importance, layout, config, algorithm,
-                     rescore=make_rescorer(evaluator, max_examples=importance_examples) if algorithm in ("greedy", "astar") else None,
+    result = _search(evaluator, lat_fn, importance, space, config, algorithm,
+                     rescore=rescorer if algorithm in ("greedy", "astar") else None,
                      journal=journal, resume=resume, fingerprint=fingerprint, on_progress=on_progress)
     result.info.update(
         {
@@ -245,6 +293,43 @@ def run_search(
     return result
 
 
+def importance_per_ms(scores: dict, space: Any, latency: LatencyFn, removed: frozenset = frozenset()) -> dict:
+    """Divide each unit's importance by the latency its removal saves from ``removed`` (joint search order).
+
+    Heads and FFN blocks share one importance scale (un-normalised gate gradients ~ loss increase) but not one
+    price: on the default task a head saves ~0.03 ms and a 128-neuron block ~0.02 ms at full width, and a block
+    saves nothing while the FFN is in its flat region below ~256 neurons (docs/latency.md). Ranking by loss per
+    millisecond removes first what buys the most time for the least accuracy (Kwon et al. 2022 rank the same
+    ratio). Savings are the latency model's marginal at the current state, per layer and kind; a zero saving is
+    floored at 1% of the largest one, so such units go last but stay reachable.
+    """
+    kc, kb = space.kept_counts(removed)
+
+    def lat(heads, blocks):
+        return latency(heads) if blocks is None else latency(heads, blocks)
+
+    base = lat(kc, kb)
+    saving: dict = {}
+    for layer in range(space.num_layers):
+        if kc[layer] > 0:
+            k2 = list(kc)
+            k2[layer] -= 1
+            saving[(layer, "h")] = base - lat(tuple(k2), kb)
+        if kb is not None and kb[layer] > 0:
+            b2 = list(kb)
+            b2[layer] -= 1
+            saving[(layer, "f")] = base - lat(kc, tuple(b2))
+    floor = 0.01 * max([v for v in saving.values() if v > 0], default=1.0)
+    out = {}
+    for unit, v in scores.items():
+        if v == float("inf"):
+            out[unit] = v
+            continue
+        kind = "h" if space.is_head(unit) else "f"
+        out[unit] = float(v) / max(saving.get((unit[0], kind), floor), floor)
+    return out
+
+
 def write_plan(result: SearchResult, out: Union[str, Path]) -> Path:
     """Write ``result.to_dict()`` as JSON to ``out``; returns the path."""
     p = Path(out)
@@ -253,4 +338,4 @@ def write_plan(result: SearchResult, out: Union[str, Path]) -> Path:
     return p
 
 
-__all__ = ["analytic_latency", "resolve_latency", "run_search", "write_plan"]
+__all__ = ["STRUCTURES", "analytic_latency", "importance_per_ms", "resolve_latency", "run_search", "write_plan"]

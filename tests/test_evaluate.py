@@ -155,3 +155,39 @@ def test_importance_on_a_subset_of_the_split(tok):
     assert set(full) == set(part)
     assert all(v >= 0 for v in part.values())
     assert part != full  # really computed on fewer examples
+
+
+@pytest.mark.parametrize("family", ["bert", "distilbert"])
+def test_joint_engine_equals_pruned_model(tok, family):
+    """Heads + FFN blocks: the cached engine == a plain masked forward == the physically pruned model."""
+    from edgeprune.adapters import get_adapter
+    from edgeprune.ffn_importance import unit_importance
+
+    model = tiny_model(family)
+    data = dataset(n=32, seed=3)
+    ev = MaskedEvaluator(model, tok, data, batch_size=8, ffn_block_size=8)
+    space = ev.space
+    assert space.has_ffn and space.units_per_layer()[0] == 4 + space.ffn_blocks_per_layer[0]
+    blocks = [space.block_unit(l, b) for l, b in [(0, 1), (2, 0), (2, 3), (3, 2)]]
+    states = [frozenset(blocks), frozenset(blocks + [(1, 0), (2, 1)]),
+              frozenset(space.block_unit(1, b) for b in range(space.ffn_blocks_per_layer[1]))]
+    results = ev.evaluate(states)
+    for state, res in zip(states, results):
+        pred = ev.predict(state)
+        assert (res.n_worse, res.n_better) == paired(ev, pred), state
+        assert res.proxy > 0  # removing blocks changes the outputs
+        pruned = tiny_model(family)
+        adapter = get_adapter(pruned)
+        plan = space.plan(state)
+        adapter.prune_heads_(pruned, plan)
+        adapter.prune_ffn_(pruned, plan)
+        pruned.eval()
+        with torch.inference_mode():
+            for b in ev.batches:
+                assert torch.equal(pruned(**b.inputs).logits.argmax(-1), pred[b.index])
+    scores = unit_importance(ev, states[0])
+    assert set(scores) == set(space.all_units())
+    assert all(scores[u] == float("inf") for u in states[0])
+    assert all(0 <= v < float("inf") for u, v in scores.items() if u not in states[0])
+    with pytest.raises(Exception, match="unit"):
+        ev.evaluate([frozenset({(0, space.units_per_layer()[0])})])

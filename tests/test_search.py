@@ -348,3 +348,52 @@ def test_prefix_search_offers_feasible_probes_past_an_infeasible_one():
     result = search(model, linear_latency, model.importance, layout, cfg, "oneshot")
     assert result.heads_removed == 14  # offered although the k = 4 and k = 9 probes failed
     assert result.drop_bound_pts <= 1.0
+
+
+def test_joint_space_searches_heads_and_ffn_blocks_together():
+    """A UnitSpace with FFN blocks: the search removes both kinds, the latency sees both, the plan carries both."""
+    from edgeprune.plan import UnitSpace
+
+    space = UnitSpace((3, 3), (4, 4), 64)
+    model = Synthetic(space.units_per_layer(), seed=5, scale=0.004)
+    model.heads = space.all_units()
+    calls = []
+
+    def latency(kc, kb):
+        calls.append((kc, kb))
+        return 1.0 + sum(0.25 * k for k in kc) + sum(0.5 * b for b in kb)
+
+    cfg = SearchConfig(max_drop_pts=2.0, correction="none", max_evaluations=200)
+    res = search(model, latency, model.importance, space, cfg, "astar")
+    heads, blocks = space.split(res.removed)
+    assert res.plan.has_ffn and res.plan.ffn_block_size == 64
+    assert res.plan.removed() == heads and res.plan.ffn_removed() == blocks
+    assert res.heads_removed == len(heads) and res.ffn_blocks_removed == len(blocks)
+    assert blocks, "blocks are cheaper to remove per ms here: the search must use them"
+    assert all(len(c) == 2 and len(c[0]) == len(c[1]) == 2 for c in calls)
+    assert res.latency_ms == latency(*space.kept_counts(res.removed))
+    d = res.to_dict()
+    assert HeadPlan.from_dict(d) == res.plan
+    assert d["search"]["structures"] == "heads+ffn" and d["ffn_removed"] == [list(b) for b in blocks]
+    assert all("ffn_removed" in p for p in d["search"]["frontier"])
+    assert space.units_of(res.plan) == sorted(res.removed)
+    # Never worse than greedy in the joint space either.
+    g = search(model, latency, model.importance, space, cfg, "greedy")
+    assert res.latency_ms <= g.latency_ms
+
+
+def test_unit_space_round_trips_and_rejects_bad_units():
+    from edgeprune.plan import PlanError, UnitSpace
+
+    space = UnitSpace((2, 2), (3, 3), 8)
+    assert space.all_units()[:5] == [(0, 0), (0, 1), (0, 2), (0, 3), (0, 4)]
+    assert space.split([(0, 1), (1, 4), (0, 2)]) == ([(0, 1)], [(0, 0), (1, 2)])
+    plan = space.plan([(0, 1), (1, 4)])
+    assert plan.kept == ((0,), (0, 1)) and plan.ffn_kept == ((0, 1, 2), (0, 1))
+    assert space.kept_counts([(0, 1), (1, 4)]) == ((1, 2), (3, 2))
+    with pytest.raises(PlanError):
+        space.split([(1, 5)])
+    with pytest.raises(PlanError):
+        UnitSpace((2, 2), (3,), 8)
+    heads_only = UnitSpace.of([2, 2])
+    assert not heads_only.has_ffn and heads_only.plan([(1, 0)]) == HeadPlan.from_removed([2, 2], [(1, 0)])

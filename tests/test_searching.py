@@ -76,3 +76,34 @@ def test_unknown_algorithm_is_a_user_error(tiny_dir, tmp_path):
     res = CliRunner().invoke(app, ["search", "--model", str(tiny_dir), "--data", str(tiny_dir / "search.csv"),
                                    "--out", str(tmp_path / "p.json"), "--algorithm", "beam"])
     assert res.exit_code != 0
+
+
+def test_search_command_joint_structures(tiny_dir, tmp_path):
+    """--structures heads+ffn: heads and FFN blocks in one search; the plan loads and carries both parts."""
+    out = tmp_path / "joint.json"
+    res = CliRunner().invoke(app, ["search", "--model", str(tiny_dir), "--data", str(tiny_dir / "search.csv"),
+                                   "--max-drop", "40", "--confidence", "0.8", "--correction", "none",
+                                   "--max-evals", "16", "--structures", "heads+ffn", "--ffn-block-size", "4",
+                                   "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    plan = json.loads(out.read_text())
+    hp = HeadPlan.from_dict(plan)
+    assert hp.has_ffn and hp.ffn_block_size == 4
+    s = plan["search"]
+    assert s["structures"] == "heads+ffn" and s["space"]["ffn_block_size"] == 4
+    assert plan["ffn_blocks_removed"] == hp.ffn_num_removed and plan["heads_removed"] == hp.num_removed
+    assert hp.num_removed + hp.ffn_num_removed >= 1, "a 40-point bound leaves room to remove something"
+    # The analytic proxy prices FFN width: fewer blocks, lower latency.
+    lat = analytic_latency((4,) * 4, 32, 64, (9,) * 4)
+    assert lat((4,) * 4, (9,) * 4) > lat((4,) * 4, (9, 9, 9, 3)) > lat((4,) * 4, (0,) * 4)
+
+
+def test_joint_options_are_checked(tiny_dir, tmp_path):
+    common = ["search", "--model", str(tiny_dir), "--data", str(tiny_dir / "search.csv"), "--out",
+              str(tmp_path / "p.json")]
+    res = CliRunner().invoke(app, common + ["--structures", "ffn"])
+    assert res.exit_code != 0 and "structures" in str(res.exception or res.output)
+    res = CliRunner().invoke(app, common + ["--ffn-block-size", "4"])
+    assert res.exit_code != 0 and "heads+ffn" in str(res.exception or res.output)
+    res = CliRunner().invoke(app, common + ["--structures", "heads+ffn", "--ffn-block-size", "5"])
+    assert res.exit_code != 0 and "divisible" in str(res.exception or res.output)

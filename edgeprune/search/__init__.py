@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from typing import Callable, Mapping, Optional, Sequence
 
-from ..plan import HeadLayout
+from ..plan import HeadLayout, UnitSpace
 from .astar import astar_path, run_astar
 from .baselines import greedy_path, oneshot_path, random_path, run_baseline
 from .core import (
@@ -59,7 +59,7 @@ def search(
     evaluator: Evaluator,
     latency: LatencyFn,
     importance: Mapping[Head, float],
-    layout: HeadLayout | Sequence[int],
+    layout: UnitSpace | HeadLayout | Sequence[int],
     config: SearchConfig,
     algorithm: str = "astar",
     *,
@@ -73,9 +73,11 @@ def search(
 
     Args:
         evaluator: batched candidate evaluator (see :class:`Evaluator`).
-        latency: kept heads per layer -> predicted latency (ms).
-        importance: per-(layer, head) importance; lower is removed first.
-        layout: heads per layer.
+        latency: kept heads per layer -> predicted latency (ms); for a joint space
+            ``latency(kept_heads_per_layer, kept_ffn_blocks_per_layer)``.
+        importance: per-unit importance (lower is removed first): (layer, head), and in a joint space also the
+            FFN-block units (see :class:`~edgeprune.plan.UnitSpace`).
+        layout: the units: heads per layer, a :class:`HeadLayout`, or a :class:`UnitSpace` (heads + FFN blocks).
         config: bound, budgets and knobs.
         algorithm: "astar", "greedy", "oneshot" or "random".
         rescore: optional importance re-scoring callback for the current state (used by greedy and A*'s greedy
@@ -95,13 +97,14 @@ def search(
     """
     if algorithm not in ALGORITHMS:
         raise SearchError(f"unknown algorithm {algorithm!r}; choose one of {', '.join(ALGORITHMS)}")
-    heads = tuple(layout.heads_per_layer if isinstance(layout, HeadLayout) else layout)
+    space = UnitSpace.of(layout)
     jr = None
     if journal is not None:
-        fp = {"layout": list(heads), "algorithm": algorithm, "config": config.to_dict(), **(fingerprint or {})}
+        fp = {"layout": list(space.heads_per_layer), "algorithm": algorithm, "config": config.to_dict(),
+              **({"space": space.to_dict()} if space.has_ffn else {}), **(fingerprint or {})}
         jr = Journal(journal, fp, resume=resume)
     try:
-        problem = Problem(evaluator, latency, importance, heads, config, journal=jr, rescore=rescore,
+        problem = Problem(evaluator, latency, importance, space, config, journal=jr, rescore=rescore,
                           on_progress=on_progress)
         if algorithm == "astar":
             return run_astar(problem)

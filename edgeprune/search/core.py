@@ -12,11 +12,11 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Protocol, Sequenc
 
 from ..bounds import corrected_confidence, paired_drop_upper_bound
 from ..errors import EdgepruneError
-from ..plan import HeadLayout, HeadPlan
+from ..plan import HeadLayout, HeadPlan, UnitSpace
 from .journal import Journal, state_key
 
-Head = tuple[int, int]
-State = frozenset  # frozenset[Head]: the removed (layer, head) pairs
+Head = tuple[int, int]  # a search unit (layer, index): a head, or an FFN block in a joint space (plan.UnitSpace)
+State = frozenset  # frozenset[Head]: the removed units
 Key = tuple  # state_key(state): sorted tuple of removed heads, the canonical id of a state
 
 
@@ -55,7 +55,9 @@ class Evaluator(Protocol):
         ...
 
 
-LatencyFn = Callable[[tuple[int, ...]], float]  # kept heads per layer -> predicted ms
+# kept heads per layer -> predicted ms; in a joint space (UnitSpace with FFN blocks) it is called as
+# latency(kept_heads_per_layer, kept_ffn_blocks_per_layer).
+LatencyFn = Callable[..., float]
 RescoreFn = Callable[[State], Mapping[Head, float]]  # current removed set -> importance of the remaining heads
 
 
@@ -158,11 +160,16 @@ class FrontierPoint:
     drop_bound_pts: float
     drop_pts: float
     heads_removed: int
-    removed: tuple[Head, ...]
+    removed: tuple[Head, ...]  # removed heads (layer, head)
+    ffn_removed: Optional[tuple[tuple[int, int], ...]] = None  # removed FFN blocks (layer, block); None = heads only
 
     def to_dict(self) -> dict[str, Any]:
-        return {"latency_ms": self.latency_ms, "drop_bound_pts": self.drop_bound_pts, "drop_pts": self.drop_pts,
-                "heads_removed": self.heads_removed, "removed": [list(h) for h in self.removed]}
+        d = {"latency_ms": self.latency_ms, "drop_bound_pts": self.drop_bound_pts, "drop_pts": self.drop_pts,
+             "heads_removed": self.heads_removed, "removed": [list(h) for h in self.removed]}
+        if self.ffn_removed is not None:
+            d["ffn_blocks_removed"] = len(self.ffn_removed)
+            d["ffn_removed"] = [list(b) for b in self.ffn_removed]
+        return d
 
 
 @dataclass
@@ -171,7 +178,7 @@ class SearchResult:
 
     algorithm: str
     plan: HeadPlan
-    removed: tuple[Head, ...]
+    removed: tuple[Head, ...]  # the removed units (heads, and FFN blocks in a joint space; see plan.UnitSpace)
     drop_pts: float
     drop_bound_pts: float
     n_worse: int
@@ -189,10 +196,15 @@ class SearchResult:
     config: SearchConfig
     notes: list[str] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)  # provenance added by the caller (model, data, latency source)
+    space: Optional[UnitSpace] = None  # None = heads only
 
     @property
     def heads_removed(self) -> int:
-        return len(self.removed)
+        return self.plan.num_removed
+
+    @property
+    def ffn_blocks_removed(self) -> int:
+        return self.plan.ffn_num_removed
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON dict; its ``num_heads``/``kept_heads`` keys make it loadable by ``HeadPlan.from_dict``."""
@@ -201,9 +213,14 @@ class SearchResult:
             {
                 "heads_removed": self.heads_removed,
                 "heads_total": sum(self.plan.num_heads),
-                "removed": [list(h) for h in self.removed],
+                "removed": [list(h) for h in self.plan.removed()],
+                **({"ffn_blocks_removed": self.ffn_blocks_removed,
+                    "ffn_blocks_total": sum(self.plan.ffn_num_blocks),
+                    "ffn_removed": [list(b) for b in self.plan.ffn_removed()]} if self.plan.has_ffn else {}),
                 "search": {
                     "algorithm": self.algorithm,
+                    "structures": "heads+ffn" if self.plan.has_ffn else "heads",
+                    "space": (self.space or UnitSpace(self.plan.num_heads)).to_dict(),
                     "search_split_drop_pts": self.drop_pts,
                     "search_split_drop_bound_pts": self.drop_bound_pts,
                     "bound": {
@@ -265,7 +282,8 @@ class Problem:
         evaluator: object with ``evaluate(states) -> list[EvalResult]``.
         latency: kept heads per layer -> predicted latency in ms.
         importance: importance score per (layer, head); lower = less important = removed first.
-        layout: heads per layer (a :class:`HeadLayout` or a sequence of ints).
+        layout: the units to search over: a :class:`~edgeprune.plan.UnitSpace` (heads, or heads + FFN blocks), a
+            :class:`HeadLayout` or a sequence of heads per layer (heads only).
         config: the search configuration.
         journal: optional journal; results found in it are replayed instead of evaluated.
         rescore: optional callback recomputing importance for the current state (greedy re-scoring).
@@ -278,20 +296,23 @@ class Problem:
         evaluator: Evaluator,
         latency: LatencyFn,
         importance: Mapping[Head, float],
-        layout: HeadLayout | Sequence[int],
+        layout: UnitSpace | HeadLayout | Sequence[int],
         config: SearchConfig,
         journal: Optional[Journal] = None,
         rescore: Optional[RescoreFn] = None,
         on_progress: Optional[Callable[[Progress], None]] = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.heads_per_layer = tuple(layout.heads_per_layer if isinstance(layout, HeadLayout) else layout)
-        if not self.heads_per_layer or any(h <= 0 for h in self.heads_per_layer):
-            raise SearchError(f"bad head layout {self.heads_per_layer}")
-        self.all_heads: list[Head] = [(l, h) for l, n in enumerate(self.heads_per_layer) for h in range(n)]
+        try:
+            self.space = UnitSpace.of(layout)
+        except EdgepruneError as exc:
+            raise SearchError(f"bad head layout {layout}: {exc}") from exc
+        self.heads_per_layer = self.space.heads_per_layer
+        # Every unit: heads, then (joint space) FFN blocks; ``all_heads`` is the historical name.
+        self.all_heads: list[Head] = self.space.all_units()
         missing = [x for x in self.all_heads if x not in importance]
         if missing:
-            raise SearchError(f"importance scores missing for heads {missing[:5]}{'...' if len(missing) > 5 else ''}")
+            raise SearchError(f"importance scores missing for units {missing[:5]}{'...' if len(missing) > 5 else ''}")
         self.importance = {x: float(importance[x]) for x in self.all_heads}
         # Static order: least important first; ties by (layer, head) so the order is total and deterministic.
         self.order: list[Head] = sorted(self.all_heads, key=lambda x: (self.importance[x], x))
@@ -305,7 +326,7 @@ class Problem:
         self.clock = clock
         self.t0 = clock()
         self.cache: dict[Key, EvalResult] = {}
-        self._latency_cache: dict[tuple[int, ...], float] = {}
+        self._latency_cache: dict[tuple, float] = {}
         self._importance_cache: dict[Key, dict[Head, float]] = {}
         self.evaluations = 0  # logical: fresh + replayed (replays count so a resumed search makes the same moves)
         self.replayed = 0
@@ -389,13 +410,11 @@ class Problem:
         return 100.0 * paired_drop_upper_bound(worse, better, r.n, self._conf)
 
     def latency(self, state: State | Key) -> float:
-        counts = list(self.heads_per_layer)
-        for layer, _ in state:
-            counts[layer] -= 1
-        kc = tuple(counts)
-        if kc not in self._latency_cache:
-            self._latency_cache[kc] = float(self._latency_fn(kc))
-        return self._latency_cache[kc]
+        kc, kb = self.space.kept_counts(state)
+        if (kc, kb) not in self._latency_cache:
+            ms = self._latency_fn(kc) if kb is None else self._latency_fn(kc, kb)
+            self._latency_cache[(kc, kb)] = float(ms)
+        return self._latency_cache[(kc, kb)]
 
     def importance_for(self, state: State) -> dict[Head, float]:
         """Importance of the heads for ``state``: the rescore callback (journaled) or the static scores."""
@@ -454,7 +473,9 @@ class Problem:
         for lat, b, k in sorted(pts):
             if b < best_bound:
                 best_bound = b
-                out.append(FrontierPoint(lat, b, 100.0 * self.cache[k].drop, len(k), k))
+                heads, blocks = self.space.split(k)
+                out.append(FrontierPoint(lat, b, 100.0 * self.cache[k].drop, len(heads), tuple(heads),
+                                         tuple(blocks) if self.space.has_ffn else None))
         return out
 
     def result(self, algorithm: str, stopped_by: str) -> SearchResult:
@@ -464,7 +485,7 @@ class Problem:
             raise SearchError("the search stopped before evaluating even the unpruned model (budget too small)")
         return SearchResult(
             algorithm=algorithm,
-            plan=HeadPlan.from_removed(self.heads_per_layer, k),
+            plan=self.space.plan(k),
             removed=k,
             drop_pts=100.0 * r.drop,
             drop_bound_pts=self.bound_pts(k),
@@ -482,4 +503,5 @@ class Problem:
             stopped_by=stopped_by,
             config=self.config,
             notes=list(self.notes),
+            space=self.space,
         )
