@@ -431,6 +431,95 @@ def fit_linear(ks: Sequence[int], ys: Sequence[float]) -> dict[str, float]:
     return {"intercept_ms": a, "slope_ms_per_head": b, "r2": 1 - ss_res / ss_tot if ss_tot > 0 else 1.0}
 
 
+def fit_hinge(widths: Sequence[int], ys: Sequence[float]) -> dict[str, Any]:
+    """Least-squares "flat below a knee, linear above" fit of an FFN's cost over its nonzero kept widths.
+
+    ``f(w) = a + b * max(w, knee)`` for ``w > 0`` (``f(0)`` is measured, not fitted: a layer without an FFN block
+    has no matrix products at all). Measured on MiniLM INT8 (benchmarks/results/ffn_block_size-2026-11-24.md): the
+    FFN is linear from ~256 kept neurons up and flat below (fixed costs: the input's dynamic quantization,
+    SkipLayerNorm, op overheads). The knee differs per device and kernel, so it is chosen here among the measured
+    widths (the one with the smallest squared error; the smallest such width on ties, i.e. the plain line when the
+    data show no flat part).
+
+    Args:
+        widths: nonzero kept widths (neurons), ascending.
+        ys: FFN cost at each width (ms).
+
+    Returns:
+        ``knee``, ``intercept_ms`` (a), ``slope_ms_per_neuron`` (b), ``r2`` over the given points.
+    """
+    pts = [(int(w), float(y)) for w, y in zip(widths, ys) if int(w) > 0]
+    if not pts:
+        return {"knee": 0, "intercept_ms": float("nan"), "slope_ms_per_neuron": float("nan"), "r2": float("nan")}
+    my = sum(y for _, y in pts) / len(pts)
+    ss_tot = sum((y - my) ** 2 for _, y in pts)
+    best: Optional[dict[str, Any]] = None
+    for knee in sorted({w for w, _ in pts}):
+        xs = [max(w, knee) for w, _ in pts]
+        if len(set(xs)) < 2 and len(pts) > 1:
+            continue  # every point on the flat part: no slope to fit
+        line = fit_linear(xs, [y for _, y in pts])
+        a, b = line["intercept_ms"], line["slope_ms_per_head"]
+        sse = sum((y - (a + b * x)) ** 2 for x, (_, y) in zip(xs, pts))
+        # A knee must beat the previous one clearly (1e-9 ms^2) to be taken: equal fits keep the simpler model.
+        if best is None or sse < best["sse"] - 1e-12:
+            best = {"knee": knee, "intercept_ms": a, "slope_ms_per_neuron": b, "sse": sse}
+    assert best is not None
+    sse = best.pop("sse")
+    best["r2"] = 1 - sse / ss_tot if ss_tot > 0 else 1.0
+    return best
+
+
+def hinge_value(fit: dict[str, Any], width: int) -> float:
+    """The fitted FFN cost at ``width`` (0 for a removed FFN)."""
+    if width <= 0:
+        return 0.0
+    return fit["intercept_ms"] + fit["slope_ms_per_neuron"] * max(int(width), int(fit["knee"]))
+
+
+def default_ffn_widths(width: int) -> list[int]:
+    """FFN widths the LUT measures for a layer of ``width`` intermediate neurons.
+
+    0 (FFN removed: its own step, ~1/3 of the FFN on MiniLM), 128 (the flat part below the knee), 256 (the knee
+    measured on MiniLM), then doubling up to the full width: MiniLM (1536) gets 0, 128, 256, 512, 1024, 1536 and a
+    BERT-base FFN (3072) 0, 128, 256, 512, 1024, 2048, 3072. Narrow FFNs (tests) get quarter and half width.
+    """
+    width = int(width)
+    ws = {0, width} | {w for w in (128, 256, 512, 1024, 2048, 4096, 8192) if w < width}
+    if len(ws) < 4:
+        ws |= {w for w in (width // 4, width // 2) if 0 < w < width}
+    return sorted(ws)
+
+
+def ffn_layer_entry(
+    index: int, heads: int, width: int, widths: Sequence[int], layer_raw: Sequence[float], spread: Sequence[float],
+    table: str = "fitted",
+) -> dict[str, Any]:
+    """One layer of the LUT's ``"ffn"`` section from its measured layer times (all heads kept) per kept width.
+
+    ``raw_ms[j]`` = layer time at ``widths[j]`` minus the layer time without FFN (``widths[0]`` must be 0), i.e. the
+    FFN's own cost; ``fitted_ms`` follows :func:`fit_hinge` (exact 0 at width 0); ``ms`` is the table ``predict``
+    interpolates.
+    """
+    if list(widths) != sorted(set(int(w) for w in widths)) or widths[0] != 0 or widths[-1] != width:
+        raise ValueError(f"layer {index}: FFN widths must ascend from 0 to the full width {width}, got {list(widths)}")
+    raw = [float(t) - float(layer_raw[0]) for t in layer_raw]
+    fit = fit_hinge(widths[1:], raw[1:])
+    fitted = [hinge_value(fit, w) for w in widths]
+    return {
+        "index": index,
+        "heads": heads,
+        "width": width,
+        "widths": [int(w) for w in widths],
+        "layer_raw_ms": [float(t) for t in layer_raw],
+        "spread_ms": [float(x) for x in spread],
+        "raw_ms": raw,
+        "fit": fit,
+        "fitted_ms": fitted,
+        "ms": fitted if table == "fitted" else raw,
+    }
+
+
 def assemble_lut(
     manifest: dict[str, Any],
     rest_rounds: list[float],
@@ -442,6 +531,7 @@ def assemble_lut(
     where: Optional[str] = None,
     method: Optional[dict[str, Any]] = None,
     table: str = "fitted",
+    ffn_rounds: Optional[dict[tuple[int, int], list[float]]] = None,
 ) -> dict[str, Any]:
     """Turn per-round timings into the LUT document.
 
@@ -460,6 +550,9 @@ def assemble_lut(
         where: override ``"device" | "emulated" | "this host"`` (otherwise derived from the profile and host).
         method: free-form description of the measuring method (rounds, reps...).
         table: which per-layer values ``predict`` uses: ``"fitted"`` or ``"raw"``.
+        ffn_rounds: (layer, j) -> per-round values of the 1-layer model with every head and ``widths[j]`` FFN neurons
+            (``manifest["ffn"]["widths"][layer]``; the full width may be left out: it is the k = H heads model).
+            Gives the LUT's ``"ffn"`` section (paired with the same in-group reference as the heads).
 
     Returns:
         The LUT dict (see docs in edgeprune.latency).
@@ -519,6 +612,8 @@ def assemble_lut(
         "layers": layers,
         "calibration_factor": 1.0,
     }
+    if ffn_rounds is not None and manifest.get("ffn"):
+        lut["ffn"] = _ffn_section(manifest, layer_rounds, layer_rest_rounds, ffn_rounds, table)
     if full_rounds:
         # Calibration: measured full model / LUT prediction of the full model, paired per round with the rest model.
         full_ms = _median(full_rounds)
@@ -527,6 +622,44 @@ def assemble_lut(
         lut["full_model_predicted_ms"] = predicted_full
         lut["calibration_factor"] = full_ms / predicted_full if predicted_full > 0 else 1.0
     return lut
+
+
+def _ffn_section(
+    manifest: dict[str, Any],
+    layer_rounds: dict[tuple[int, int], list[float]],
+    layer_rest_rounds: dict[int, list[float]],
+    ffn_rounds: dict[tuple[int, int], list[float]],
+    table: str,
+) -> dict[str, Any]:
+    """The LUT's ``"ffn"`` section: per layer, the FFN's cost by kept width (every head kept)."""
+    heads = manifest["model"]["heads_per_layer"]
+    spec = manifest["ffn"]
+    layers = []
+    for i, h in enumerate(heads):
+        widths, full = [int(w) for w in spec["widths"][i]], int(spec["sizes"][i])
+        rest_i = layer_rest_rounds[i]
+        layer_raw, spread = [], []
+        for j, w in enumerate(widths):
+            # The full width with every head is the heads axis' k = H model: the same file, the same rounds.
+            if (i, j) in ffn_rounds:
+                rounds = ffn_rounds[(i, j)]
+            elif w == full:
+                rounds = layer_rounds[(i, h)]
+            else:
+                raise ValueError(f"layer {i}: no timings for FFN width {w}")
+            diffs = sorted(t - r for t, r in zip(rounds, rest_i))
+            layer_raw.append(_median(diffs))
+            spread.append(_percentile(diffs, 90) - _percentile(diffs, 10))
+        layers.append(ffn_layer_entry(i, h, full, widths, layer_raw, spread, table))
+    return {
+        "pairing": "per-round T(1 layer, all heads, w FFN neurons) - T(0 layers); raw_ms = that minus the same "
+                   "at w = 0 (the FFN's own cost)",
+        "fit": "f(0) = 0; f(w) = a + b * max(w, knee) for w > 0, knee chosen among the measured widths",
+        "predict": "rest + sum_i heads_ms[i][k_i] + sum_i (ffn_ms_i(w_i) - ffn_ms_i(full_i)); ffn_ms_i interpolated "
+                   "linearly between measured widths, flat between 0 (exclusive) and the smallest nonzero width",
+        "table": table,
+        "layers": layers,
+    }
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -545,8 +678,9 @@ def measure_folder(
 ) -> dict[str, Any]:
     """Measure every sub-model listed in ``folder/manifest.json`` and return the LUT dict.
 
-    Sub-models are timed per layer group (the 0-layer model plus that layer's k = 0..H models, alternating), with
-    ``session.intra_op.allow_spinning=0`` because sessions alternate.
+    Sub-models are timed per layer group (the 0-layer model plus that layer's k = 0..H models and, when the manifest
+    has an FFN axis, its kept-FFN-width models, alternating), with ``session.intra_op.allow_spinning=0`` because
+    sessions alternate.
 
     Args:
         folder: written by ``edgeprune lut --export-only``.
@@ -596,8 +730,13 @@ def measure_folder(
     rest_rounds: list[float] = []
     full_rounds: list[float] = []
     t0 = time.perf_counter()
+    ffn_files = files.get("ffn") or []
+    ffn_rounds: dict[tuple[int, int], list[float]] = {}
     for i, h in enumerate(model["heads_per_layer"]):
-        group = fixed + [load(files["layers"][i][k]) for k in range(h + 1)]
+        # The layer's FFN sub-models (every head kept, kept width w) alternate in the same group: paired with the
+        # same reference. The full width is the k = H heads model and is not listed again.
+        extra = [(j, name) for j, name in enumerate(ffn_files[i] if i < len(ffn_files) else []) if name]
+        group = fixed + [load(files["layers"][i][k]) for k in range(h + 1)] + [load(name) for _, name in extra]
         # Every model, the slow full one included, gets the same best-of-reps, so the full model's round value (and
         # the calibration factor) is as robust to load bursts as the entries it is compared with.
         per = alternate([g[0] for g in group], [g[1] for g in group], rounds=rounds, reps=reps, seed=i)
@@ -607,14 +746,17 @@ def measure_folder(
             full_rounds += per[full_pos]
         for k in range(h + 1):
             layer_rounds[(i, k)] = per[len(fixed) + k]
+        for n, (j, _) in enumerate(extra):
+            ffn_rounds[(i, j)] = per[len(fixed) + h + 1 + n]
         del group
-        log(f"layer {i}: {h + 1} sub-models measured ({time.perf_counter() - t0:.1f} s)")
+        log(f"layer {i}: {h + 1 + len(extra)} sub-models measured ({time.perf_counter() - t0:.1f} s)")
     return assemble_lut(
         manifest,
         rest_rounds,
         layer_rounds,
         layer_ref,
         full_rounds=full_rounds or None,
+        ffn_rounds=ffn_rounds if manifest.get("ffn") else None,
         where=where,
         method={"rounds": rounds, "reps": reps, "allow_spinning": False, "round_value": "best of reps",
                 "measure_seconds": round(time.perf_counter() - t0, 2)},
@@ -653,7 +795,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         log=lambda s: print(s, file=sys.stderr),
     )
     Path(args.out).write_text(json.dumps(lut, indent=2))
-    print(f"wrote {args.out}: rest {lut['rest_ms']:.2f} ms, {len(lut['layers'])} layers; {lut['provenance']['measured_on']}")
+    ffn = ", FFN axis" if lut.get("ffn") else ""
+    print(f"wrote {args.out}: rest {lut['rest_ms']:.2f} ms, {len(lut['layers'])} layers{ffn}; "
+          f"{lut['provenance']['measured_on']}")
     return 0
 
 

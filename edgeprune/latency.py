@@ -18,6 +18,20 @@ Construction (DESIGN 6: layer latency is linear in kept heads and layers add up)
 * ``predict(lut, kept_counts) = rest_ms + sum_i ms[i][kept_i]`` (times an optional calibration factor measured on
   the unpruned full model).
 
+FFN axis (optional ``"ffn"`` section; ``build_lut(..., ffn=True)``, the default):
+
+* for each layer ``i`` and a few kept FFN widths ``w`` (:func:`edgeprune.device_runner.default_ffn_widths`: 0, 128,
+  256, then doubling up to the full width), the 1-layer model with every head kept and its FFN cut to ``w`` neurons
+  (``adapter.prune_ffn_``) goes through the same chain and the same alternating group as the heads' sub-models,
+  paired with the same reference. The full width is the heads axis' ``k = H`` model (not exported twice).
+* ``ffn.layers[i].raw_ms[j]`` = the FFN's own cost at ``widths[j]`` (layer time minus the layer time without FFN);
+  ``fitted_ms`` = ``a + b * max(w, knee)`` for ``w > 0`` and exactly 0 at ``w = 0`` (flat below a knee, linear
+  above, as measured in benchmarks/results/ffn_block_size-2026-11-24.md; the knee is fitted among the measured
+  widths).
+* ``predict(lut, kept, ffn_widths=w) = rest + sum_i ms[i][kept_i] + sum_i (F_i(w_i) - F_i(full_i))``: heads and FFN
+  terms add (benchmarks/results/ffn_additivity-2026-11-24.md: within 0.6% median). ``F_i`` interpolates ``ms``
+  linearly between measured widths and is flat between 0 (exclusive) and the smallest measured nonzero width.
+
 Speed trick (documented deviation): the per-layer sub-models carry a word-embedding table cut to
 ``min(vocab, max(1024, 2 * max_positions))`` rows. The embedding lookup is identical in ``T(layer i, k)`` and in
 its reference ``T(0 layers)`` (which is cut the same way), so it cancels in the entry; exporting the full 30k-row
@@ -30,8 +44,10 @@ where it was measured); see :func:`edgeprune.device_runner.assemble_lut` for the
 
 from __future__ import annotations
 
+import bisect
 import json
 import logging
+import math
 import shutil
 import tempfile
 import time
@@ -48,9 +64,11 @@ __all__ = [
     "build_lut",
     "check_lut",
     "format_lut",
+    "has_ffn_axis",
     "profile_lut",
     "export_for_latency",
     "export_lut_models",
+    "ffn_cost",
     "layer_costs",
     "load_lut",
     "predict",
@@ -144,6 +162,8 @@ def export_lut_models(
     include_full: bool = True,
     rounds: int = DEFAULT_ROUNDS,
     reps: int = DEFAULT_REPS,
+    ffn: bool = True,
+    ffn_widths: Optional[Sequence[int]] = None,
     log_fn: Optional[Callable[[str], None]] = None,
 ) -> Path:
     """Write the LUT sub-models, ``manifest.json`` and a copy of ``device_runner.py`` into ``out_dir``.
@@ -158,10 +178,16 @@ def export_lut_models(
         precision: ``int8`` / ``fp32``; default: the profile's preset.
         include_full: also export the unpruned full model (gives the LUT's calibration factor).
         rounds, reps: measuring schedule recorded in the manifest.
+        ffn: also export the FFN axis (per layer, every head kept, a few kept FFN widths).
+        ffn_widths: the widths to measure (same for every layer; 0 and the full width are always added); default
+            :func:`edgeprune.device_runner.default_ffn_widths` of each layer's width.
         log_fn: progress callback.
 
     Returns:
         Path of ``manifest.json``.
+
+    Raises:
+        PlanError: the model is already pruned, or a requested FFN width is outside 0..full width.
     """
     import torch
 
@@ -181,8 +207,11 @@ def export_lut_models(
         raise PlanError("build the latency table from the unpruned model (this one already has heads removed)")
     info = _model_info(model, layout)
     small = info["layer_vocab_size"]
+    ffn_spec = _ffn_spec(adapter, model, ffn_widths) if ffn else None
     t0 = time.perf_counter()
     files: dict[str, Any] = {"layers": []}
+    if ffn_spec is not None:
+        files["ffn"] = []
     with tempfile.TemporaryDirectory(prefix="edgeprune-lut-") as tmp, torch.no_grad():
         work = Path(tmp)
         rest = adapter.keep_layers_(clone_model(model), [])
@@ -203,13 +232,29 @@ def export_lut_models(
                 export_for_latency(sub, out / name, quant=quant, expected_heads=[k], workdir=work)
                 names.append(name)
             files["layers"].append(names)
-            say(f"exported layer {i}: {h + 1} sub-models ({time.perf_counter() - t0:.1f} s)")
+            n_ffn = 0
+            if ffn_spec is not None:
+                full_w = ffn_spec["sizes"][i]
+                ffn_names: list[Optional[str]] = []
+                for w in ffn_spec["widths"][i]:
+                    if w == full_w:
+                        ffn_names.append(None)  # = the k = H heads model above
+                        continue
+                    bs = math.gcd(full_w, w) if w else full_w
+                    plan = HeadPlan.full((h,)).with_ffn(bs, [full_w // bs], [range(w // bs)])
+                    sub = adapter.prune_ffn_(clone_model(base), plan)
+                    name = f"layer{i:02d}_f{w:05d}.onnx"
+                    export_for_latency(sub, out / name, quant=quant, expected_heads=[h], workdir=work)
+                    ffn_names.append(name)
+                    n_ffn += 1
+                files["ffn"].append(ffn_names)
+            say(f"exported layer {i}: {h + 1 + n_ffn} sub-models ({time.perf_counter() - t0:.1f} s)")
         if include_full:
             full = clone_model(model)
             files["full"] = export_for_latency(
                 full, out / "full.onnx", quant=quant, expected_heads=list(layout.heads_per_layer), workdir=work
             ).name
-    manifest = {
+    manifest: dict[str, Any] = {
         "format": EXPORT_FORMAT,
         "version": dr.LUT_VERSION,
         "model": info,
@@ -228,9 +273,27 @@ def export_lut_models(
         "files": files,
         "export_seconds": round(time.perf_counter() - t0, 2),
     }
+    if ffn_spec is not None:
+        manifest["ffn"] = ffn_spec
     (out / dr.MANIFEST_NAME).write_text(json.dumps(manifest, indent=2))
     shutil.copy2(dr.__file__, out / "device_runner.py")
     return out / dr.MANIFEST_NAME
+
+
+def _ffn_spec(adapter: Any, model: Any, widths: Optional[Sequence[int]]) -> dict[str, Any]:
+    """Per layer the full FFN width and the kept widths the LUT measures (ascending, 0 and full included)."""
+    sizes = [int(x) for x in adapter.ffn_sizes(model)]
+    per_layer = []
+    for i, full in enumerate(sizes):
+        if widths is None:
+            ws = dr.default_ffn_widths(full)
+        else:
+            bad = [int(w) for w in widths if not 0 <= int(w) <= full]
+            if bad:
+                raise PlanError(f"layer {i}: FFN widths {bad} outside 0..{full}")
+            ws = sorted({0, full} | {int(w) for w in widths})
+        per_layer.append(ws)
+    return {"sizes": sizes, "widths": per_layer}
 
 
 def _profile_dict(profile: DeviceProfile) -> dict[str, Any]:
@@ -252,6 +315,8 @@ def build_lut(
     include_full: bool = True,
     keep_dir: Optional[Union[str, Path]] = None,
     log_fn: Optional[Callable[[str], None]] = None,
+    ffn: bool = True,
+    ffn_widths: Optional[Sequence[int]] = None,
 ) -> dict[str, Any]:
     """Export the sub-models and measure them on this host: the LUT at the profile's settings.
 
@@ -266,6 +331,8 @@ def build_lut(
         include_full: measure the full model too (calibration factor and a sanity check).
         keep_dir: keep the exported sub-models there instead of a temporary folder.
         log_fn: progress callback.
+        ffn: also measure the FFN axis (the LUT's ``"ffn"`` section; ~+35% build time on MiniLM-L6).
+        ffn_widths: FFN widths to measure (default :func:`edgeprune.device_runner.default_ffn_widths`).
 
     Returns:
         The LUT dict (also written to ``out``).
@@ -284,7 +351,7 @@ def build_lut(
     try:
         export_lut_models(
             model, prof, folder, precision=precision, include_full=include_full, rounds=rounds, reps=reps,
-            log_fn=log_fn,
+            ffn=ffn, ffn_widths=ffn_widths, log_fn=log_fn,
         )
         t_exp = time.perf_counter() - t0
         lut = dr.measure_folder(folder, threads=thr, table=table, log=log_fn)
@@ -337,7 +404,72 @@ def load_lut(path: Union[str, Path]) -> dict[str, Any]:
     for layer in lut["layers"]:
         if len(layer["ms"]) != layer["heads"] + 1:
             raise MeasureError(f"{p}: layer {layer['index']} has {len(layer['ms'])} entries for {layer['heads']} heads")
+    problem = _ffn_problem(lut)
+    if problem:
+        raise MeasureError(f"{p}: {problem}")
     return lut
+
+
+def _ffn_problem(lut: dict[str, Any]) -> Optional[str]:
+    """What is wrong with the LUT's ``"ffn"`` section (``None`` when it is absent or sound)."""
+    ffn = lut.get("ffn")
+    if ffn is None:
+        return None
+    layers = ffn.get("layers") if isinstance(ffn, dict) else None
+    if not isinstance(layers, list) or len(layers) != len(lut["layers"]):
+        n = len(layers) if isinstance(layers, list) else "no"
+        return f"the FFN section has {n} layers, the heads section {len(lut['layers'])}"
+    for i, layer in enumerate(layers):
+        try:
+            widths = [int(w) for w in layer["widths"]]
+            ms, full = layer["ms"], int(layer["width"])
+        except (KeyError, TypeError, ValueError) as exc:
+            return f"FFN layer {i} is malformed ({exc!r})"
+        if len(ms) != len(widths):
+            return f"FFN layer {i} has {len(ms)} entries for {len(widths)} widths"
+        if widths != sorted(set(widths)) or not widths or widths[0] != 0 or widths[-1] != full:
+            return f"FFN layer {i}: widths must ascend from 0 to the full width {full}, got {widths}"
+    return None
+
+
+def has_ffn_axis(lut: dict[str, Any]) -> bool:
+    """True when the LUT has an FFN axis (built with ``edgeprune lut --ffn``, the default since the FFN axis exists)."""
+    return bool(lut.get("ffn")) and bool(lut["ffn"].get("layers"))
+
+
+def ffn_cost(lut: dict[str, Any], layer: int, width: int) -> float:
+    """Layer ``layer``'s FFN cost (ms) at ``width`` kept neurons, from the LUT's FFN axis (0 for a removed FFN).
+
+    Linear interpolation between the measured widths; between 0 (exclusive) and the smallest measured nonzero width
+    the cost is that width's (an FFN below the knee is flat: its fixed costs do not shrink with the width).
+
+    Raises:
+        PlanError: no FFN axis, no such layer, or ``width`` outside 0..full width.
+    """
+    if not has_ffn_axis(lut):
+        raise PlanError(_NO_FFN)
+    layers = lut["ffn"]["layers"]
+    if not 0 <= layer < len(layers):
+        raise PlanError(f"layer {layer}: the latency table's FFN axis covers layers 0..{len(layers) - 1}")
+    row = layers[layer]
+    widths = [int(w) for w in row["widths"]]
+    ms = [float(x) for x in row["ms"]]
+    w = int(width)
+    if not 0 <= w <= widths[-1]:
+        raise PlanError(f"layer {layer}: {width} kept FFN neurons, the latency table covers 0..{widths[-1]}")
+    if w == 0:
+        return ms[0]
+    j = bisect.bisect_left(widths, w)  # widths[j-1] < w <= widths[j]
+    if widths[j] == w or j == 1:
+        return ms[j]
+    lo, hi = widths[j - 1], widths[j]
+    return ms[j - 1] + (ms[j] - ms[j - 1]) * (w - lo) / (hi - lo)
+
+
+_NO_FFN = (
+    "the latency table has no FFN axis (it was built before the FFN axis or with --no-ffn): rebuild it with "
+    "`edgeprune lut --ffn` to predict plans that prune the FFN"
+)
 
 
 def layer_costs(lut: dict[str, Any]) -> tuple[float, list[list[float]]]:
@@ -345,12 +477,21 @@ def layer_costs(lut: dict[str, Any]) -> tuple[float, list[list[float]]]:
     return float(lut["rest_ms"]), [[float(x) for x in layer["ms"]] for layer in lut["layers"]]
 
 
-def predict(lut: dict[str, Any], kept_counts: Any, *, calibrated: bool = False) -> float:
-    """Predicted end-to-end latency (ms) of a plan: ``rest_ms + sum_i ms[i][kept_i]``.
+def predict(
+    lut: dict[str, Any],
+    kept_counts: Any,
+    *,
+    ffn_widths: Optional[Sequence[int]] = None,
+    calibrated: bool = False,
+) -> float:
+    """Predicted end-to-end latency (ms) of a plan: ``rest_ms + sum_i ms[i][kept_i]`` (+ the FFN terms).
 
     Args:
         lut: a LUT dict (:func:`load_lut` / :func:`build_lut`).
-        kept_counts: kept heads per layer (a sequence of ints or a :class:`~edgeprune.plan.HeadPlan`).
+        kept_counts: kept heads per layer (a sequence of ints or a :class:`~edgeprune.plan.HeadPlan`; only its heads
+            are read: pass ``ffn_widths=plan.ffn_kept_widths`` for its FFN part).
+        ffn_widths: kept FFN intermediate neurons per layer (any integer 0..full width; 0 = FFN removed), or
+            ``None`` for unchanged (full-width) FFNs. Adds ``sum_i F_i(w_i) - F_i(full_i)`` (see :func:`ffn_cost`).
         calibrated: multiply by the LUT's ``calibration_factor`` (measured full model / predicted full model), which
             corrects a constant bias of the sum (DESIGN 6: FP32 sums over-predicted by ~8-10%).
 
@@ -358,7 +499,8 @@ def predict(lut: dict[str, Any], kept_counts: Any, *, calibrated: bool = False) 
         Milliseconds.
 
     Raises:
-        PlanError: the plan has another number of layers or more heads than a layer.
+        PlanError: the plan has another number of layers or more heads than a layer; ``ffn_widths`` has another
+            number of layers or a width outside 0..full; ``ffn_widths`` given but the LUT has no FFN axis.
     """
     counts = list(getattr(kept_counts, "kept_counts", kept_counts))
     rest, per_layer = layer_costs(lut)
@@ -369,6 +511,16 @@ def predict(lut: dict[str, Any], kept_counts: Any, *, calibrated: bool = False) 
         if not 0 <= int(k) < len(row):
             raise PlanError(f"layer {i}: {k} kept heads, the latency table covers 0..{len(row) - 1}")
         total += row[int(k)]
+    if ffn_widths is not None:
+        widths = list(ffn_widths)
+        if not has_ffn_axis(lut):
+            raise PlanError(_NO_FFN)
+        if len(widths) != len(per_layer):
+            raise PlanError(f"FFN widths cover {len(widths)} layers but the latency table has {len(per_layer)}")
+        for i, w in enumerate(widths):
+            full = int(lut["ffn"]["layers"][i]["width"])
+            if int(w) != full:
+                total += ffn_cost(lut, i, int(w)) - ffn_cost(lut, i, full)
     if calibrated:
         total *= float(lut.get("calibration_factor") or 1.0)
     return total
@@ -390,6 +542,17 @@ def format_lut(lut: dict[str, Any]) -> str:
             f"{layer['ms'][0]:.3f} ms with 0; fit {f['intercept_ms']:.3f} + {f['slope_ms_per_head']:.3f}*k "
             f"(r2 {f['r2']:.2f})"
         )
+    if has_ffn_axis(lut):
+        for layer in lut["ffn"]["layers"]:
+            f = layer["fit"]
+            pts = ", ".join(f"{w}: {x:.3f}" for w, x in zip(layer["widths"], layer["ms"]))
+            lines.append(
+                f"layer {layer['index']:>2} FFN ({layer['width']} neurons) ms by kept width {{{pts}}}; fit "
+                f"{f['intercept_ms']:.3f} + {1000 * f['slope_ms_per_neuron']:.3f}us*max(w, {f['knee']}) "
+                f"(r2 {f['r2']:.2f})"
+            )
+    else:
+        lines.append("no FFN axis (rebuild with `edgeprune lut --ffn` to predict FFN pruning)")
     if "full_model_ms" in lut:
         lines.append(
             f"full model: measured {lut['full_model_ms']:.3f} ms, LUT sum {lut['full_model_predicted_ms']:.3f} ms "
@@ -402,7 +565,11 @@ def format_lut(lut: dict[str, Any]) -> str:
 
 
 def check_lut(
-    lut: dict[str, Any], heads_per_layer: Sequence[int], profile: Optional[Union[str, DeviceProfile]] = None
+    lut: dict[str, Any],
+    heads_per_layer: Sequence[int],
+    profile: Optional[Union[str, DeviceProfile]] = None,
+    *,
+    ffn_sizes: Optional[Sequence[int]] = None,
 ) -> list[str]:
     """Check that a LUT fits a model (and, optionally, a profile's settings) before the search relies on it.
 
@@ -410,16 +577,25 @@ def check_lut(
         lut: the table.
         heads_per_layer: the model's unpruned heads per layer.
         profile: if given, the LUT's batch, seq_len and precision are compared with it.
+        ffn_sizes: the model's unpruned FFN widths per layer (``adapter.ffn_sizes(model)``); if given and the LUT
+            has an FFN axis, its full widths must match.
 
     Returns:
         Warnings (settings that differ from the profile; the table is still usable but describes other conditions).
 
     Raises:
-        MeasureError: the table was measured for another head layout.
+        MeasureError: the table was measured for another head layout or FFN widths, or its FFN section is malformed.
     """
     have = list(lut["model"]["heads_per_layer"])
     if have != list(heads_per_layer):
         raise MeasureError(f"the latency table is for heads per layer {have}, the model has {list(heads_per_layer)}")
+    problem = _ffn_problem(lut)
+    if problem:
+        raise MeasureError(f"latency table: {problem}")
+    if ffn_sizes is not None and has_ffn_axis(lut):
+        have_ffn = [int(layer["width"]) for layer in lut["ffn"]["layers"]]
+        if have_ffn != [int(x) for x in ffn_sizes]:
+            raise MeasureError(f"the latency table is for FFN widths {have_ffn}, the model has {list(ffn_sizes)}")
     warnings: list[str] = []
     if profile is not None:
         prof = load_profile(profile)

@@ -11,7 +11,7 @@ import pytest
 
 from edgeprune import device_runner as dr
 from edgeprune.errors import MeasureError, PlanError
-from edgeprune.latency import layer_costs, load_lut, predict, save_lut
+from edgeprune.latency import ffn_cost, has_ffn_axis, layer_costs, load_lut, predict, save_lut
 
 PROVENANCE = ["cpu_model", "arch", "ort_version", "date", "where", "measured_on"]
 SETTINGS = ["threads", "batch", "seq_len", "precision", "profile"]
@@ -31,6 +31,20 @@ def _lut(calibration=1.0):
         ],
         "calibration_factor": calibration,
     }
+
+
+def _ffn_lut(calibration=1.0):
+    """_lut() plus an FFN axis: layer 0 has 8 neurons measured at 0/2/4/8, layer 1 has 6 at 0/3/6."""
+    lut = _lut(calibration)
+    lut["ffn"] = {
+        "layers": [
+            {"index": 0, "heads": 2, "width": 8, "widths": [0, 2, 4, 8], "ms": [0.0, 0.5, 0.6, 1.0],
+             "fit": {"knee": 2, "intercept_ms": 0.0, "slope_ms_per_neuron": 0.1, "r2": 1.0}},
+            {"index": 1, "heads": 3, "width": 6, "widths": [0, 3, 6], "ms": [0.0, 0.25, 0.75],
+             "fit": {"knee": 3, "intercept_ms": 0.0, "slope_ms_per_neuron": 0.1, "r2": 1.0}},
+        ]
+    }
+    return lut
 
 
 def test_predict_arithmetic():
@@ -54,6 +68,85 @@ def test_predict_rejects_mismatched_plans():
         predict(_lut(), [1, 1, 1])
     with pytest.raises(PlanError, match="0..2"):
         predict(_lut(), [3, 0])
+
+
+def test_predict_with_ffn_widths():
+    lut = _ffn_lut()
+    heads = predict(lut, [2, 3])
+    assert has_ffn_axis(lut) and not has_ffn_axis(_lut())
+    # Full widths are the heads-only prediction; None means the same.
+    assert predict(lut, [2, 3], ffn_widths=[8, 6]) == pytest.approx(heads)
+    # Width 0 removes each FFN's whole measured cost.
+    assert predict(lut, [2, 3], ffn_widths=[0, 0]) == pytest.approx(heads - 1.0 - 0.75)
+    # Interpolation between measured widths: 6 in layer 0 lies half-way between 4 (0.6) and 8 (1.0).
+    assert ffn_cost(lut, 0, 6) == pytest.approx(0.8)
+    assert predict(lut, [2, 3], ffn_widths=[6, 6]) == pytest.approx(heads - 0.2)
+    # Below the smallest measured nonzero width the FFN is flat (fixed costs), not a ramp down to 0.
+    assert ffn_cost(lut, 0, 1) == pytest.approx(0.5) and ffn_cost(lut, 1, 1) == pytest.approx(0.25)
+    assert ffn_cost(lut, 0, 0) == 0.0
+    assert predict(lut, [0, 0], ffn_widths=[4, 3]) == pytest.approx(1.5 + 0.5 + 0.25 + (0.6 - 1.0) + (0.25 - 0.75))
+    assert predict(_ffn_lut(0.5), [2, 3], ffn_widths=[0, 0], calibrated=True) == pytest.approx(0.5 * (heads - 1.75))
+
+
+def test_predict_ffn_errors():
+    with pytest.raises(PlanError, match="edgeprune lut --ffn"):
+        predict(_lut(), [2, 3], ffn_widths=[8, 6])
+    with pytest.raises(PlanError, match="3 layers"):
+        predict(_ffn_lut(), [2, 3], ffn_widths=[8, 6, 1])
+    with pytest.raises(PlanError, match="0..8"):
+        predict(_ffn_lut(), [2, 3], ffn_widths=[9, 6])
+    with pytest.raises(PlanError, match="0..6"):
+        predict(_ffn_lut(), [2, 3], ffn_widths=[8, -1])
+
+
+def test_old_lut_without_ffn_loads_and_predicts(tmp_path):
+    old = _lut()
+    assert "ffn" not in old
+    p = save_lut(old, tmp_path / "old.json")
+    lut = load_lut(p)
+    assert not has_ffn_axis(lut)
+    assert predict(lut, [2, 3]) == pytest.approx(1.5 + 1.25 + 4.0)
+    assert predict(lut, [2, 3], ffn_widths=None) == pytest.approx(1.5 + 1.25 + 4.0)
+    from edgeprune.latency import format_lut
+
+    lut["settings"] = {"profile": "p", "precision": "int8", "threads": 1, "batch": 1, "seq_len": 8}
+    lut["model"]["name"] = "m"
+    lut["provenance"] = {"measured_on": "here"}
+    lut["layers"] = [dict(layer, fit={"intercept_ms": 0.0, "slope_ms_per_head": 0.0, "r2": 1.0})
+                     for layer in lut["layers"]]
+    assert "no FFN axis" in format_lut(lut)
+
+
+def test_load_lut_checks_the_ffn_section(tmp_path):
+    assert load_lut(save_lut(_ffn_lut(), tmp_path / "ok.json")) == _ffn_lut()
+    bad = _ffn_lut()
+    bad["ffn"]["layers"][1]["ms"] = [0.0, 0.1]
+    with pytest.raises(MeasureError, match="FFN layer 1 has 2 entries for 3 widths"):
+        load_lut(save_lut(bad, tmp_path / "a.json"))
+    bad = _ffn_lut()
+    bad["ffn"]["layers"][0]["widths"] = [2, 0, 4, 8]
+    with pytest.raises(MeasureError, match="ascend from 0"):
+        load_lut(save_lut(bad, tmp_path / "b.json"))
+    bad = _ffn_lut()
+    bad["ffn"]["layers"].pop()
+    with pytest.raises(MeasureError, match="FFN section has 1 layers"):
+        load_lut(save_lut(bad, tmp_path / "c.json"))
+
+
+def test_fit_hinge_finds_the_knee():
+    widths = [128, 256, 512, 1024, 1536]
+    # Flat at 0.30 below 256, then 0.22 + 0.0003 ms/neuron (the shape measured on MiniLM).
+    ys = [0.22 + 0.0003 * max(w, 256) for w in widths]
+    fit = dr.fit_hinge(widths, ys)
+    assert fit["knee"] == 256
+    assert fit["slope_ms_per_neuron"] == pytest.approx(0.0003) and fit["intercept_ms"] == pytest.approx(0.22)
+    # A plain line keeps the smallest knee (no flat part invented).
+    line = dr.fit_hinge(widths, [0.1 + 0.001 * w for w in widths])
+    assert line["knee"] == 128 and line["r2"] == pytest.approx(1.0)
+    assert dr.hinge_value(fit, 0) == 0.0 and dr.hinge_value(fit, 100) == pytest.approx(0.22 + 0.0003 * 256)
+    assert dr.default_ffn_widths(1536) == [0, 128, 256, 512, 1024, 1536]
+    assert dr.default_ffn_widths(3072) == [0, 128, 256, 512, 1024, 2048, 3072]
+    assert dr.default_ffn_widths(64) == [0, 16, 32, 64]
 
 
 def test_layer_costs_and_round_trip(tmp_path):
@@ -99,6 +192,31 @@ def test_assemble_pairs_rounds_and_fits():
     assert lut["calibration_factor"] == pytest.approx(6.0 / 4.0)
     assert lut["provenance"]["where"] == "this host"
     assert "not on a Raspberry Pi 4" in lut["provenance"]["measured_on"]
+    assert "ffn" not in lut  # no FFN axis in the manifest: none in the LUT
+
+
+def test_assemble_ffn_axis_from_device_rounds():
+    manifest = {
+        "model": {"heads_per_layer": [2]},
+        "settings": {"profile": "raspberrypi4", "threads": 1, "batch": 1, "seq_len": 8, "precision": "int8"},
+        "profile": {"name": "raspberrypi4", "arch": "aarch64", "cpu": {"core_type": "Cortex-A72"}},
+        "ffn": {"sizes": [8], "widths": [[0, 2, 4, 8]]},
+    }
+    ref = [1.0, 11.0, 1.0]  # a +10 ms load burst in round 2 cancels in the paired differences
+    layer = {(0, 0): [1.5, 11.5, 1.5], (0, 1): [3.0, 13.0, 3.0], (0, 2): [4.0, 14.0, 4.0]}
+    # FFN widths 0, 2, 4 (the full width 8 is the k = 2 heads model, not measured twice).
+    ffn = {(0, 0): [2.0, 12.0, 2.0], (0, 1): [3.0, 13.0, 3.0], (0, 2): [3.5, 13.5, 3.5]}
+    host = {"arch": "x86_64", "cpu_model": "Test CPU", "logical_cores": 2, "ort_version": "x"}
+    lut = dr.assemble_lut(manifest, [1.0, 1.0, 1.0], layer, {0: ref}, host=host, ffn_rounds=ffn, table="raw")
+    row = lut["ffn"]["layers"][0]
+    assert row["widths"] == [0, 2, 4, 8] and row["width"] == 8
+    assert row["layer_raw_ms"] == pytest.approx([1.0, 2.0, 2.5, 3.0])  # last = heads raw_ms[2]
+    assert row["raw_ms"] == pytest.approx([0.0, 1.0, 1.5, 2.0]) and row["ms"] == row["raw_ms"]
+    assert row["fitted_ms"][0] == 0.0 and row["fit"]["knee"] in (2, 4)
+    assert has_ffn_axis(lut)
+    assert predict(lut, [2], ffn_widths=[2]) == pytest.approx(predict(lut, [2]) - 1.0)
+    with pytest.raises(ValueError, match="no timings for FFN width 4"):
+        dr.assemble_lut(manifest, [1.0], layer, {0: ref}, host=host, ffn_rounds={(0, 0): [2.0], (0, 1): [3.0]})
 
 
 @pytest.fixture(scope="module")
@@ -129,6 +247,30 @@ def test_tiny_lut_written_with_provenance(built):
     assert predict(on_disk, [2, 2]) == pytest.approx(on_disk["full_model_predicted_ms"])
     files = {p.name for p in (tmp / "export").iterdir()}
     assert {"manifest.json", "device_runner.py", "rest.onnx", "full.onnx", "layer01_k02.onnx"} <= files
+
+
+@pytest.mark.slow
+def test_tiny_lut_has_a_sane_ffn_axis(built):
+    from edgeprune.latency import check_lut, format_lut
+
+    tmp, lut = built
+    assert has_ffn_axis(lut)
+    files = {p.name for p in (tmp / "export").iterdir()}
+    assert {"layer00_f00000.onnx", "layer01_f00032.onnx"} <= files and "layer00_f00064.onnx" not in files
+    for heads_row, row in zip(lut["layers"], lut["ffn"]["layers"]):
+        assert row["width"] == 64 and row["widths"] == [0, 16, 32, 64]
+        # The full width is the heads axis' k = H model: the same rounds, the same number.
+        assert row["layer_raw_ms"][-1] == pytest.approx(heads_row["raw_ms"][-1])
+        assert row["ms"][0] == 0.0 and row["raw_ms"][0] == 0.0
+        # A tiny FFN costs microseconds: anything beyond the whole layer's time is a unit or pairing bug.
+        assert all(abs(x) <= max(row["layer_raw_ms"]) + 0.05 for x in row["ms"])
+    assert predict(lut, [2, 2], ffn_widths=[64, 64]) == pytest.approx(predict(lut, [2, 2]))
+    removed = predict(lut, [2, 2], ffn_widths=[0, 0])
+    assert removed == pytest.approx(predict(lut, [2, 2]) - sum(r["ms"][-1] for r in lut["ffn"]["layers"]))
+    assert "FFN (64 neurons)" in format_lut(lut)
+    assert check_lut(lut, [2, 2], ffn_sizes=[64, 64]) == []
+    with pytest.raises(MeasureError, match="FFN widths"):
+        check_lut(lut, [2, 2], ffn_sizes=[128, 128])
 
 
 @pytest.mark.slow
@@ -166,6 +308,10 @@ def test_device_runner_standalone_on_exported_folder(built):
     assert lut["method"]["rounds"] == 2
     assert lut["provenance"]["ort_version"] and lut["provenance"]["measured_on"]
     assert predict(lut, [0, 1]) > 0
+    assert has_ffn_axis(lut) and [row["widths"] for row in lut["ffn"]["layers"]] == [[0, 16, 32, 64]] * 2
+    assert "FFN axis" in res.stdout
+    assert predict(lut, [0, 1], ffn_widths=[24, 0]) == pytest.approx(
+        predict(lut, [0, 1]) + ffn_cost(lut, 0, 24) - ffn_cost(lut, 0, 64) - ffn_cost(lut, 1, 64))
 
 
 @pytest.mark.slow
@@ -184,6 +330,13 @@ def test_cli_lut_export_only(tmp_path):
     manifest = json.loads((tmp_path / "dev" / "manifest.json").read_text())
     assert manifest["settings"]["threads"] == 4 and manifest["settings"]["profile"] == "raspberrypi5"
     assert manifest["files"]["layers"] == [["layer00_k00.onnx", "layer00_k01.onnx", "layer00_k02.onnx"]]
+    assert manifest["ffn"] == {"sizes": [64], "widths": [[0, 16, 32, 64]]}
+    assert manifest["files"]["ffn"] == [["layer00_f00000.onnx", "layer00_f00016.onnx", "layer00_f00032.onnx", None]]
+    res = CliRunner().invoke(app, ["lut", "--model", str(model_dir), "--no-ffn", "--export-only", str(tmp_path / "n")])
+    assert res.exit_code == 0, res.output
+    manifest = json.loads((tmp_path / "n" / "manifest.json").read_text())
+    assert "ffn" not in manifest and "ffn" not in manifest["files"]
+    assert not list((tmp_path / "n").glob("*_f*.onnx"))
     res = CliRunner().invoke(app, ["lut", "--model", str(model_dir)])
     assert res.exit_code != 0
 
@@ -198,6 +351,14 @@ def test_check_lut_layout_and_settings():
     lut["settings"] = {"batch": 1, "seq_len": 64, "precision": "int8"}
     warnings = check_lut(lut, [2, 3], "raspberrypi4")
     assert len(warnings) == 1 and "seq_len" in warnings[0]
+    assert check_lut(lut, [2, 3], ffn_sizes=[8, 6]) == []  # no FFN axis: nothing to compare
+    assert check_lut(_ffn_lut(), [2, 3], ffn_sizes=[8, 6]) == []
+    with pytest.raises(MeasureError, match=r"FFN widths \[8, 6\]"):
+        check_lut(_ffn_lut(), [2, 3], ffn_sizes=[8, 8])
+    bad = _ffn_lut()
+    bad["ffn"]["layers"][0]["widths"] = [0, 2, 4, 7]
+    with pytest.raises(MeasureError, match="full width 8"):
+        check_lut(bad, [2, 3])
 
 
 def test_profile_lut_follows_the_profile_field(tmp_path):
