@@ -286,6 +286,9 @@ def build(
     seed: Annotated[int, typer.Option(help="Seed for splits and search.")] = 0,
     force: Annotated[bool, typer.Option(help="Write the bundle even if certification fails (exit code stays non-zero).")] = False,
     allow_pickle: Annotated[bool, typer.Option(help="Allow pickle checkpoints (runs code from the file: trusted files only).")] = False,
+    structures: Annotated[str, typer.Option(help="heads | heads+ffn: what the search may remove.")] = "heads",
+    ffn_block_size: Annotated[Optional[int], typer.Option(help="Neurons per FFN block with --structures heads+ffn (default 128).")] = None,
+    recovery: Annotated[bool, typer.Option("--recovery/--no-recovery", help="Least-squares rescaling of the kept heads/neurons, fitted on the search split, before export.")] = False,
 ) -> None:
     """Search, prune, export, quantize, certify and measure: the whole job in one command."""
     from .pipeline import BuildConfig
@@ -297,11 +300,12 @@ def build(
         algorithm=algorithm, max_evaluations=max_evals, search_seconds=search_seconds or None,
         text_column=text_column, text_pair_column=text_pair_column,
         label_column=label_column, seed=seed, force=force, allow_pickle=allow_pickle,
+        structures=structures, ffn_block_size=ffn_block_size, recovery=recovery,
     )
     report = run_build(cfg)
     acc, lat, heads = report["accuracy"], report["latency_ms"], report["heads"]
     typer.echo(
-        f"\n{heads['removed']} of {heads['total']} heads removed | certify accuracy {100 * acc['baseline']:.2f}% -> "
+        f"\n{heads['removed']} of {heads['total']} heads removed{_ffn_summary(report)} | certify accuracy {100 * acc['baseline']:.2f}% -> "
         f"{100 * acc['final']:.2f}% (drop <= {acc['drop_upper_bound_pts']:.2f} pts at {100 * acc['confidence']:.0f}%)\n"
         f"p50 latency: dense FP32 {lat['dense_fp32']['p50']:.2f} ms | dense INT8 {lat['dense_int8']['p50']:.2f} ms | "
         f"final {lat['final']['p50']:.2f} ms ({lat['measured_on']})\n"
@@ -315,6 +319,13 @@ def build(
         typer.secho(f"{banner}\n###  NOT CERTIFIED: THIS BUNDLE BREAKS THE ACCURACY BOUND (shipped with --force)  ###\n"
                     f"{banner}", fg=typer.colors.RED, bold=True, err=True)
         raise typer.Exit(code=3)
+
+
+def _ffn_summary(report: dict) -> str:
+    ffn = report.get("ffn")
+    if not ffn:
+        return ""
+    return f", {ffn['blocks_removed']} of {ffn['blocks_total']} FFN blocks ({ffn['block_size']} neurons)"
 
 
 def main() -> None:

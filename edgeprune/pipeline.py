@@ -65,6 +65,10 @@ class BuildConfig:
             search keeps room for quantization (the certified file is INT8).
         rescore_every: the greedy seed of A* re-scores head importance every this many removals.
         importance_examples: examples per head-importance (gradient) pass; None = the whole search split.
+        structures: "heads" or "heads+ffn" (heads and FFN neuron blocks in one search; the LUT measures both).
+        ffn_block_size: neurons per FFN block for "heads+ffn" (None = 128).
+        recovery: fit the least-squares rescaling of the kept heads/neurons on the search split and fold it into
+            the weights before export (edgeprune.recovery); the certified file includes it.
     """
 
     profile: str = "raspberrypi4"
@@ -93,6 +97,9 @@ class BuildConfig:
     int8_aware: bool = True
     rescore_every: int = 4
     importance_examples: Optional[int] = 512
+    structures: str = "heads"
+    ffn_block_size: Optional[int] = None
+    recovery: bool = False
 
     def __post_init__(self) -> None:
         if (self.model is None) != (self.data is None):
@@ -107,6 +114,11 @@ class BuildConfig:
             raise EdgepruneError(f"search_fraction must be in [0.05, 0.95], got {self.search_fraction}")
         if self.algorithm not in ALGORITHMS:
             raise EdgepruneError(f"unknown --algorithm {self.algorithm!r}; choose one of {', '.join(ALGORITHMS)}")
+        if self.structures not in ("heads", "heads+ffn"):
+            raise EdgepruneError(f"unknown --structures {self.structures!r}; choose 'heads' or 'heads+ffn'")
+        if self.ffn_block_size is not None and (self.structures != "heads+ffn" or self.ffn_block_size <= 0):
+            raise EdgepruneError("--ffn-block-size must be a positive number of neurons and needs "
+                                 "--structures heads+ffn")
         if self.correction not in ("none", "bonferroni"):
             raise EdgepruneError(f"unknown correction {self.correction!r}; choose 'none' or 'bonferroni'")
         if self.search_seconds is not None and self.search_seconds <= 0:
@@ -315,7 +327,8 @@ def _stage_lut(cfg: BuildConfig, state: _State, model, display: _Display) -> dic
     else:
         from .modeling import clone_model
 
-        lut = build_lut(clone_model(model), cfg.profile, log_fn=lambda m: display.fraction("lut", 0.5, m[:60]))
+        lut = build_lut(clone_model(model), cfg.profile, ffn=cfg.structures == "heads+ffn",
+                        log_fn=lambda m: display.fraction("lut", 0.5, m[:60]))
         source = "latency table measured on this host at the profile's settings"
     path = save_lut(lut, state.out / "latency_table.json")
     return {"path": str(path), "source": source, "where": lut.get("provenance", {}).get("where", "")}
@@ -350,8 +363,9 @@ def _stage_search(cfg: BuildConfig, state: _State, model, tokenizer, task: _Task
     shipped = _shipped_dense_predictions(cfg, state, model, tokenizer, task, display) if cfg.int8_aware else None
 
     def on_progress(p) -> None:
+        what = "heads" if cfg.structures == "heads" else "units"
         display.fraction("search", p.evaluations / max(p.max_evaluations, 1),
-                         f"evals {p.evaluations}/{p.max_evaluations}  best: -{p.best_removed} heads "
+                         f"evals {p.evaluations}/{p.max_evaluations}  best: -{p.best_removed} {what} "
                          f"{p.best_latency_ms:.1f} ms")
 
     t0 = time.perf_counter()
@@ -361,6 +375,7 @@ def _stage_search(cfg: BuildConfig, state: _State, model, tokenizer, task: _Task
         max_evaluations=cfg.max_evaluations, max_seconds=cfg.search_seconds, seed=cfg.seed, tokenizer=tokenizer,
         journal=state.dir / "search.journal.jsonl", resume=True, on_progress=on_progress,
         shipped_predictions=shipped, rescore_every=cfg.rescore_every, importance_examples=cfg.importance_examples,
+        structures=cfg.structures, ffn_block_size=cfg.ffn_block_size,
     )
     plan_path = write_plan(result, state.out / "plan.json")
     data = json.loads(Path(plan_path).read_text())
@@ -381,9 +396,12 @@ def _frontier_fallbacks(plan_json: dict, k: int, max_drop_pts: float) -> list:
 
     if k <= 0:
         return []
-    chosen = sorted(map(tuple, plan_json.get("removed", [])))
+    def units(p: dict) -> tuple:
+        return tuple(sorted(map(tuple, p.get("removed", [])))), tuple(sorted(map(tuple, p.get("ffn_removed", []))))
+
+    chosen = units(plan_json)
     pts = [p for p in plan_json.get("search", {}).get("frontier", [])
-           if p["drop_bound_pts"] <= max_drop_pts and p["removed"] and sorted(map(tuple, p["removed"])) != chosen]
+           if p["drop_bound_pts"] <= max_drop_pts and any(units(p)) and units(p) != chosen]
     pts.sort(key=lambda p: (p["latency_ms"], p["drop_bound_pts"]))  # most aggressive first
     picks = []
     for j in range(1, k):  # k - 1 plans evenly spread over the frontier, then the unpruned plan
@@ -391,8 +409,15 @@ def _frontier_fallbacks(plan_json: dict, k: int, max_drop_pts: float) -> list:
             p = pts[min(len(pts) - 1, (j * len(pts)) // k)]
             if p not in picks:
                 picks.append(p)
-    plans = [HeadPlan.from_removed(plan_json["num_heads"], [tuple(h) for h in p["removed"]]) for p in picks]
-    if chosen:
+    ffn = plan_json.get("ffn")
+    plans = []
+    for p in picks:
+        plan = HeadPlan.from_removed(plan_json["num_heads"], [tuple(h) for h in p["removed"]])
+        if ffn is not None:  # a joint search's frontier point: keep its FFN part
+            plan = plan.with_ffn_removed(ffn["block_size"], ffn["num_blocks"],
+                                         [tuple(b) for b in p.get("ffn_removed", [])])
+        plans.append(plan)
+    if any(chosen):
         plans.append(HeadPlan.full(plan_json["num_heads"]))
     return plans
 
@@ -414,12 +439,22 @@ def _stage_export(cfg: BuildConfig, state: _State, model_dir: str, task: _Task, 
     result = export_bundle(
         model_dir, plan, cfg.profile, bundle_dir, certify_data=task.certify, max_drop_pts=cfg.max_drop_pts,
         confidence=cfg.confidence, frontier=frontier, force=cfg.force,
-        overwrite=True, hook=hook,
+        overwrite=True, hook=hook, **({"recovery_data": task.search} if cfg.recovery else {}),
     )
     cert = result.certification.to_dict() if result.certification else None
     return {"bundle": str(result.out_dir), "plan": result.plan.to_dict(), "plan_index": result.plan_index,
             "certified": result.certified, "forced": result.forced, "certification": cert,
-            "attempts": result.attempts, "checks": result.checks}
+            "attempts": result.attempts, "checks": result.checks,
+            "recovery": _jsonable(getattr(result, "recovery", None))}
+
+
+def _jsonable(x: Any) -> Any:
+    """A dataclass/dict/None as plain JSON data (for state files)."""
+    if x is None:
+        return None
+    if dataclasses.is_dataclass(x):
+        x = x.to_dict() if hasattr(x, "to_dict") else dataclasses.asdict(x)
+    return json.loads(json.dumps(x, default=str))
 
 
 def _percentiles(samples: list[float]) -> dict[str, float]:
@@ -501,6 +536,12 @@ def _assemble(cfg: BuildConfig, state: _State, model, task_info: dict) -> dict:
                   "head_size": layout.head_size, "hidden_size": layout.hidden_size},
         "heads": {"total": layout.total_heads, "removed": plan.num_removed,
                   "kept_per_layer": [list(k) for k in plan.kept], "kept_counts": list(plan.kept_counts)},
+        "ffn": ({"block_size": plan.ffn_block_size, "blocks_total": sum(plan.ffn_num_blocks),
+                 "blocks_removed": plan.ffn_num_removed, "kept_blocks_per_layer": [list(k) for k in plan.ffn_kept],
+                 "kept_widths": list(plan.ffn_kept_widths),
+                 "full_width": plan.ffn_num_blocks[0] * plan.ffn_block_size}
+                if plan.has_ffn else None),
+        "recovery": export.get("recovery"),
         "accuracy": {
             "baseline": cert.get("base_accuracy"), "final": cert.get("accuracy"),
             "drop_pts": None if cert.get("drop") is None else 100 * cert["drop"],
@@ -514,7 +555,9 @@ def _assemble(cfg: BuildConfig, state: _State, model, task_info: dict) -> dict:
                     "certify split, which the search never saw",
         },
         "latency_ms": {
-            **meas["latency_ms"], "predicted_final": predict(lut, plan.kept_counts),
+            **meas["latency_ms"],
+            "predicted_final": predict(lut, plan.kept_counts, **({"ffn_widths": plan.ffn_kept_widths}
+                                                                  if plan.has_ffn else {})),
             "predicted_source": state.done["lut"]["source"], "measured_on": meas["measured_on"],
             "settings": {"threads": meas["threads"], "batch": meas["batch"], "seq_len": meas["seq_len"],
                          "rounds": meas["rounds"]},
@@ -525,7 +568,7 @@ def _assemble(cfg: BuildConfig, state: _State, model, task_info: dict) -> dict:
                    "final_file_bytes": meas["files"]["final"],
                    "final_rss_bytes": int(meas["memory"].get("peak_mib", 0) * 2**20),
                    "final_memory": meas["memory"]},
-        "search": {"algorithm": cfg.algorithm, "evaluations": s.get("evaluations"),
+        "search": {"algorithm": cfg.algorithm, "structures": cfg.structures, "evaluations": s.get("evaluations"),
                    "wall_s": s.get("pipeline_wall_s", s.get("wall_time_s")), "nodes_expanded": s.get("nodes_expanded"),
                    "stopped_by": s.get("stopped_by"), "max_evaluations": cfg.max_evaluations,
                    "correction": cfg.correction, "max_seconds": cfg.search_seconds},

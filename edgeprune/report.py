@@ -58,6 +58,14 @@ def _mib(n: int | None) -> str:
     return "n/a" if n is None else f"{n / 2**20:.1f} MiB"
 
 
+def _ffn_phrase(report: dict) -> str:
+    ffn = report.get("ffn")
+    if not ffn:
+        return ""
+    return (f" and **{ffn['blocks_removed']} of {ffn['blocks_total']} FFN blocks** of {ffn['block_size']} neurons "
+            f"({100 * ffn['blocks_removed'] / max(ffn['blocks_total'], 1):.0f}%)")
+
+
 def render_markdown(report: dict) -> str:
     """A short Markdown summary of a report dict."""
     acc, lat, mem, heads = report["accuracy"], report["latency_ms"], report["memory"], report["heads"]
@@ -70,7 +78,7 @@ def render_markdown(report: dict) -> str:
         f"# edgeprune report: {report['model'].get('name', report['model']['family'])} on {report['profile']['name']}",
         "",
         f"**{heads['removed']} of {heads['total']} attention heads removed** "
-        f"({100 * heads['removed'] / max(heads['total'], 1):.0f}%), INT8. "
+        f"({100 * heads['removed'] / max(heads['total'], 1):.0f}%){_ffn_phrase(report)}, INT8. "
         f"Accuracy on {acc['certify_examples']} held-out examples: {100 * acc['baseline']:.2f}% -> "
         f"{100 * acc['final']:.2f}%; certified drop <= {acc['drop_upper_bound_pts']:.2f} points at "
         f"{100 * acc['confidence']:.0f}% confidence (your bound: {acc['max_drop_pts']:.2f}).",
@@ -103,6 +111,8 @@ def render_markdown(report: dict) -> str:
         "| layer | " + " | ".join(str(i) for i in range(len(heads["kept_per_layer"]))) + " |",
         "|---|" + "---|" * len(heads["kept_per_layer"]),
         "| kept | " + " | ".join(str(len(k)) for k in heads["kept_per_layer"]) + " |",
+        *([f"| FFN width kept (of {report['ffn']['full_width']}) | "
+           + " | ".join(str(w) for w in report["ffn"]["kept_widths"]) + " |"] if report.get("ffn") else []),
         "",
         "## Search",
         "",

@@ -143,3 +143,40 @@ def test_certification_fallbacks_spread_over_the_frontier_and_end_unpruned():
     assert plans[-1] == HeadPlan.full([8, 8])  # finally: the dense model as shipped
     assert _frontier_fallbacks(plan_json, 0, 1.0) == []
     assert _frontier_fallbacks(dict(plan_json, removed=[]), 2, 1.0)[-1] != HeadPlan.full([8, 8])
+
+
+def test_fallbacks_of_a_joint_search_keep_their_ffn_part():
+    from edgeprune.pipeline import _frontier_fallbacks
+    from edgeprune.plan import HeadPlan
+
+    frontier = [{"latency_ms": 10.0 - i, "drop_bound_pts": 0.1 * i, "removed": [[0, h] for h in range(i // 2)],
+                 "ffn_removed": [[1, b] for b in range(i - i // 2)]} for i in range(0, 9)]
+    plan_json = {"num_heads": [8, 8], "removed": [[0, h] for h in range(4)],
+                 "ffn": {"block_size": 4, "num_blocks": [6, 6], "kept_blocks": [list(range(6)), [4, 5]]},
+                 "ffn_removed": [[1, b] for b in range(4)], "search": {"frontier": frontier}}
+    plans = _frontier_fallbacks(plan_json, 2, max_drop_pts=1.0)
+    mid = plans[0]
+    assert mid.has_ffn and mid.ffn_num_removed > 0 and 0 < mid.num_removed + mid.ffn_num_removed < 8
+    assert plans[-1] == HeadPlan.full([8, 8]) and plans[-1].is_full
+
+
+def test_build_joint_structures_end_to_end(tiny_task, tmp_path):
+    """--structures heads+ffn: the LUT measures FFN widths, the plan and report carry the FFN part."""
+    out = tmp_path / "joint"
+    report = build(_cfg(tiny_task, out, structures="heads+ffn", ffn_block_size=8), progress=False)
+    for key in REQUIRED_KEYS:
+        get_dotted(report, key)
+    ffn = report["ffn"]
+    assert ffn is not None and ffn["block_size"] == 8 and ffn["blocks_total"] == 2 * (64 // 8)
+    assert sum(ffn["kept_widths"]) == (ffn["blocks_total"] - ffn["blocks_removed"]) * 8
+    plan = json.loads((out / "plan.json").read_text())
+    assert plan["search"]["structures"] == "heads+ffn"
+    assert report["search"]["structures"] == "heads+ffn"
+    assert report["latency_ms"]["predicted_final"] > 0
+    bundle_meta = json.loads((out / "bundle" / "edgeprune.json").read_text())
+    assert "ffn" in json.dumps(bundle_meta)
+    assert "FFN" in (out / "report.md").read_text()
+    with pytest.raises(EdgepruneError, match="structures"):
+        _cfg(tiny_task, tmp_path / "o", structures="ffn")
+    with pytest.raises(EdgepruneError, match="heads\\+ffn"):
+        _cfg(tiny_task, tmp_path / "o", ffn_block_size=8)
