@@ -368,10 +368,16 @@ def _stage_search(cfg: BuildConfig, state: _State, model, tokenizer, task: _Task
                          f"evals {p.evaluations}/{p.max_evaluations}  best: -{p.best_removed} {what} "
                          f"{p.best_latency_ms:.1f} ms")
 
+    from .bounds import corrected_confidence
+
+    # Certification tests each of its 1 + fallbacks planned looks at the Bonferroni per-look confidence; the search
+    # accepts plans by that same test, not the laxer family-wise level (which made it pick plans certification
+    # then rejected: docs/search.md, "What certification can promise").
+    search_confidence = corrected_confidence(cfg.confidence, 1 + cfg.fallbacks)
     t0 = time.perf_counter()
     result = run_search(
         model, task.search, profile=cfg.profile, latency_table=lut_path, max_drop_pts=cfg.max_drop_pts,
-        confidence=cfg.confidence, algorithm=cfg.algorithm, correction=cfg.correction,
+        confidence=search_confidence, algorithm=cfg.algorithm, correction=cfg.correction,
         max_evaluations=cfg.max_evaluations, max_seconds=cfg.search_seconds, seed=cfg.seed, tokenizer=tokenizer,
         journal=state.dir / "search.journal.jsonl", resume=True, on_progress=on_progress,
         shipped_predictions=shipped, rescore_every=cfg.rescore_every, importance_examples=cfg.importance_examples,
