@@ -133,6 +133,7 @@ class BundleResult:
     certification: Certification | None
     attempts: list[dict[str, Any]] = field(default_factory=list)
     checks: dict[str, Any] = field(default_factory=dict)
+    recovery: dict[str, Any] | None = None
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -376,6 +377,8 @@ def export_bundle(
     parity_shapes: Sequence[tuple[int, int]] = PARITY_SHAPES,
     int8_atol: float | None = None,
     hook: Callable[[str], None] | None = None,
+    recovery_data: Any = None,
+    recovery_examples: int = 2048,
 ) -> BundleResult:
     """Export a plan as a certified, deployable bundle folder (see the module docstring for the layout).
 
@@ -402,7 +405,13 @@ def export_bundle(
         parity_shapes: (batch, seq) pairs checked after export and fusion.
         int8_atol: if given, raise :class:`VerificationError` when INT8 logits differ from PyTorch by more.
         hook: called with each step name (``surgery``, ``export``, ``optimize``, ``quantize``, ``certify``,
-            ``ort``, ``write``); used by tests to interrupt an export.
+            ``ort``, ``write``; ``recovery`` with ``recovery_data``); used by tests to interrupt an export.
+        recovery_data: fit data for retraining-free recovery (:mod:`edgeprune.recovery`: least-squares re-fit of the
+            kept heads' and FFN neurons' scales, folded into the weights). Pass the *search* split, never the
+            certify split. Each plan attempted (fallbacks too) is fitted and folded into a copy of the unpruned model
+            before surgery; parity checks compare against that folded model, while certification still pairs
+            against the original model's predictions. ``None`` = no recovery.
+        recovery_examples: examples of ``recovery_data`` used for the fit (an evenly strided subset).
 
     Returns:
         A :class:`BundleResult`.
@@ -445,8 +454,15 @@ def export_bundle(
         chosen = None
         for index, cand in enumerate(plans):
             work = tmp_root / f"plan{index}"
-            pruned, final, checks = build_model_files(model, cand, quant, work, parity_shapes=parity_shapes,
+            source, recovery = model, None
+            if recovery_data is not None and not cand.is_full:
+                step("recovery")
+                source, recovery = _recovered_copy(model, tokenizer, recovery_data, cand, examples=recovery_examples,
+                                                   max_length=seq_len, batch_size=batch_size)
+            pruned, final, checks = build_model_files(source, cand, quant, work, parity_shapes=parity_shapes,
                                                       hook=hook)
+            del source  # the folded copy (if any): build_model_files pruned its own copy
+            checks["recovery"] = recovery
             if int8_atol is not None and checks.get("parity_int8_max_abs_diff", 0.0) > int8_atol:
                 raise VerificationError(f"INT8 logits differ from PyTorch by {checks['parity_int8_max_abs_diff']:.3g}"
                                         f" > {int8_atol}")
@@ -460,6 +476,7 @@ def export_bundle(
             if index == 0:
                 first_built = (pruned, final, checks)
             attempts.append({"plan_index": index, "kept_heads": list(cand.kept_counts),
+                             "recovery_applied": recovery is not None,
                              "certification": cert.to_dict() if cert else None})
             if cert is None or cert.passed:
                 chosen = (index, cand, pruned, final, checks, cert)
@@ -486,6 +503,7 @@ def export_bundle(
             forced = True
 
         index, cand, pruned, final, checks, cert = chosen
+        recovery_info = checks.pop("recovery", None)
         step("ort")
         bundle = tmp_root / "bundle"
         bundle.mkdir()
@@ -529,6 +547,8 @@ def export_bundle(
             "forced": forced,
             "certification": cert.to_dict() if cert else None,
             "attempts": attempts,
+            "recovery_applied": recovery_info is not None,
+            "recovery": recovery_info,
             "versions": versions(),
             "export_seconds": round(time.time() - t0, 2),
         }
@@ -543,7 +563,21 @@ def export_bundle(
         shutil.rmtree(tmp_root, ignore_errors=True)
     return BundleResult(out_dir=out_dir, plan=cand, plan_index=index,
                         certified=(cert.passed and not forced) if cert else None, forced=forced, certification=cert,
-                        attempts=attempts, checks=checks)
+                        attempts=attempts, checks=checks, recovery=recovery_info)
+
+
+def _recovered_copy(model: Any, tokenizer: Any, data: Any, plan: HeadPlan, *, examples: int, max_length: int,
+                    batch_size: int) -> tuple[Any, dict[str, Any]]:
+    """A copy of the unpruned ``model`` with ``plan``'s recovery fitted on ``data`` and folded in (the model itself is
+    left untouched: certification pairs against it); returns ``(folded_copy, recovery summary)``."""
+    from .modeling import clone_model
+    from .recovery import apply_recovery_, fit_recovery
+
+    folded = clone_model(model).eval()
+    rec = fit_recovery(folded, tokenizer, data, plan, max_examples=examples, max_length=max_length,
+                       batch_size=batch_size)
+    apply_recovery_(folded, rec)
+    return folded, rec.to_dict()
 
 
 def _max_diff_between(a: Path, b: Path, model: Any, shapes: Sequence[tuple[int, int]]) -> float:

@@ -103,6 +103,19 @@ class Adapter(ABC):
     def head_size(self, model: nn.Module) -> int:
         return model.config.hidden_size // self._num_heads_config(model.config)
 
+    # ---- per-layer projections (read-only access, e.g. for edgeprune.recovery) ----------------------------------
+    def attention_output(self, model: nn.Module, i: int) -> nn.Linear | None:
+        """Layer ``i``'s attention output projection: its input is the concatenated heads (None with 0 heads)."""
+        return self._out_proj(self.layers(model)[i])
+
+    def ffn_input(self, model: nn.Module, i: int) -> nn.Linear | None:
+        """Layer ``i``'s FFN input projection: its input is the attention sublayer's output (None without FFN)."""
+        return self._ffn_in(self.layers(model)[i])
+
+    def ffn_output(self, model: nn.Module, i: int) -> nn.Linear | None:
+        """Layer ``i``'s FFN output projection: its input is the activated intermediate (None without FFN)."""
+        return self._ffn_out(self.layers(model)[i])
+
     # ---- FFN geometry --------------------------------------------------------------------------------------------
     def ffn_sizes(self, model: nn.Module) -> tuple[int, ...]:
         """FFN intermediate width of every layer of the *unpruned* model."""
