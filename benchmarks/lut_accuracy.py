@@ -11,9 +11,15 @@ precision (INT8 with the profile's preset, FP32):
 
 Goal: median |error| <= 5%, max <= 10%. Writes ``benchmarks/results/lut_accuracy-<date>.json`` and ``.md``.
 
+Joint plans (``--ffn-block N``): the LUT is built with its FFN axis and every random plan also removes random FFN
+blocks of N neurons (10-80% of the blocks, and with probability 0.1 a layer's whole FFN); predictions use
+``predict(lut, plan, ffn_widths=plan.ffn_kept_widths)``. ``--heads-only-build`` also times a ``--no-ffn`` build of
+the same model in the same period (the FFN axis' build-time cost). Results: ``lut_accuracy-ffn-<date>.json``/``.md``.
+
 Usage::
 
     python benchmarks/lut_accuracy.py [--models minilm,bert-base] [--precisions int8,fp32] [--plans 10]
+    python benchmarks/lut_accuracy.py --models default-task --precisions int8 --ffn-block 128 --heads-only-build
 """
 
 from __future__ import annotations
@@ -52,7 +58,16 @@ def bert_base():
     return BertForSequenceClassification(cfg).eval()
 
 
-MODELS = {"minilm": minilm, "bert-base": bert_base}
+def default_task():
+    """The default task's fine-tuned MiniLM-L6 (``edgeprune demo-model``), loaded like the pipeline loads it."""
+    from edgeprune.modeling import load_model
+
+    path = Path.home() / ".cache" / "edgeprune" / "default-task"
+    model, _ = load_model(path, with_tokenizer=False)
+    return model
+
+
+MODELS = {"minilm": minilm, "bert-base": bert_base, "default-task": default_task}
 
 
 def random_plans(heads, n, seed):
@@ -68,7 +83,23 @@ def random_plans(heads, n, seed):
     return plans
 
 
-def run_one(model_name, precision, profile, n_plans, rounds, reps, threads, seed, log, keep=None, plan_rounds=31, chunk=10):
+def random_joint_plans(heads, ffn_sizes, block, n, seed):
+    """Random heads plans (as :func:`random_plans`) that also remove random FFN blocks of ``block`` neurons."""
+    rng = random.Random(seed + 1000)
+    num_blocks = [w // block for w in ffn_sizes]
+    all_blocks = [(i, b) for i, nb in enumerate(num_blocks) for b in range(nb)]
+    plans = []
+    for plan in random_plans(heads, n, seed):
+        removed = set(rng.sample(all_blocks, int(round(rng.uniform(0.1, 0.8) * len(all_blocks)))))
+        for i, nb in enumerate(num_blocks):
+            if rng.random() < 0.1:  # whole FFN removed: the LUT's separate width-0 step
+                removed |= {(i, b) for b in range(nb)}
+        plans.append(plan.with_ffn_removed(block, num_blocks, removed))
+    return plans
+
+
+def run_one(model_name, precision, profile, n_plans, rounds, reps, threads, seed, log, keep=None, plan_rounds=31,
+            chunk=10, ffn_block=None, heads_only_build=False):
     import torch
 
     from edgeprune import device_runner as dr
@@ -83,6 +114,15 @@ def run_one(model_name, precision, profile, n_plans, rounds, reps, threads, seed
     model = MODELS[model_name]()
     adapter = get_adapter(model)
     heads = list(adapter.layout(model).heads_per_layer)
+    ffn_sizes = list(adapter.ffn_sizes(model))
+    joint = ffn_block is not None
+    heads_only_seconds = None
+    if heads_only_build:
+        # Same model, same period: what the FFN axis adds to the build time.
+        t0 = time.perf_counter()
+        build_lut(model, prof, precision=precision, threads=threads, rounds=rounds, reps=reps, log_fn=log, ffn=False)
+        heads_only_seconds = time.perf_counter() - t0
+        log(f"{model_name} {precision}: heads-only LUT in {heads_only_seconds:.1f} s")
     work = Path(keep) / f"{model_name}-{precision}-{profile}" if keep else None
     t0 = time.perf_counter()
     if work is not None and (work / "lut" / dr.MANIFEST_NAME).is_file():
@@ -94,18 +134,19 @@ def run_one(model_name, precision, profile, n_plans, rounds, reps, threads, seed
         lut["method"]["export_seconds"] = json.loads((work / "lut" / dr.MANIFEST_NAME).read_text())["export_seconds"]
     else:
         lut = build_lut(model, prof, precision=precision, threads=threads, rounds=rounds, reps=reps, log_fn=log,
-                        keep_dir=(work / "lut") if work else None)
+                        keep_dir=(work / "lut") if work else None, ffn=joint)
     lut_seconds = time.perf_counter() - t0
     log(f"{model_name} {precision}: LUT in {lut_seconds:.1f} s (export {lut['method']['export_seconds']} s)")
     RESULTS.mkdir(parents=True, exist_ok=True)
-    lut_name = f"lut-{model_name}-{precision}-{profile}-{lut['settings']['threads']}t.json"
+    lut_name = f"lut-{model_name}-{precision}-{profile}-{lut['settings']['threads']}t{'-ffn' if joint else ''}.json"
     (RESULTS / lut_name).write_text(json.dumps(lut, indent=2))
     from edgeprune.plan import HeadPlan
 
     # The unpruned model runs in the same alternation as the plans (index 0): "anchored" predictions scale the LUT by
     # the full model measured in the same period, which separates the LUT's structural error (what the search needs:
     # how plans compare) from load drift between the LUT's measuring period and the plans'.
-    plans = [HeadPlan.full(heads)] + random_plans(heads, n_plans, seed)
+    plans = [HeadPlan.full(heads)] + (random_joint_plans(heads, ffn_sizes, ffn_block, n_plans, seed) if joint
+                                      else random_plans(heads, n_plans, seed))
     quant = _quant_kwargs(prof, precision)
     with tempfile.TemporaryDirectory(prefix="edgeprune-bench-") as tmp, torch.no_grad():
         plan_dir = (work / f"plans-seed{seed}") if work else Path(tmp)
@@ -135,12 +176,16 @@ def run_one(model_name, precision, profile, n_plans, rounds, reps, threads, seed
     rows = []
     full_pred = predict(lut, plans[0])
     for plan, med, spread, ratio, full_measured in zip(plans[1:], medians, spreads, ratios, anchors):
-        pred = predict(lut, plan)
-        pred_c = predict(lut, plan, calibrated=True)
+        widths = list(plan.ffn_kept_widths) if plan.has_ffn else None
+        pred = predict(lut, plan, ffn_widths=widths)
+        pred_c = predict(lut, plan, ffn_widths=widths, calibrated=True)
         pred_a = pred * full_measured / full_pred
         rows.append({
             "kept_counts": list(plan.kept_counts),
             "heads_removed": plan.num_removed,
+            "ffn_widths": widths,
+            "ffn_blocks_removed": plan.ffn_num_removed if plan.has_ffn else 0,
+            "predicted_heads_only_ms": predict(lut, plan) if joint else None,
             "measured_ms": med,
             "measured_spread_ms": spread,
             "predicted_ms": pred,
@@ -173,6 +218,12 @@ def run_one(model_name, precision, profile, n_plans, rounds, reps, threads, seed
         "seq_len": meas.seq_len,
         "batch": meas.batch,
         "lut_seconds": round(lut_seconds, 1),
+        "lut_measure_seconds": lut["method"].get("measure_seconds"),
+        "heads_only_lut_seconds": None if heads_only_seconds is None else round(heads_only_seconds, 1),
+        "ffn_block": ffn_block,
+        "ffn_sizes": ffn_sizes,
+        "ffn_widths_measured": [row["widths"] for row in lut["ffn"]["layers"]] if joint else None,
+        "ffn_fit": [row["fit"] for row in lut["ffn"]["layers"]] if joint else None,
         "lut_reused_export": bool(work is not None and lut_seconds < lut["method"]["export_seconds"]),
         "lut_export_seconds": lut["method"]["export_seconds"],
         "rest_ms": lut["rest_ms"],
@@ -222,6 +273,33 @@ def to_markdown(doc):
             f"{cell('error_ratio')} | {r['calibration_factor']:.3f} | "
             f"{r['full_model_ms']:.1f} / {r['full_model_measured_with_plans_ms']:.1f} | {spread:.1%} |"
         )
+    joint = [r for r in doc["runs"] if r.get("ffn_block")]
+    for r in joint:
+        lines += [
+            "",
+            f"## Joint plans ({r['model']} {r['precision']}): heads + FFN blocks of {r['ffn_block']} neurons",
+            "",
+            f"FFN widths measured per layer: {r['ffn_widths_measured'][0]} (full {r['ffn_sizes'][0]}); LUT build "
+            f"{r['lut_seconds']} s (export {r['lut_export_seconds']} s, measuring {r['lut_measure_seconds']} s)"
+            + (f"; heads-only build of the same model in the same period: {r['heads_only_lut_seconds']} s "
+               f"(FFN axis: {r['lut_seconds'] / r['heads_only_lut_seconds'] - 1:+.0%})"
+               if r.get("heads_only_lut_seconds") else "") + ".",
+            "",
+            "FFN fits (knee, intercept ms, slope us/neuron, r2): " + "; ".join(
+                f"L{i}: {f['knee']}, {f['intercept_ms']:.3f}, {1000 * f['slope_ms_per_neuron']:.3f}, {f['r2']:.3f}"
+                for i, f in enumerate(r["ffn_fit"])),
+            "",
+            "| plan | heads kept | FFN widths kept | measured ms (p90-p10) | predicted | error | anchored error "
+            "| heads-only prediction error |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for j, p in enumerate(r["plans"]):
+            ho = (p["predicted_heads_only_ms"] - p["measured_ms"]) / p["measured_ms"]
+            lines.append(
+                f"| {j} | {sum(p['kept_counts'])}/{sum(r['heads_per_layer'])} {p['kept_counts']} | {p['ffn_widths']} "
+                f"| {p['measured_ms']:.2f} ({p['measured_spread_ms']:.2f}) | {p['predicted_ms']:.2f} | "
+                f"{p['error']:+.1%} | {p['error_anchored']:+.1%} | {ho:+.1%} |"
+            )
     lines += ["", "Goal: median |error| <= 5%, max <= 10%. Per-plan rows are in the JSON file."]
     return "\n".join(lines) + "\n"
 
@@ -240,6 +318,10 @@ def main(argv=None):
     ap.add_argument("--chunk", type=int, default=4, help="plans measured together (each chunk with the unpruned model)")
     ap.add_argument("--tag", default="", help="suffix of the result files (lut_accuracy-<date><tag>.json)")
     ap.add_argument("--keep", default=None, help="keep exported ONNX files here and reuse them on the next run")
+    ap.add_argument("--ffn-block", type=int, default=None,
+                    help="joint plans: also remove random FFN blocks of this many neurons (LUT with its FFN axis)")
+    ap.add_argument("--heads-only-build", action="store_true",
+                    help="also time a heads-only (--no-ffn) LUT build of the same model, for comparison")
     args = ap.parse_args(argv)
 
     from edgeprune.device_runner import host_info
@@ -249,11 +331,13 @@ def main(argv=None):
 
     date = dt.date.today().isoformat()
     doc = {"date": date, "host": host_info(), "args": vars(args), "runs": []}
-    out_json = RESULTS / f"lut_accuracy-{date}{args.tag}.json"
+    stem = f"lut_accuracy-ffn-{date}" if args.ffn_block else f"lut_accuracy-{date}"
+    out_json = RESULTS / f"{stem}{args.tag}.json"
     for model_name in args.models.split(","):
         for precision in args.precisions.split(","):
             run = run_one(model_name, precision, args.profile, args.plans, args.rounds, args.reps, args.threads,
-                          args.seed, log, keep=args.keep, plan_rounds=args.plan_rounds, chunk=args.chunk)
+                          args.seed, log, keep=args.keep, plan_rounds=args.plan_rounds, chunk=args.chunk,
+                          ffn_block=args.ffn_block, heads_only_build=args.heads_only_build)
             doc["runs"].append(run)
             doc["measured_on"] = run["measured_on"]
             log(f"{model_name} {precision}: median/max |err| raw {run['error']['median_abs']:.1%} / "
