@@ -501,7 +501,7 @@ def ffn_layer_entry(
     FFN's own cost; ``fitted_ms`` follows :func:`fit_hinge` (exact 0 at width 0); ``ms`` is the table ``predict``
     interpolates.
     """
-    if list(widths) != sorted(set(int(w) for w in widths)) or widths[0] != 0 or widths[-1] != width:
+    if list(widths) != sorted({int(w) for w in widths}) or widths[0] != 0 or widths[-1] != width:
         raise ValueError(f"layer {index}: FFN widths must ascend from 0 to the full width {width}, got {list(widths)}")
     raw = [float(t) - float(layer_raw[0]) for t in layer_raw]
     fit = fit_hinge(widths[1:], raw[1:])
