@@ -1,10 +1,12 @@
-"""Write a deployable bundle: pruned, fused, INT8 ONNX + ORT format + tokenizer + metadata, certified on data.
+"""Write a deployable bundle: pruned INT8 ONNX + ORT format + tokenizer + metadata, certified on data.
 
 Pipeline for one plan (each step checks itself and raises :class:`~edgeprune.errors.VerificationError` on failure)::
 
     surgery (adapter.prune_heads_) -> make_fusable_ -> ONNX (TorchScript) -> parity vs PyTorch at several shapes
-    -> ORT fusion (fused Attention num_heads == plan's kept heads) -> parity -> INT8 (profile's preset; quantized
-    node count) -> INT8 vs FP32 agreement -> certification on the certify split -> .ort + required-operators config
+    -> graph (profile's ``quant.graph``: ``plain`` = as exported, ORT fuses at session load; ``fused`` = ORT
+    transformers fusion, fused Attention num_heads == plan's kept heads, parity) -> INT8 (profile's preset;
+    quantized node count) -> INT8 vs FP32 agreement -> certification on the certify split -> .ort +
+    required-operators config
 
 Bundle folder (``out_dir``)::
 
@@ -305,7 +307,7 @@ def build_model_files(
         base_model: the unpruned model (not modified: a copy is pruned).
         plan: heads to keep (original indices).
         quant: the quantization preset (``format``, ``weight_type``, ``per_channel``, ``reduce_range``);
-            ``format == "none"`` ships the fused FP32 graph.
+            ``format == "none"`` ships the FP32 graph; ``graph`` (``plain``/``fused``) picks the graph preparation.
         work: scratch folder for intermediate files.
         parity_shapes: (batch, seq) pairs for the parity checks.
         calibration_feeds: ORT feeds for static (QDQ) quantization.
@@ -316,7 +318,7 @@ def build_model_files(
     """
     from .adapters import get_adapter
     from .export import (FP32_ATOL, check_parity, export_onnx, fused_attention_heads, onnx_size_bytes,
-                         optimize_onnx)
+                         prepare_graph)
     from .modeling import clone_model
     from .quantize import INT8_LOGIT_ATOL, count_quantized, quantize_onnx
 
@@ -332,9 +334,12 @@ def build_model_files(
     fp32 = export_onnx(model, work / "model.fp32.onnx")
     checks["parity_fp32_max_abs_diff"] = check_parity(model, fp32, parity_shapes, FP32_ATOL)
     step("optimize")
-    fused = optimize_onnx(fp32, work / "model.fused.onnx", expected_heads=plan.kept_counts, strict=True)
-    checks["fused_attention_num_heads"] = fused_attention_heads(fused)
-    checks["parity_fused_max_abs_diff"] = check_parity(model, fused, parity_shapes, FP32_ATOL)
+    graph = getattr(quant, "graph", "plain")
+    checks["graph"] = graph
+    fused = prepare_graph(fp32, work / "model.fused.onnx", graph=graph, expected_heads=plan.kept_counts)
+    if graph == "fused":
+        checks["fused_attention_num_heads"] = fused_attention_heads(fused)
+        checks["parity_fused_max_abs_diff"] = check_parity(model, fused, parity_shapes, FP32_ATOL)
     checks["fp32_bytes"] = onnx_size_bytes(fused)
     step("quantize")
     fmt = str(getattr(quant, "format", "dynamic")).lower()
@@ -352,7 +357,8 @@ def build_model_files(
         checks["int8_logit_atol"] = INT8_LOGIT_ATOL
     checks["final_bytes"] = onnx_size_bytes(final)
     checks["size_ratio_vs_fp32"] = checks["final_bytes"] / checks["fp32_bytes"]
-    checks["quant"] = {k: getattr(quant, k, None) for k in ("format", "weight_type", "per_channel", "reduce_range")}
+    checks["quant"] = {k: getattr(quant, k, None) for k in ("format", "weight_type", "per_channel", "reduce_range",
+                                                            "graph")}
     return model, final, checks
 
 
@@ -690,8 +696,10 @@ def summary_lines(result: BundleResult) -> list[str]:
         f"bundle written to {result.out_dir}",
         f"  plan {result.plan_index}: kept heads per layer {list(result.plan.kept_counts)} "
         f"({result.plan.num_removed} of {sum(result.plan.num_heads)} removed)",
-        f"  fused Attention num_heads {c.get('fused_attention_num_heads')}; parity FP32 "
-        f"{c.get('parity_fused_max_abs_diff', float('nan')):.2e}, INT8 {c.get('parity_int8_max_abs_diff', float('nan')):.2e}",
+        (f"  graph {c.get('graph', 'fused')}"
+         + (f", fused Attention num_heads {c.get('fused_attention_num_heads')}" if c.get("graph") == "fused" else "")
+         + f"; parity FP32 {c.get('parity_fp32_max_abs_diff', float('nan')):.2e}, "
+           f"INT8 {c.get('parity_int8_max_abs_diff', float('nan')):.2e}"),
         f"  model.onnx {c.get('final_bytes', 0) / 1e6:.2f} MB = {100 * c.get('size_ratio_vs_fp32', float('nan')):.1f}% "
         f"of FP32 ({c.get('quantized_nodes')})",
     ]

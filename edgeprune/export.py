@@ -433,6 +433,25 @@ def check_fusion(onnx_path: str | Path, expected_heads: Sequence[int] | None) ->
     return FusionReport(expected=expected, fused=fused, ok=ok, message=msg)
 
 
+def prepare_graph(fp32_path: str | Path, out_path: str | Path, *, graph: str = "plain",
+                  expected_heads: Sequence[int] | None = None) -> Path:
+    """The graph the quantizer gets: ``plain`` = the exported graph itself, ``fused`` = :func:`optimize_onnx`.
+
+    ``plain`` leaves fusion to ONNX Runtime at session load, on whatever device runs the file; ``fused`` bakes the
+    transformers optimizer's fusions into the file (and checks the fused ``num_heads``). Which is faster is a
+    property of the device: on this project's x86 host the fused INT8 graph was 1.16-1.18x slower (profiles'
+    ``quant.graph`` and its reason).
+
+    Returns:
+        The path of the graph to quantize (``fp32_path`` itself for ``plain``).
+    """
+    if graph == "plain":
+        return Path(fp32_path)
+    if graph == "fused":
+        return optimize_onnx(fp32_path, out_path, expected_heads=expected_heads, strict=True)
+    raise ValueError(f"graph must be 'plain' or 'fused', got {graph!r}")
+
+
 def optimize_onnx(
     in_path: str | Path,
     out_path: str | Path,

@@ -100,8 +100,9 @@ def export_for_latency(
     quant: Optional[dict[str, Any]],
     expected_heads: Optional[Sequence[int]] = None,
     workdir: Optional[Path] = None,
+    graph: str = "plain",
 ) -> Path:
-    """Export a (pruned, fusable) model through the bundle's chain: export -> optimize -> (quantize).
+    """Export a (pruned, fusable) model through the bundle's chain: export -> graph (plain|fused) -> (quantize).
 
     Args:
         model: the torch model (already pruned/truncated; made fusable here).
@@ -109,26 +110,30 @@ def export_for_latency(
         quant: kwargs for :func:`edgeprune.quantize.quantize_onnx`, or ``None`` for FP32.
         expected_heads: kept heads per layer for the fused-Attention check.
         workdir: where intermediate files go (default: next to ``out_path``).
+        graph: ``plain`` or ``fused`` (:func:`edgeprune.export.prepare_graph`; the profile's ``quant.graph``).
 
     Returns:
         ``out_path``.
     """
     from .adapters import get_adapter
-    from .export import export_onnx, optimize_onnx
+    from .export import export_onnx, prepare_graph
 
     out_path = Path(out_path)
     work = Path(workdir or out_path.parent)
     stem = out_path.stem
     get_adapter(model).make_fusable_(model)
     raw = export_onnx(model, work / f"{stem}.raw.onnx")
+    if quant is None and graph == "plain":
+        _remove_onnx(raw)
+        return export_onnx(model, out_path)  # FP32, plain graph: the export itself
     opt_target = out_path if quant is None else work / f"{stem}.opt.onnx"
-    optimize_onnx(raw, opt_target, expected_heads=expected_heads)
-    _remove_onnx(raw)
+    graph_path = prepare_graph(raw, opt_target, graph=graph, expected_heads=expected_heads)
     if quant is not None:
         from .quantize import quantize_onnx
 
-        quantize_onnx(opt_target, out_path, **quant)
+        quantize_onnx(graph_path, out_path, **quant)
         _remove_onnx(opt_target)
+    _remove_onnx(raw)
     return out_path
 
 
@@ -197,6 +202,7 @@ def export_lut_models(
 
     prof = load_profile(profile)
     quant = _quant_kwargs(prof, precision)
+    graph = prof.quant.graph
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     say = log_fn or (lambda s: None)
@@ -215,10 +221,12 @@ def export_lut_models(
     with tempfile.TemporaryDirectory(prefix="edgeprune-lut-") as tmp, torch.no_grad():
         work = Path(tmp)
         rest = adapter.keep_layers_(clone_model(model), [])
-        files["rest"] = export_for_latency(rest, out / "rest.onnx", quant=quant, expected_heads=[], workdir=work).name
+        files["rest"] = export_for_latency(rest, out / "rest.onnx", quant=quant, expected_heads=[], workdir=work,
+                                           graph=graph).name
         if small and small < info["vocab_size"]:
             rest.resize_token_embeddings(small)
-            files["ref"] = export_for_latency(rest, out / "ref.onnx", quant=quant, expected_heads=[], workdir=work).name
+            files["ref"] = export_for_latency(rest, out / "ref.onnx", quant=quant, expected_heads=[], workdir=work,
+                                           graph=graph).name
         del rest
         for i, h in enumerate(layout.heads_per_layer):
             base = adapter.keep_layers_(clone_model(model), [i])
@@ -229,7 +237,7 @@ def export_lut_models(
                 sub = clone_model(base)
                 adapter.prune_heads_(sub, HeadPlan((h,), (tuple(range(k)),)))
                 name = f"layer{i:02d}_k{k:02d}.onnx"
-                export_for_latency(sub, out / name, quant=quant, expected_heads=[k], workdir=work)
+                export_for_latency(sub, out / name, quant=quant, expected_heads=[k], workdir=work, graph=graph)
                 names.append(name)
             files["layers"].append(names)
             n_ffn = 0
@@ -244,7 +252,8 @@ def export_lut_models(
                     plan = HeadPlan.full((h,)).with_ffn(bs, [full_w // bs], [range(w // bs)])
                     sub = adapter.prune_ffn_(clone_model(base), plan)
                     name = f"layer{i:02d}_f{w:05d}.onnx"
-                    export_for_latency(sub, out / name, quant=quant, expected_heads=[h], workdir=work)
+                    export_for_latency(sub, out / name, quant=quant, expected_heads=[h], workdir=work,
+                                       graph=graph)
                     ffn_names.append(name)
                     n_ffn += 1
                 files["ffn"].append(ffn_names)
@@ -252,7 +261,8 @@ def export_lut_models(
         if include_full:
             full = clone_model(model)
             files["full"] = export_for_latency(
-                full, out / "full.onnx", quant=quant, expected_heads=list(layout.heads_per_layer), workdir=work
+                full, out / "full.onnx", quant=quant, expected_heads=list(layout.heads_per_layer), workdir=work,
+                graph=graph,
             ).name
     manifest: dict[str, Any] = {
         "format": EXPORT_FORMAT,
@@ -266,6 +276,7 @@ def export_lut_models(
             "seq_len": prof.seq_len,
             "precision": "fp32" if quant is None else "int8",
             "quant": quant,
+            "graph": graph,
             "allow_spinning": False,
         },
         "profile": _profile_dict(prof),

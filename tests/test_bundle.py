@@ -60,15 +60,22 @@ def certify_set(model, tok, n: int = 300):
     return TextDataset(t, preds, source="constructed")
 
 
+@pytest.mark.parametrize("graph", ["plain", "fused"])
 @pytest.mark.parametrize("model_type", TINY_FAMILIES)
-def test_bundle_files_and_metadata(tmp_path, tok, model_type):
+def test_bundle_files_and_metadata(tmp_path, tok, model_type, graph):
+    import dataclasses
+
     from edgeprune.bundle import export_bundle, onnx_predictions, torch_predictions
     from edgeprune.export import ort_session
+    from edgeprune.profiles import load_profile
 
     model = tiny_model(model_type)
     data = certify_set(model, tok, n=64)
     out = tmp_path / "bundle"
-    res = export_bundle(model, UNEVEN, "raspberrypi4", out, tokenizer=tok, certify_data=data, max_drop_pts=100,
+    prof = load_profile("raspberrypi4")
+    assert prof.quant.graph == "plain"
+    prof = dataclasses.replace(prof, quant=dataclasses.replace(prof.quant, graph=graph))
+    res = export_bundle(model, UNEVEN, prof, out, tokenizer=tok, certify_data=data, max_drop_pts=100,
                         confidence=0.95)
     names = {p.name for p in out.iterdir()}
     assert {"model.onnx", "model.ort", "model.required_operators.config", "config.json", "edgeprune.json",
@@ -76,8 +83,13 @@ def test_bundle_files_and_metadata(tmp_path, tok, model_type):
     assert not any(n.endswith((".fp32.onnx", ".fused.onnx")) for n in names)  # intermediates stay out
     meta = json.loads((out / "edgeprune.json").read_text())
     assert meta["plan"] == UNEVEN.to_dict() and meta["kept_heads"] == [3, 0, 1, 4]
-    assert meta["checks"]["fused_attention_num_heads"] == [3, 1, 4]
-    assert meta["checks"]["quantized_nodes"]["QAttention"] == 3
+    assert meta["checks"]["graph"] == graph
+    if graph == "fused":
+        assert meta["checks"]["fused_attention_num_heads"] == [3, 1, 4]
+        assert meta["checks"]["quantized_nodes"]["QAttention"] == 3
+    else:  # plain: quantized MatMuls, no offline Attention (ORT fuses at session load)
+        assert "QAttention" not in meta["checks"]["quantized_nodes"] and "fused_attention_num_heads" not in meta["checks"]
+        assert sum(meta["checks"]["quantized_nodes"].values()) >= 3 * 4
     assert meta["quant"]["weight_type"] == "s8" and meta["profile"]["name"] == "raspberrypi4"
     assert meta["certified"] is True and meta["certification"]["n"] == 64
     assert meta["versions"]["onnxruntime"] and meta["checks"]["ort_vs_onnx_max_abs_diff"] < 1e-3

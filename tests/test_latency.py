@@ -274,20 +274,36 @@ def test_tiny_lut_has_a_sane_ffn_axis(built):
 
 
 @pytest.mark.slow
-def test_lut_sub_models_are_quantized_and_fused(built):
+def test_lut_sub_models_follow_the_profiles_graph(built, tmp_path):
+    """Sub-models are made like the shipped file: plain graph by default, offline-fused when the profile says so."""
+    import dataclasses
+
     import onnx
 
-    def attention_heads(name):
-        graph = onnx.load(str(tmp / "export" / name)).graph
+    from edgeprune.latency import export_lut_models
+    from edgeprune.profiles import load_profile
+    from edgeprune.testing import tiny_model
+
+    def attention_heads(path):
+        graph = onnx.load(str(path)).graph
         return [a.i for n in graph.node if n.op_type in ("Attention", "QAttention") for a in n.attribute
                 if a.name == "num_heads"]
 
-    tmp, _ = built
-    assert attention_heads("layer00_k01.onnx") == [1]  # INT8: the fused Attention became QAttention
-    assert attention_heads("layer00_k00.onnx") == []
-    assert attention_heads("full.onnx") == [2, 2]
+    tmp, lut = built
+    assert lut["settings"]["graph"] == "plain"
+    assert attention_heads(tmp / "export" / "full.onnx") == []  # plain: ORT fuses at session load
     ops = {n.op_type for n in onnx.load(str(tmp / "export" / "full.onnx")).graph.node}
-    assert ops & {"DynamicQuantizeMatMul", "MatMulInteger", "QAttention", "DynamicQuantizeLinear"}
+    assert ops & {"DynamicQuantizeMatMul", "MatMulInteger", "DynamicQuantizeLinear"}
+
+    prof = load_profile("raspberrypi4")
+    fused = dataclasses.replace(prof, quant=dataclasses.replace(prof.quant, graph="fused"))
+    out = tmp_path / "fused"
+    manifest = json.loads(export_lut_models(tiny_model("bert", num_layers=2, num_heads=2, hidden=32), fused, out,
+                                            ffn=False).read_text())
+    assert manifest["settings"]["graph"] == "fused"
+    assert attention_heads(out / "layer00_k01.onnx") == [1]  # INT8: the fused Attention became QAttention
+    assert attention_heads(out / "layer00_k00.onnx") == []
+    assert attention_heads(out / "full.onnx") == [2, 2]
 
 
 @pytest.mark.slow
