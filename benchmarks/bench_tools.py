@@ -37,7 +37,8 @@ _OTHER_OPS = {"LayerNormalization", "SkipLayerNormalization", "DynamicQuantizeLi
 # FLOPs
 # ---------------------------------------------------------------------------------------------------------------------
 def encoder_flops(kept_heads: Sequence[int], *, head_size: int, hidden: int, intermediate: int, seq_len: int,
-                  num_labels: int = 2, batch: int = 1) -> dict[str, float]:
+                  num_labels: int = 2, batch: int = 1,
+                  ffn_widths: Optional[Sequence[int]] = None) -> dict[str, float]:
     """FLOPs (2 per multiply-add) of one forward pass of a BERT-family classifier with ``kept_heads`` per layer.
 
     Per layer with ``k`` kept heads of width ``d`` (``A = k * d``), hidden ``D``, FFN width ``I``, sequence ``S``:
@@ -45,16 +46,22 @@ def encoder_flops(kept_heads: Sequence[int], *, head_size: int, hidden: int, int
     projection ``2*S*A*D``, FFN ``2*S*D*I * 2``. Pooler ``2*D*D`` and classifier ``2*D*C`` once. Embedding lookups,
     LayerNorm, softmax, GELU and biases are elementwise (O(S*D)) and left out: they are memory traffic, not GEMM.
 
+    Args:
+        ffn_widths: kept FFN neurons per layer (a plan with an FFN part); ``None`` = every layer at ``intermediate``.
+
     Returns:
         ``{"total", "attention_proj", "attention_matmul", "ffn", "head"}`` in FLOPs (times ``batch``).
     """
-    s, dm, inter = float(seq_len), float(hidden), float(intermediate)
+    s, dm = float(seq_len), float(hidden)
+    widths = [intermediate] * len(kept_heads) if ffn_widths is None else list(ffn_widths)
+    if len(widths) != len(kept_heads):
+        raise ValueError(f"ffn_widths covers {len(widths)} layers, kept_heads {len(kept_heads)}")
     proj = mat = ffn = 0.0
-    for k in kept_heads:
+    for k, inter in zip(kept_heads, widths):
         a = float(k) * head_size
         proj += 2 * s * dm * 3 * a + 2 * s * a * dm
         mat += 2 * s * s * a * 2
-        ffn += 2 * s * dm * inter * 2
+        ffn += 2 * s * dm * float(inter) * 2
     head = 2 * dm * dm + 2 * dm * num_labels
     out = {"attention_proj": proj, "attention_matmul": mat, "ffn": ffn, "head": head}
     out = {k: v * batch for k, v in out.items()}
