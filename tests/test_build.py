@@ -130,27 +130,58 @@ def test_build_command_forwards_options(monkeypatch, tmp_path):
     assert bad.exit_code != 0
 
 
-def test_certification_fallbacks_spread_over_the_frontier_and_end_unpruned():
-    from edgeprune.pipeline import _frontier_fallbacks
+def _frontier(n_points, removed_of, sd=0.35, z=2.13):
+    # Plans removing more have a larger drop; bound = drop + z * sd (points), as the search computes it.
+    return [{"latency_ms": 10.0 - i, "drop_pts": 0.15 * i - 0.6, "drop_bound_pts": 0.15 * i - 0.6 + z * sd,
+             **removed_of(i)} for i in range(n_points)]
+
+
+def test_certification_fallbacks_target_pass_probability_and_end_unpruned():
+    from edgeprune.pipeline import _frontier_fallbacks, pass_probability
     from edgeprune.plan import HeadPlan
 
-    frontier = [{"latency_ms": 10.0 - i, "drop_bound_pts": 0.1 * i, "removed": [[0, h] for h in range(i)]}
-                for i in range(0, 9)]
-    plan_json = {"num_heads": [8, 8], "removed": [[0, h] for h in range(8)], "search": {"frontier": frontier}}
+    frontier = _frontier(9, lambda i: {"removed": [[0, h] for h in range(i)]})
+    frontier[0]["drop_pts"] = frontier[0]["drop_bound_pts"] = 0.0  # the unpruned root
+    plan_json = {"num_heads": [8, 8], "removed": [[0, h] for h in range(5)],
+                 "search": {"frontier": frontier, "bound": {"per_candidate_confidence": 0.9833}}}
     plans = _frontier_fallbacks(plan_json, 2, max_drop_pts=1.0)
-    assert len(plans) == 2
-    assert 0 < plans[0].num_removed < 8  # a middle plan, not a neighbour of the chosen 8-head plan
-    assert plans[-1] == HeadPlan.full([8, 8])  # finally: the dense model as shipped
+    assert len(plans) == 2 and plans[-1] == HeadPlan.full([8, 8])  # finally: the dense model as shipped
+    mid = plans[0]
+    assert 0 < mid.num_removed < 5
+    probs = {i: pass_probability(p, 1.0, 2.13) for i, p in enumerate(frontier)}
+    assert probs[mid.num_removed] >= 0.75 > probs[mid.num_removed + 1]  # the fastest plan reaching the target
+    # Three fallbacks: two middle plans (targets 2/3 and 5/6), the safer one removing less, then the unpruned plan.
+    three = _frontier_fallbacks(plan_json, 3, max_drop_pts=1.0)
+    assert len(three) == 3 and three[0].num_removed > three[1].num_removed > 0 and three[2].is_full
     assert _frontier_fallbacks(plan_json, 0, 1.0) == []
     assert _frontier_fallbacks(dict(plan_json, removed=[]), 2, 1.0)[-1] != HeadPlan.full([8, 8])
+
+
+def test_pass_probability_formula():
+    """Phi((max_drop - bound) / (s * sqrt(2))) for equal splits: one half at the limit, monotone, exact at the root."""
+    import math
+    from statistics import NormalDist
+
+    from edgeprune.pipeline import pass_probability
+
+    z = 2.128
+    at_limit = {"drop_pts": 1.0 - z * 0.4, "drop_bound_pts": 1.0}
+    assert pass_probability(at_limit, 1.0, z) == 0.5
+    p = {"drop_pts": -0.2, "drop_bound_pts": -0.2 + z * 0.4}
+    assert pass_probability(p, 1.0, z) == NormalDist().cdf((1.0 - p["drop_bound_pts"]) / (0.4 * math.sqrt(2)))
+    safer = {"drop_pts": -0.4, "drop_bound_pts": -0.4 + z * 0.4}
+    assert pass_probability(safer, 1.0, z) > pass_probability(p, 1.0, z) > pass_probability(at_limit, 1.0, z)
+    # A certify split 4x the search split: certification's own width shrinks, so the chance rises.
+    assert pass_probability(p, 1.0, z, n_ratio=0.25) > pass_probability(p, 1.0, z)
+    assert pass_probability({"drop_pts": 0.0, "drop_bound_pts": 0.0}, 1.0, z) == 1.0
 
 
 def test_fallbacks_of_a_joint_search_keep_their_ffn_part():
     from edgeprune.pipeline import _frontier_fallbacks
     from edgeprune.plan import HeadPlan
 
-    frontier = [{"latency_ms": 10.0 - i, "drop_bound_pts": 0.1 * i, "removed": [[0, h] for h in range(i // 2)],
-                 "ffn_removed": [[1, b] for b in range(i - i // 2)]} for i in range(0, 9)]
+    frontier = _frontier(9, lambda i: {"removed": [[0, h] for h in range(i // 2)],
+                                       "ffn_removed": [[1, b] for b in range(i - i // 2)]})
     plan_json = {"num_heads": [8, 8], "removed": [[0, h] for h in range(4)],
                  "ffn": {"block_size": 4, "num_blocks": [6, 6], "kept_blocks": [list(range(6)), [4, 5]]},
                  "ffn_removed": [[1, b] for b in range(4)], "search": {"frontier": frontier}}

@@ -150,7 +150,8 @@ def run_astar(problem: Problem) -> SearchResult:
     if problem.config.seed_with_greedy:
         problem.phase = "greedy seed"
         why = greedy_path(problem)
-        problem.notes.append(f"greedy seed: {len(problem.best_key)} heads removed (stopped by {why})")
+        what = "units" if problem.space.has_ffn else "heads"
+        problem.notes.append(f"greedy seed: {len(problem.best_key)} {what} removed (stopped by {why})")
         seeds.append(list(problem.greedy_path))
     problem.phase = "astar"
     stopped_by, goals = astar_path(problem, seeds)
