@@ -279,7 +279,7 @@ def build(
     overwrite: Annotated[bool, typer.Option(help="Replace a finished build in --out.")] = False,
     algorithm: Annotated[str, typer.Option(help="astar, greedy, oneshot or random.")] = "astar",
     max_evals: Annotated[int, typer.Option(help="Search budget: evaluations of the search split.")] = 200,
-    search_seconds: Annotated[float, typer.Option(help="Search wall-time budget in seconds (0 = no time limit).")] = 360.0,
+    search_seconds: Annotated[float, typer.Option(help="Search wall-time budget in seconds (0 = no time limit).")] = 270.0,
     text_column: Annotated[Optional[str], typer.Option(help="Text column of --data.")] = None,
     text_pair_column: Annotated[Optional[str], typer.Option(help="Second text column (pair tasks).")] = None,
     label_column: Annotated[Optional[str], typer.Option(help="Label column of --data.")] = None,

@@ -49,20 +49,43 @@ def physical_cores() -> int:
     return max(1, n or os.cpu_count() or 1)
 
 
-def free_cores() -> int:
-    """Physical cores not already busy (by the 1-minute load average), at least 1.
+def free_cores(sample_s: float = 0.25) -> int:
+    """Physical cores not busy with *other* processes, at least 1.
 
     Oversubscribing hurts torch badly: on a 2-core host with another busy process, a pass over 2,113 sentences took
-    73 s with 2 intra-op threads and 9-17 s with 1 (measured here). On an idle machine this is every core.
+    73 s with 2 intra-op threads and 9-17 s with 1 (measured here). The CPU use of every other process is sampled
+    for ``sample_s`` seconds (psutil); this process and its children do not count, since their work is what the
+    threads are for (the 1-minute load average, used before, counted the build's own latency measurements and left
+    the search on one thread of an otherwise idle 2-core machine). Without psutil: the load average.
     """
     import os
+    import time
 
     n = physical_cores()
     try:
-        load = os.getloadavg()[0]
-    except (AttributeError, OSError):  # not available on this platform
-        return n
-    return max(1, min(n, int(n - load + 0.5)))
+        import psutil
+
+        me = psutil.Process()
+        ours = {me.pid} | {c.pid for c in me.children(recursive=True)}
+        procs = [p for p in psutil.process_iter() if p.pid not in ours]
+        for p in procs:
+            try:
+                p.cpu_percent(None)
+            except (psutil.Error, OSError):
+                pass
+        time.sleep(sample_s)
+        busy = 0.0
+        for p in procs:
+            try:
+                busy += p.cpu_percent(None) / 100.0
+            except (psutil.Error, OSError):
+                pass
+    except Exception:  # psutil missing or unable to tell: fall back to the load average
+        try:
+            busy = os.getloadavg()[0]
+        except (AttributeError, OSError):  # not available on this platform
+            return n
+    return max(1, min(n, int(n - busy + 0.5)))
 
 
 @dataclass

@@ -88,7 +88,7 @@ class BuildConfig:
     overwrite: bool = False
     algorithm: str = "astar"
     max_evaluations: int = 200
-    search_seconds: Optional[float] = 360.0
+    search_seconds: Optional[float] = 270.0
     correction: str = "none"
     fallbacks: int = 2
     seed: int = 0

@@ -191,3 +191,24 @@ def test_joint_engine_equals_pruned_model(tok, family):
     assert all(0 <= v < float("inf") for u, v in scores.items() if u not in states[0])
     with pytest.raises(Exception, match="unit"):
         ev.evaluate([frozenset({(0, space.units_per_layer()[0])})])
+
+
+def test_free_cores_counts_other_processes_only(monkeypatch):
+    import psutil
+
+    from edgeprune import evaluate
+
+    class Fake:
+        def __init__(self, pid, pct):
+            self.pid, self.pct = pid, pct
+
+        def cpu_percent(self, interval=None):
+            return self.pct
+
+    me = psutil.Process()
+    monkeypatch.setattr(evaluate, "physical_cores", lambda: 4)
+    others = [Fake(10**7 + 1, 100.0), Fake(10**7 + 2, 60.0), Fake(me.pid, 400.0)]  # our own 400% is ignored
+    monkeypatch.setattr(psutil, "process_iter", lambda: iter(others))
+    assert evaluate.free_cores(sample_s=0) == 2  # 4 cores - 1.6 busy elsewhere, rounded
+    others[:2] = [Fake(10**7 + 1, 390.0)]
+    assert evaluate.free_cores(sample_s=0) == 1  # never below one
