@@ -286,7 +286,7 @@ def build(
     seed: Annotated[int, typer.Option(help="Seed for splits and search.")] = 0,
     force: Annotated[bool, typer.Option(help="Write the bundle even if certification fails (exit code stays non-zero).")] = False,
     allow_pickle: Annotated[bool, typer.Option(help="Allow pickle checkpoints (runs code from the file: trusted files only).")] = False,
-    structures: Annotated[str, typer.Option(help="heads | heads+ffn: what the search may remove.")] = "heads",
+    structures: Annotated[str, typer.Option(help="heads+ffn (default: attention heads and FFN neuron blocks) | heads (heads only).")] = "heads+ffn",
     ffn_block_size: Annotated[Optional[int], typer.Option(help="Neurons per FFN block with --structures heads+ffn (default 128).")] = None,
     recovery: Annotated[bool, typer.Option("--recovery/--no-recovery", help="Least-squares rescaling of the kept heads/neurons, fitted on the search split, before export.")] = False,
 ) -> None:

@@ -98,7 +98,7 @@ class BuildConfig:
     int8_aware: bool = True
     rescore_every: int = 4
     importance_examples: Optional[int] = 512
-    structures: str = "heads"
+    structures: str = "heads+ffn"
     ffn_block_size: Optional[int] = None
     recovery: bool = False
     recovery_examples: int = 1024

@@ -22,6 +22,19 @@ STRUCTURES = ("heads", "heads+ffn")
 DEFAULT_FFN_BLOCK_SIZE = 128
 
 
+def default_block_size(ffn_widths: Sequence[int], preferred: int = DEFAULT_FFN_BLOCK_SIZE) -> int:
+    """``preferred`` neurons per FFN block when it divides every layer's width, else the largest divisor of all
+    widths below it (e.g. 37-wide test models get 37's divisors; BERT-family widths 1536/3072/4096 get 128)."""
+    import math
+
+    g = 0
+    for w in ffn_widths:
+        g = math.gcd(g, int(w))
+    if g % preferred == 0:
+        return preferred
+    return max(d for d in range(1, min(g, preferred) + 1) if g % d == 0)
+
+
 def analytic_latency(heads_per_layer: Sequence[int], hidden: int, seq_len: int,
                      ffn_blocks_per_layer: Optional[Sequence[int]] = None) -> LatencyFn:
     """A FLOP-count stand-in for a latency table (relative units, *not* milliseconds).
@@ -191,9 +204,8 @@ def run_search(
     joint = structures == "heads+ffn"
     if ffn_block_size is not None and not joint:
         raise EdgepruneError("--ffn-block-size needs --structures heads+ffn")
-    block_size = (ffn_block_size or DEFAULT_FFN_BLOCK_SIZE) if joint else None
-    if block_size is not None and block_size <= 0:
-        raise EdgepruneError(f"--ffn-block-size must be positive, got {block_size}")
+    if ffn_block_size is not None and ffn_block_size <= 0:
+        raise EdgepruneError(f"--ffn-block-size must be positive, got {ffn_block_size}")
     model_id = None
     if str(model) == "default" or str(search_data) == "default":
         from .default_task import default_task
@@ -223,6 +235,11 @@ def run_search(
         prof = load_profile(profile)
     seq_len = max_length or (prof.seq_len if prof is not None else 128)
     t0 = time.monotonic()
+    block_size = None
+    if joint:
+        from .adapters import get_adapter
+
+        block_size = ffn_block_size or default_block_size(get_adapter(model).ffn_sizes(model))
     evaluator = MaskedEvaluator(model, tokenizer, search_data, batch_size=eval_batch_size, max_length=seq_len,
                                 ffn_block_size=block_size)
     base_s = time.monotonic() - t0
@@ -338,4 +355,4 @@ def write_plan(result: SearchResult, out: Union[str, Path]) -> Path:
     return p
 
 
-__all__ = ["STRUCTURES", "analytic_latency", "importance_per_ms", "resolve_latency", "run_search", "write_plan"]
+__all__ = ["STRUCTURES", "analytic_latency", "default_block_size", "importance_per_ms", "resolve_latency", "run_search", "write_plan"]

@@ -210,4 +210,5 @@ def test_build_joint_structures_end_to_end(tiny_task, tmp_path):
     with pytest.raises(EdgepruneError, match="structures"):
         _cfg(tiny_task, tmp_path / "o", structures="ffn")
     with pytest.raises(EdgepruneError, match="heads\\+ffn"):
-        _cfg(tiny_task, tmp_path / "o", ffn_block_size=8)
+        _cfg(tiny_task, tmp_path / "o", structures="heads", ffn_block_size=8)
+    assert BuildConfig().structures == "heads+ffn"  # the default build searches heads and FFN blocks
