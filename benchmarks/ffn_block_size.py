@@ -225,10 +225,9 @@ def main(argv=None) -> int:
         "analysis_cpu": analyse(stats, "cpu_median_ms"),
         "analysis_wall": analyse(stats, "wall_median_ms"),
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    stem = RESULTS / f"ffn_block_size-{record['date']}"
-    stem.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
-    stem.with_suffix(".md").write_text(markdown(record) + "\n")
+    from benchmarks.bench_tools import write_results
+
+    write_results("ffn_block_size", record, markdown(record))
     print(markdown(record))
     return 0
 

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import platform
 import sys
 import time
@@ -189,10 +188,9 @@ def main(argv=None) -> int:
     ap.add_argument("--max-length", type=int, default=128)
     args = ap.parse_args(argv)
     record = run(args.examples, args.max_length)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    stem = RESULTS / f"recovery-{record['date']}"
-    stem.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
-    stem.with_suffix(".md").write_text(markdown(record) + "\n")
+    from benchmarks.bench_tools import write_results
+
+    write_results("recovery", record, markdown(record))
     print(markdown(record))
     return 0
 

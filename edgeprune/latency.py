@@ -56,7 +56,7 @@ from typing import Any, Callable, Optional, Sequence, Union
 
 from . import device_runner as dr
 from .errors import MeasureError, PlanError
-from .profiles import DeviceProfile, QuantPreset, load_profile
+from .profiles import DeviceProfile, load_profile
 
 log = logging.getLogger(__name__)
 

@@ -130,7 +130,7 @@ def quantize_onnx(
         ValueError: unknown ``format`` or ``weight_type``, or ``"qdq"`` without calibration feeds.
     """
     import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization import quantize_dynamic
 
     in_path, out_path = Path(in_path), Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)

@@ -168,6 +168,21 @@ def scale_hooks(model, head_scales: torch.Tensor, ffn_scales: torch.Tensor | Non
         yield
 
 
+def _scaled_layer_until(model, adapter, i: int, x, mask, head_s, ffn_s, *captures) -> None:
+    """Run layer ``i`` with the current scales under ``captures`` (``_capture`` contexts), stopping early where a
+    capture says ``stop=True``."""
+    import contextlib
+
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(scale_hooks(model, head_s, ffn_s))
+        for c in captures:
+            stack.enter_context(c)
+        try:
+            adapter.layer_forward(model, i, x, mask)
+        except _Stop:
+            pass
+
+
 def recovery_scales(recovery: Recovery) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The recovery's scales as the tensors :func:`scale_hooks` takes (``(layers, max_heads)``, ``(layers, N)``)."""
     width = max(len(r) for r in recovery.head_scales)
@@ -334,12 +349,8 @@ def fit_recovery(model, tokenizer, dataset, plan: HeadPlan, *, max_examples: int
                     xt[bi] = out_t
                 if not plan.kept[i]:
                     continue  # nothing to fit in this attention (the teacher pass above still had to run)
-                with scale_hooks(model, head_s, ffn_s), \
-                        _capture(adapter.attention_output(model, i), cap, "ctx_s", stop=True):
-                    try:
-                        adapter.layer_forward(model, i, xs[bi], masks[bi])
-                    except _Stop:
-                        pass
+                _scaled_layer_until(model, adapter, i, xs[bi], masks[bi], head_s, ffn_s,
+                                    _capture(adapter.attention_output(model, i), cap, "ctx_s", stop=True))
                 m = tok[bi]
                 ctx = cap["ctx_s"][m]  # (T, H*d) raw concatenated heads of the real tokens
                 per_head = torch.einsum("thk,dhk->thd", ctx.view(ctx.shape[0], n_heads, d),
@@ -365,12 +376,9 @@ def fit_recovery(model, tokenizer, dataset, plan: HeadPlan, *, max_examples: int
                 yy = 0.0
                 for bi in range(len(batches)):
                     cap = {}
-                    with scale_hooks(model, head_s, ffn_s), _capture(adapter.ffn_input(model, i), cap, "z"), \
-                            _capture(adapter.ffn_output(model, i), cap, "a", stop=True):
-                        try:
-                            adapter.layer_forward(model, i, xs[bi], masks[bi])
-                        except _Stop:
-                            pass
+                    _scaled_layer_until(model, adapter, i, xs[bi], masks[bi], head_s, ffn_s,
+                                        _capture(adapter.ffn_input(model, i), cap, "z"),
+                                        _capture(adapter.ffn_output(model, i), cap, "a", stop=True))
                     m = tok[bi]
                     a = cap["a"][m]  # (T, N) raw activated intermediate
                     y = (ffn_target[bi][m] - cap["z"][m]) if teacher else a @ w_2.T  # (T, D)

@@ -20,7 +20,7 @@ from edgeprune.testing import TINY_FAMILIES, random_inputs, randomize_biases_  #
 from edgeprune.testing import tiny_model as _tiny_model  # noqa: E402
 
 L, H, BS, NB = 4, 4, 8, 8  # tiny models: 4 layers x 4 heads, FFN width 64 = 8 blocks of 8
-WORDS = "the movie film plot good bad great awful fun boring love hate not very really funny dull".split()
+from test_bundle import WORDS, word_tokenizer  # same word-level tokenizer as the bundle tests
 # Removes heads and FFN blocks unevenly, including a layer with no head and a layer with no FFN block.
 JOINT = HeadPlan((H,) * L, ((0, 2), (1,), (0, 1, 3), ())).with_ffn(
     BS, (NB,) * L, ((0, 1, 2, 5), (3,), (), (0, 1, 2, 3, 4, 5, 6)))
@@ -30,22 +30,6 @@ HEADS_ONLY = HeadPlan((H,) * L, ((0, 1, 3), (2,), (0, 1, 2, 3), (1, 2)))
 def tiny_model(model_type: str):
     """Random biases and LayerNorms too, so a fold or surgery that mishandles a bias fails the parity checks."""
     return randomize_biases_(_tiny_model(model_type))
-
-
-def word_tokenizer(directory):
-    """Whitespace word-level tokenizer over WORDS (ids < 128); the same on transformers 4.57 and 5.x."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    core = Tokenizer(models.WordLevel({w: i for i, w in enumerate(specials + WORDS)}, unk_token="[UNK]"))
-    core.pre_tokenizer = pre_tokenizers.Whitespace()
-    core.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
-    tok = PreTrainedTokenizerFast(tokenizer_object=core, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]",
-                                  sep_token="[SEP]", mask_token="[MASK]", model_max_length=128)
-    tok.save_pretrained(directory)
-    return tok
 
 
 @pytest.fixture(scope="module")

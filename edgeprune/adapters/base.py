@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import contextlib
 from abc import ABC, abstractmethod
-from typing import Iterator, Sequence
+from typing import Iterator
 
 import torch
 from torch import nn
