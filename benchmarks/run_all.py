@@ -240,13 +240,13 @@ def run_searches(model_dir: Path, search_data: Any, lut_path: Path, prof: Any, a
     common_kw = dict(profile=prof, latency_table=lut_path, max_drop_pts=args.max_drop, confidence=search_conf,
                      correction=args.correction, max_evaluations=args.max_evals, seed=0, max_length=prof.seq_len,
                      shipped_predictions=shipped_predictions, rescore_every=args.rescore_every,
-                     importance_examples=args.importance_examples or None)
+                     importance_examples=args.importance_examples or None, credit_improvement=False)
     common = {"model_dir": str(model_dir), "n": len(data), "max_drop_pts": args.max_drop,
               "family_confidence": args.confidence, "search_confidence": search_conf, "fallbacks": args.fallbacks,
               "int8_aware": shipped_predictions is not None, "importance_n": args.importance_examples or "all",
               "rescore_every": args.rescore_every, "max_evaluations": args.max_evals,
               "max_seconds": args.search_seconds, "astar_max_seconds": args.astar_seconds,
-              "correction": args.correction, "ffn_block_size": args.ffn_block_size,
+              "correction": args.correction, "ffn_block_size": args.ffn_block_size, "credit_improvement": False,
               "search_threads": args.search_threads or "edgeprune default",
               "how": "edgeprune.searching.run_search per algorithm, with `edgeprune build`'s arguments"}
     if cached and cached.get("common") != json.loads(json.dumps(common)):

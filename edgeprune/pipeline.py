@@ -383,7 +383,7 @@ def _stage_search(cfg: BuildConfig, state: _State, model, tokenizer, task: _Task
         max_evaluations=cfg.max_evaluations, max_seconds=cfg.search_seconds, seed=cfg.seed, tokenizer=tokenizer,
         journal=state.dir / "search.journal.jsonl", resume=True, on_progress=on_progress,
         shipped_predictions=shipped, rescore_every=cfg.rescore_every, importance_examples=cfg.importance_examples,
-        structures=cfg.structures, ffn_block_size=cfg.ffn_block_size,
+        structures=cfg.structures, ffn_block_size=cfg.ffn_block_size, credit_improvement=False,
     )
     plan_path = write_plan(result, state.out / "plan.json")
     data = json.loads(Path(plan_path).read_text())

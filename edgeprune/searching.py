@@ -147,6 +147,7 @@ def run_search(
     importance_examples: Optional[int] = None,
     structures: str = "heads",
     ffn_block_size: Optional[int] = None,
+    credit_improvement: bool = True,
 ) -> SearchResult:
     """Search a head plan for ``model`` on ``search_data`` under an accuracy bound.
 
@@ -186,6 +187,7 @@ def run_search(
         structures: "heads" (attention heads only) or "heads+ffn" (heads and FFN neuron blocks in one search;
             the latency table needs an FFN axis). See docs/search.md, "Joint search".
         ffn_block_size: neurons per FFN block for "heads+ffn" (default 128).
+        credit_improvement: False = no credit for an observed net accuracy gain (see SearchConfig).
 
     Returns:
         The :class:`SearchResult`; ``result.to_dict()`` is the plan.json content (with latency source, model,
@@ -284,7 +286,8 @@ def run_search(
     config = SearchConfig(max_drop_pts=max_drop_pts, confidence=confidence, correction=Correction(correction),
                           max_evaluations=max_evaluations, max_seconds=max_seconds, branching=branching,
                           batch_size=batch_size, seed=seed, offset_worse=offset_worse,
-                          offset_better=offset_better, rescore_every=rescore_every)
+                          offset_better=offset_better, rescore_every=rescore_every,
+                          credit_improvement=credit_improvement)
     fingerprint = {
         "model": model_id or type(model).__name__,
         "data": {"source": getattr(search_data, "source", None), "n": len(search_data)},
@@ -303,11 +306,18 @@ def run_search(
                      "max_length": seq_len, "base_accuracy": evaluator.base_accuracy},
             "profile": getattr(prof, "name", None),
             "timing_s": {"tokenise_and_base_pass": base_s, "importance": importance_s},
+            "evaluator_threads": _torch_threads(),
             "shipped_model_flips": shipped_counts,
             "versions": versions(),
         }
     )
     return result
+
+
+def _torch_threads() -> int:
+    import torch
+
+    return int(torch.get_num_threads())
 
 
 def importance_per_ms(scores: dict, space: Any, latency: LatencyFn, removed: frozenset = frozenset()) -> dict:

@@ -397,3 +397,21 @@ def test_unit_space_round_trips_and_rejects_bad_units():
         UnitSpace((2, 2), (3,), 8)
     heads_only = UnitSpace.of([2, 2])
     assert not heads_only.has_ffn and heads_only.plan([(1, 0)]) == HeadPlan.from_removed([2, 2], [(1, 0)])
+
+
+def test_no_credit_for_an_observed_improvement():
+    """credit_improvement=False: better flips count at most as many as worse ones (selection noise is no evidence)."""
+
+    class Lucky:
+        def evaluate(self, states):
+            return [EvalResult(0, 0, 1000) if not s else EvalResult(10, 30, 1000) for s in states]
+
+    imp = {(0, 0): 1.0, (0, 1): 2.0}
+    base = dict(max_drop_pts=5.0, correction="none", max_evaluations=10)
+    trusting = Problem(Lucky(), lambda kc: float(sum(kc)), imp, [2], SearchConfig(**base))
+    strict = Problem(Lucky(), lambda kc: float(sum(kc)), imp, [2], SearchConfig(**base, credit_improvement=False))
+    for p in (trusting, strict):
+        p.evaluate([frozenset({(0, 0)})])
+    assert strict.bound_pts(((0, 0),)) == pytest.approx(ucb_pts(EvalResult(10, 10, 1000), 0.95))
+    assert strict.bound_pts(((0, 0),)) > trusting.bound_pts(((0, 0),))
+    assert trusting.bound_pts(((0, 0),)) == pytest.approx(ucb_pts(EvalResult(10, 30, 1000), 0.95))
