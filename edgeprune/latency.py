@@ -122,10 +122,9 @@ def export_for_latency(
     work = Path(workdir or out_path.parent)
     stem = out_path.stem
     get_adapter(model).make_fusable_(model)
-    raw = export_onnx(model, work / f"{stem}.raw.onnx")
     if quant is None and graph == "plain":
-        _remove_onnx(raw)
         return export_onnx(model, out_path)  # FP32, plain graph: the export itself
+    raw = export_onnx(model, work / f"{stem}.raw.onnx")
     opt_target = out_path if quant is None else work / f"{stem}.opt.onnx"
     graph_path = prepare_graph(raw, opt_target, graph=graph, expected_heads=expected_heads)
     if quant is not None:
