@@ -336,18 +336,18 @@ def build_model_files(
     step("optimize")
     graph = getattr(quant, "graph", "plain")
     checks["graph"] = graph
-    fused = prepare_graph(fp32, work / "model.fused.onnx", graph=graph, expected_heads=plan.kept_counts)
+    prepared = prepare_graph(fp32, work / "model.fused.onnx", graph=graph, expected_heads=plan.kept_counts)
     if graph == "fused":
-        checks["fused_attention_num_heads"] = fused_attention_heads(fused)
-        checks["parity_fused_max_abs_diff"] = check_parity(model, fused, parity_shapes, FP32_ATOL)
-    checks["fp32_bytes"] = onnx_size_bytes(fused)
+        checks["fused_attention_num_heads"] = fused_attention_heads(prepared)
+        checks["parity_fused_max_abs_diff"] = check_parity(model, prepared, parity_shapes, FP32_ATOL)
+    checks["fp32_bytes"] = onnx_size_bytes(prepared)
     step("quantize")
     fmt = str(getattr(quant, "format", "dynamic")).lower()
     if fmt == "none":
-        final = fused
+        final = prepared
         checks["quantized_nodes"] = {}
     else:
-        final = quantize_onnx(fused, work / "model.int8.onnx", format="qdq" if fmt == "static" else fmt,
+        final = quantize_onnx(prepared, work / "model.int8.onnx", format="qdq" if fmt == "static" else fmt,
                               weight_type=quant.weight_type, per_channel=quant.per_channel,
                               reduce_range=quant.reduce_range, calibration_feeds=calibration_feeds)
         checks["quantized_nodes"] = count_quantized(final)
