@@ -26,7 +26,7 @@ INT8, the heads-only A* and the heads+FFN A* models into attention / FFN / embed
 Searches: each algorithm is one ``edgeprune.searching.run_search`` call with the arguments ``edgeprune build`` passes
 (``pipeline._stage_search``): per-look confidence ``bounds.corrected_confidence(confidence, 1 + fallbacks)``, the
 dense shipped-INT8 file's search-split predictions as ``shipped_predictions`` (int8-aware offsets), rescore every 4,
-importance on 512 examples, 200 evaluations, 270 s per algorithm (A* pays for its own greedy seed), the LUT with its
+importance on 512 examples, 80 evaluations (600 s safety cap) per algorithm (A* pays for its own greedy seed), the LUT with its
 FFN axis (``build_lut(..., ffn=True)``; the heads-only searches read the same table), FFN blocks of 128 neurons.
 Goals: issue #9's on the heads-only A* row, issue #10's on the best certified heads+FFN row.
 
@@ -1060,9 +1060,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     ap.add_argument("--skip-bert-base", action="store_true", help="skip the BERT-base-size latency part")
     ap.add_argument("--skip-task", action="store_true", help="skip the default-task part (BERT-base + roofline only)")
     ap.add_argument("--max-evals", type=int, default=None, help="search evaluation budget per algorithm "
-                    "(default 200 as `edgeprune build`; 8 with --quick)")
-    ap.add_argument("--search-seconds", type=float, default=270.0,
-                    help="wall-time cap per algorithm (default 270 as `edgeprune build`; 0 = none)")
+                    "(default 80 as `edgeprune build`; 8 with --quick)")
+    ap.add_argument("--search-seconds", type=float, default=600.0,
+                    help="wall-time safety cap per algorithm (default 600 as `edgeprune build`; 0 = none)")
     ap.add_argument("--astar-seconds", type=float, default=None,
                     help="A*'s wall-time cap, its greedy seed included (default: --search-seconds)")
     ap.add_argument("--search-examples", type=int, default=0, help="use the first N search-split examples (0 = all)")
@@ -1102,7 +1102,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
     q = args.quick
-    args.max_evals = args.max_evals or (8 if q else 200)
+    args.max_evals = args.max_evals or (8 if q else 80)
     args.search_seconds = args.search_seconds or None  # 0 = no cap
     if args.astar_seconds is None:
         args.astar_seconds = args.search_seconds
