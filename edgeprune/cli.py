@@ -278,7 +278,7 @@ def build(
     resume: Annotated[bool, typer.Option(help="Continue an interrupted build in --out.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace a finished build in --out.")] = False,
     algorithm: Annotated[str, typer.Option(help="astar, greedy, oneshot or random.")] = "astar",
-    max_evals: Annotated[int, typer.Option(help="Search budget: evaluations of the search split (the budget that makes a build reproducible).")] = 80,
+    max_evals: Annotated[int, typer.Option(help="Search budget: evaluations of the search split (independent of machine speed).")] = 80,
     search_seconds: Annotated[float, typer.Option(help="Search wall-time safety cap in seconds (0 = none); hitting it makes the result depend on machine speed.")] = 600.0,
     text_column: Annotated[Optional[str], typer.Option(help="Text column of --data.")] = None,
     text_pair_column: Annotated[Optional[str], typer.Option(help="Second text column (pair tasks).")] = None,
@@ -288,7 +288,7 @@ def build(
     allow_pickle: Annotated[bool, typer.Option(help="Allow pickle checkpoints (runs code from the file: trusted files only).")] = False,
     structures: Annotated[str, typer.Option(help="heads+ffn (default: attention heads and FFN neuron blocks) | heads (heads only).")] = "heads+ffn",
     ffn_block_size: Annotated[Optional[int], typer.Option(help="Neurons per FFN block with --structures heads+ffn (default 128).")] = None,
-    recovery: Annotated[bool, typer.Option("--recovery/--no-recovery", help="Least-squares rescaling of the kept heads/neurons, fitted on the search split, before export.")] = False,
+    recovery: Annotated[bool, typer.Option("--recovery/--no-recovery", help="Least-squares rescaling of the kept heads/neurons, fitted on the search split, before export (default on: it helped on the benchmark; docs/recovery.md).")] = True,
 ) -> None:
     """Search, prune, export, quantize, certify and measure: the whole job in one command."""
     from .pipeline import BuildConfig

@@ -52,9 +52,10 @@ class BuildConfig:
         overwrite: replace an existing finished build in ``out``.
         algorithm: search algorithm.
         max_evaluations: search budget (each evaluation is a pass over the search split). The evaluation count,
-            not time, is the default budget, so the same build gives the same plan on the same machine (two
-            time-capped builds here searched 75 and 99 evaluations and shipped different plans). 80 evaluations
-            take ~4.5 min on this project's 2-core host (3.6 s each with 2 threads).
+            not time, is the default budget, so the search does not depend on machine speed; it still depends on
+            the latency table, which a build measures afresh unless ``--latency-table`` is given (two builds with
+            freshly measured tables picked different plans). 80 evaluations take ~4.5 min on this project's
+            2-core host (3.4 s each with 2 threads).
         search_seconds: wall-time safety cap of the search (None = none); when it is hit the best plan so far is
             used (recorded as ``search.stopped_by``) and the result depends on machine speed.
         correction: multiple-comparison correction of the search bound ("bonferroni" or "none"; docs/search.md).
@@ -70,7 +71,9 @@ class BuildConfig:
         structures: "heads" or "heads+ffn" (heads and FFN neuron blocks in one search; the LUT measures both).
         ffn_block_size: neurons per FFN block for "heads+ffn" (None = 128).
         recovery: fit the least-squares rescaling of the kept heads/neurons on the search split and fold it into
-            the weights before export (edgeprune.recovery); the certified file includes it.
+            the weights before export (edgeprune.recovery); the certified file includes it. On by default: on the
+            benchmark it turned two uncertifiable heads+FFN plans into certified ones (bounds 1.01 -> 0.80 and
+            2.05 -> 0.85 points); one build A/B went the other way (1.43 -> 1.88), see docs/recovery.md.
         recovery_examples: search-split examples the recovery fit uses (evenly strided).
     """
 
@@ -102,7 +105,7 @@ class BuildConfig:
     importance_examples: Optional[int] = 512
     structures: str = "heads+ffn"
     ffn_block_size: Optional[int] = None
-    recovery: bool = False
+    recovery: bool = True
     recovery_examples: int = 1024
 
     def __post_init__(self) -> None:
