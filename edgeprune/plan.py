@@ -25,6 +25,19 @@ Head = tuple[int, int]  # (layer, head) in original indices
 Block = tuple[int, int]  # (layer, FFN block) in original indices
 
 
+def _kept_except(counts: Sequence[int], removed: Iterable[tuple[int, int]], unit: str,
+                 units: str) -> tuple[tuple[int, ...], ...]:
+    """Per layer, the indices ``0..counts[layer]-1`` not in ``removed`` ((layer, index) pairs, validated)."""
+    gone: set[tuple[int, int]] = set()
+    for layer, i in removed:
+        if not 0 <= layer < len(counts):
+            raise PlanError(f"layer {layer} does not exist (the model has layers 0..{len(counts) - 1})")
+        if not 0 <= i < counts[layer]:
+            raise PlanError(f"layer {layer}: {unit} {i} does not exist ({units} 0..{counts[layer] - 1})")
+        gone.add((layer, i))
+    return tuple(tuple(i for i in range(n) if (layer, i) not in gone) for layer, n in enumerate(counts))
+
+
 @dataclass(frozen=True)
 class HeadLayout:
     """The attention-head geometry of an encoder.
@@ -114,15 +127,7 @@ class HeadPlan:
     def from_removed(cls, num_heads: Sequence[int], removed: Iterable[Head]) -> "HeadPlan":
         """The plan that removes exactly ``removed`` (a set of (layer, head) pairs)."""
         num_heads = tuple(num_heads)
-        gone: set[Head] = set()
-        for layer, head in removed:
-            if not 0 <= layer < len(num_heads):
-                raise PlanError(f"layer {layer} does not exist (the model has layers 0..{len(num_heads) - 1})")
-            if not 0 <= head < num_heads[layer]:
-                raise PlanError(f"layer {layer}: head {head} does not exist (heads 0..{num_heads[layer] - 1})")
-            gone.add((layer, head))
-        kept = tuple(tuple(h for h in range(n) if (layer, h) not in gone) for layer, n in enumerate(num_heads))
-        return cls(num_heads, kept)
+        return cls(num_heads, _kept_except(num_heads, removed, "head", "heads"))
 
     @classmethod
     def from_dict(cls, data: dict) -> "HeadPlan":
@@ -158,15 +163,7 @@ class HeadPlan:
     def with_ffn_removed(self, block_size: int, num_blocks: Sequence[int], removed: Iterable[Block]) -> "HeadPlan":
         """This plan's heads plus the FFN plan that removes exactly ``removed`` (a set of (layer, block) pairs)."""
         num_blocks = tuple(int(n) for n in num_blocks)
-        gone: set[Block] = set()
-        for layer, block in removed:
-            if not 0 <= layer < len(num_blocks):
-                raise PlanError(f"layer {layer} does not exist (the model has layers 0..{len(num_blocks) - 1})")
-            if not 0 <= block < num_blocks[layer]:
-                raise PlanError(f"layer {layer}: FFN block {block} does not exist (blocks 0..{num_blocks[layer] - 1})")
-            gone.add((layer, block))
-        kept = [[b for b in range(n) if (layer, b) not in gone] for layer, n in enumerate(num_blocks)]
-        return self.with_ffn(block_size, num_blocks, kept)
+        return self.with_ffn(block_size, num_blocks, _kept_except(num_blocks, removed, "FFN block", "blocks"))
 
     def heads_only(self) -> "HeadPlan":
         """This plan without its FFN part."""
