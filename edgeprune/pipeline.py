@@ -483,22 +483,14 @@ def _stage_export(cfg: BuildConfig, state: _State, model_dir: str, task: _Task, 
     result = export_bundle(
         model_dir, plan, cfg.profile, bundle_dir, certify_data=task.certify, max_drop_pts=cfg.max_drop_pts,
         confidence=cfg.confidence, frontier=frontier, force=cfg.force,
-        overwrite=True, hook=hook, **({"recovery_data": task.search, "recovery_examples": cfg.recovery_examples} if cfg.recovery else {}),
+        overwrite=True, hook=hook, recovery_data=task.search if cfg.recovery else None,
+        recovery_examples=cfg.recovery_examples,
     )
     cert = result.certification.to_dict() if result.certification else None
     return {"bundle": str(result.out_dir), "plan": result.plan.to_dict(), "plan_index": result.plan_index,
             "certified": result.certified, "forced": result.forced, "certification": cert,
             "attempts": result.attempts, "checks": result.checks,
-            "recovery": _jsonable(getattr(result, "recovery", None))}
-
-
-def _jsonable(x: Any) -> Any:
-    """A dataclass/dict/None as plain JSON data (for state files)."""
-    if x is None:
-        return None
-    if dataclasses.is_dataclass(x):
-        x = x.to_dict() if hasattr(x, "to_dict") else dataclasses.asdict(x)
-    return json.loads(json.dumps(x, default=str))
+            "recovery": result.recovery}
 
 
 def _percentiles(samples: list[float]) -> dict[str, float]:
