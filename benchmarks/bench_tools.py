@@ -125,7 +125,7 @@ def gemm_throughput(n: int = 1024, *, threads: int = 1, rounds: int = 7, reps: i
     import numpy as np
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    from edgeprune import device_runner as dr
+    from edgeprune.latency import device_runner as dr
 
     tmp = None
     if work is None:
@@ -170,8 +170,8 @@ def torch_vs_ort(model: Any, onnx_path: Path, *, threads: int, batch: int, seq_l
     """
     import torch
 
-    from edgeprune import device_runner as dr
-    from edgeprune.measure import onnx_vocab_size
+    from edgeprune.latency import device_runner as dr
+    from edgeprune.latency.measure import onnx_vocab_size
 
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -252,8 +252,8 @@ def ort_breakdown(onnx_path: Path, *, threads: int, batch: int, seq_len: int, ru
     """
     import onnxruntime as ort
 
-    from edgeprune import device_runner as dr
-    from edgeprune.measure import onnx_vocab_size
+    from edgeprune.latency import device_runner as dr
+    from edgeprune.latency.measure import onnx_vocab_size
 
     with tempfile.TemporaryDirectory(prefix="edgeprune-prof-") as tmp:
         so = ort.SessionOptions()

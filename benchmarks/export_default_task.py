@@ -4,7 +4,7 @@ Usage (after ``edgeprune demo-model`` has built the fine-tuned model)::
 
     python benchmarks/export_default_task.py [--remove 29 --fallback 18,8] [--importance-examples 600]
 
-Head importance comes from ``edgeprune.importance.head_importance`` on the first N examples of the *search* split
+Head importance comes from ``edgeprune.search.importance.head_importance`` on the first N examples of the *search* split
 (never the certify split). The plan removing ``--remove`` least important heads is exported with the fallback plans
 as its frontier (Bonferroni over all of them), bound ``--max-drop`` points at ``--confidence``, profile
 raspberrypi4, seq 64. Writes ``benchmarks/results/export_default_task.json`` and leaves the bundle in
@@ -37,12 +37,12 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(1)
-    from edgeprune.bundle import export_bundle
-    from edgeprune.default_task import default_task
+    from edgeprune.output.bundle import export_bundle
+    from edgeprune.task.default import default_task
     from edgeprune.errors import CertificationError
-    from edgeprune.evaluate import MaskedEvaluator
-    from edgeprune.importance import head_importance
-    from edgeprune.modeling import load_model
+    from edgeprune.search.evaluate import MaskedEvaluator
+    from edgeprune.search.importance import head_importance
+    from edgeprune.task.modeling import load_model
     from edgeprune.plan import HeadPlan
 
     task = default_task()

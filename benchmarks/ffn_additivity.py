@@ -2,7 +2,7 @@
 
 One MiniLM-L6 layer (real weights, embeddings cut to 1,024 rows as the LUT does) is pruned to every combination of
 kept heads ``k`` and kept FFN blocks of 64 neurons ``b``, exported through the LUT's chain
-(:func:`edgeprune.latency.export_for_latency`: export -> optimize_onnx -> quantize_onnx, INT8 dynamic S8 per-channel)
+(:func:`edgeprune.latency.table.compile_submodel`: the shipped chain, INT8 dynamic S8 per-channel)
 and timed with onnxruntime (1 thread, no spinning, batch 1, seq 128; alternating rounds, best of reps, calling-thread
 CPU time). The grid is fitted with the additive model ``T(k, b) = A(k) + F(b)`` (least squares, no interaction);
 small residuals mean the LUT can store a heads table and an FFN table per layer and add them.
@@ -38,8 +38,9 @@ def build_all(work: Path) -> dict[tuple[int, int], Path]:
     from transformers import BertForSequenceClassification
 
     from edgeprune.adapters import get_adapter
-    from edgeprune.latency import export_for_latency
-    from edgeprune.modeling import clone_model
+    from edgeprune.latency.table import compile_submodel
+    from edgeprune.profiles import QuantPreset
+    from edgeprune.task.modeling import clone_model
     from edgeprune.plan import HeadPlan
 
     transformers.logging.set_verbosity_error()
@@ -50,19 +51,17 @@ def build_all(work: Path) -> dict[tuple[int, int], Path]:
     paths = {}
     for k in HEADS:
         for b in BLOCKS:
-            m = clone_model(model)
             plan = HeadPlan((12,), (tuple(range(k)),)).with_ffn(BS, (24,), ((tuple(range(b))),))
-            adapter.prune_heads_(m, plan)
-            paths[(k, b)] = export_for_latency(m, work / f"k{k:02d}_b{b:02d}.onnx", quant={}, expected_heads=[k],
-                                               workdir=work)
+            paths[(k, b)] = compile_submodel(model, plan, QuantPreset.default_int8(),
+                                             work / f"k{k:02d}_b{b:02d}.onnx", work)
     rest = adapter.keep_layers_(clone_model(model), [])
-    paths[("rest", 0)] = export_for_latency(rest, work / "rest.onnx", quant={}, expected_heads=[], workdir=work)
+    paths[("rest", 0)] = compile_submodel(rest, None, QuantPreset.default_int8(), work / "rest.onnx", work)
     return paths
 
 
 def measure(paths, rounds: int, reps: int, seq: int = 128, seed: int = 0):
-    from edgeprune import device_runner as dr
-    from edgeprune.export import ort_session
+    from edgeprune.latency import device_runner as dr
+    from edgeprune.onnx.export import ort_session
 
     sessions = {key: ort_session(p, threads=1) for key, p in paths.items()}
     feeds = {key: dr.synth_inputs(s, 1, seq, vocab_size=1024, seed=seed) for key, s in sessions.items()}

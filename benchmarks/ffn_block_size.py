@@ -62,7 +62,7 @@ def ffn_module(model, width: int):
     import torch
 
     from edgeprune.adapters import get_adapter
-    from edgeprune.modeling import clone_model
+    from edgeprune.task.modeling import clone_model
 
     m = clone_model(model)
     adapter = get_adapter(m)
@@ -86,8 +86,8 @@ def build(model, width: int, work: Path) -> Path:
     """Export -> ORT-optimise -> quantize the FFN of ``width`` neurons; returns the INT8 ONNX path."""
     import torch
 
-    from edgeprune.export import optimize_onnx
-    from edgeprune.quantize import quantize_onnx
+    from edgeprune.onnx.export import optimize_onnx
+    from edgeprune.onnx.quantize import quantize_onnx
 
     mod = ffn_module(model, width)
     raw = work / f"ffn{width:04d}.onnx"
@@ -103,7 +103,7 @@ def measure(paths: dict[int, Path], seq: int, rounds: int, reps: int, seed: int 
     """Alternating rounds; per width the best-of-reps wall and thread-CPU ms of every round."""
     import numpy as np
 
-    from edgeprune.export import ort_session
+    from edgeprune.onnx.export import ort_session
 
     x = np.random.default_rng(seed).standard_normal((1, seq, HIDDEN)).astype(np.float32)
     sessions = {w: ort_session(p, threads=1) for w, p in paths.items()}

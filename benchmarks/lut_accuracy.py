@@ -60,7 +60,7 @@ def bert_base():
 
 def default_task():
     """The default task's fine-tuned MiniLM-L6 (``edgeprune demo-model``), loaded like the pipeline loads it."""
-    from edgeprune.modeling import load_model
+    from edgeprune.task.modeling import load_model
 
     path = Path.home() / ".cache" / "edgeprune" / "default-task"
     model, _ = load_model(path, with_tokenizer=False)
@@ -102,12 +102,12 @@ def run_one(model_name, precision, profile, n_plans, rounds, reps, threads, seed
             chunk=10, ffn_block=None, heads_only_build=False):
     import torch
 
-    from edgeprune import device_runner as dr
+    from edgeprune.latency import device_runner as dr
 
     from edgeprune.adapters import get_adapter
-    from edgeprune.latency import _quant_kwargs, build_lut, export_for_latency, predict
-    from edgeprune.measure import measure_alternating
-    from edgeprune.modeling import clone_model
+    from edgeprune.latency.table import build_lut, compile_submodel, predict
+    from edgeprune.latency.measure import measure_alternating
+    from edgeprune.task.modeling import clone_model
     from edgeprune.profiles import load_profile
 
     prof = load_profile(profile)
@@ -127,7 +127,7 @@ def run_one(model_name, precision, profile, n_plans, rounds, reps, threads, seed
     t0 = time.perf_counter()
     if work is not None and (work / "lut" / dr.MANIFEST_NAME).is_file():
         # Re-measure a kept export (benchmark iterations); the LUT build time is then measuring only.
-        from edgeprune.measure import effective_threads
+        from edgeprune.latency.measure import effective_threads
 
         lut = dr.measure_folder(work / "lut", threads=effective_threads(prof, threads)[0], rounds=rounds, reps=reps,
                                 log=log)
@@ -147,7 +147,7 @@ def run_one(model_name, precision, profile, n_plans, rounds, reps, threads, seed
     # how plans compare) from load drift between the LUT's measuring period and the plans'.
     plans = [HeadPlan.full(heads)] + (random_joint_plans(heads, ffn_sizes, ffn_block, n_plans, seed) if joint
                                       else random_plans(heads, n_plans, seed))
-    quant = _quant_kwargs(prof, precision)
+    preset = prof.quant.for_precision(precision)
     with tempfile.TemporaryDirectory(prefix="edgeprune-bench-") as tmp, torch.no_grad():
         plan_dir = (work / f"plans-seed{seed}") if work else Path(tmp)
         plan_dir.mkdir(parents=True, exist_ok=True)
@@ -157,9 +157,7 @@ def run_one(model_name, precision, profile, n_plans, rounds, reps, threads, seed
             if j == 0 and work is not None and (work / "lut" / "full.onnx").is_file():
                 target = work / "lut" / "full.onnx"
             if not target.is_file():
-                m = adapter.prune_heads_(clone_model(model), plan)
-                export_for_latency(m, target, quant=quant, expected_heads=list(plan.kept_counts), workdir=Path(tmp))
-                del m
+                compile_submodel(model, plan, preset, target, Path(tmp))
             paths.append(target)
         log(f"{model_name} {precision}: {len(paths)} plan models exported")
         del model  # the torch copy is not needed any more; FP32 BERT-base sessions need the memory
@@ -324,7 +322,7 @@ def main(argv=None):
                     help="also time a heads-only (--no-ffn) LUT build of the same model, for comparison")
     args = ap.parse_args(argv)
 
-    from edgeprune.device_runner import host_info
+    from edgeprune.latency.device_runner import host_info
 
     def log(msg):
         print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)

@@ -1,6 +1,6 @@
-"""Benchmark: does retraining-free recovery (edgeprune.recovery) reduce the accuracy drop of pruned plans?
+"""Benchmark: does retraining-free recovery (edgeprune.recovery.scale) reduce the accuracy drop of pruned plans?
 
-Task: the default task (fine-tuned MiniLM-L6 sentiment classifier, ``edgeprune.default_task.default_task()``).
+Task: the default task (fine-tuned MiniLM-L6 sentiment classifier, ``edgeprune.task.default.default_task()``).
 Plans are chosen on the *search* split and the recovery is fitted on the search split; every accuracy is measured
 once per variant on the *certify* split, FP32 PyTorch, paired against the unpruned model's predictions
 (``n_worse`` / ``n_better``; drop in points; one-sided 95% exact upper bound from ``bounds.paired_drop_upper_bound``).
@@ -45,9 +45,9 @@ def _removed_lowest(scores: dict, fraction: float) -> list:
 def make_plans(model, tokenizer, search, max_length: int) -> dict:
     """The benchmark's plans (name -> HeadPlan), chosen on the search split."""
     from edgeprune.adapters import get_adapter
-    from edgeprune.evaluate import MaskedEvaluator
-    from edgeprune.ffn_importance import joint_importance
-    from edgeprune.importance import head_importance
+    from edgeprune.search.evaluate import MaskedEvaluator
+    from edgeprune.search.ffn_importance import joint_importance
+    from edgeprune.search.importance import head_importance
     from edgeprune.plan import HeadPlan
 
     adapter = get_adapter(model)
@@ -67,7 +67,7 @@ def make_plans(model, tokenizer, search, max_length: int) -> dict:
 
 def predictions(model, tokenizer, data, plan, max_length: int) -> list[int]:
     from edgeprune.adapters import get_adapter
-    from edgeprune.bundle import torch_predictions
+    from edgeprune.task.predict import torch_predictions
 
     adapter = get_adapter(model)
     if plan is None:
@@ -77,7 +77,7 @@ def predictions(model, tokenizer, data, plan, max_length: int) -> list[int]:
 
 
 def paired(base: list[int], preds: list[int], labels: list[int]) -> dict:
-    from edgeprune import bounds
+    from edgeprune.certify import stats as bounds
 
     n = len(labels)
     worse = sum(1 for b, p, y in zip(base, preds, labels) if b == y and p != y)
@@ -91,10 +91,10 @@ def paired(base: list[int], preds: list[int], labels: list[int]) -> dict:
 def run(examples: int, max_length: int) -> dict:
     import torch
 
-    from edgeprune.default_task import default_task
-    from edgeprune.evaluate import free_cores
-    from edgeprune.modeling import clone_model, load_model
-    from edgeprune.recovery import apply_recovery_, fit_recovery
+    from edgeprune.task.default import default_task
+    from edgeprune.search.evaluate import free_cores
+    from edgeprune.task.modeling import clone_model, load_model
+    from edgeprune.recovery.scale import apply_recovery_, fit_recovery
 
     task = default_task(progress=False)
     model, tok = load_model(task.model_dir)

@@ -3,18 +3,18 @@
 Writes ``<out>/results/<date>.json``, ``<out>/results/<date>.png`` and ``<out>/RESULTS.md`` (``--out`` defaults to
 this folder). Two parts:
 
-1. **Default task** (the fine-tuned MiniLM-L6 sentiment classifier of :func:`edgeprune.default_task.default_task`),
+1. **Default task** (the fine-tuned MiniLM-L6 sentiment classifier of :func:`edgeprune.task.default.default_task`),
    at the raspberrypi4 profile's settings (batch, seq_len, INT8 preset and graph; threads clipped to this host's
    cores): dense PyTorch FP32, dense ORT FP32, dense ORT INT8 (ORT's own ``quantize_dynamic``, default settings), the
-   profile's preset on the stock export, dense edgeprune INT8 (``bundle.build_model_files`` with the profile: the
+   profile's preset on the stock export, dense edgeprune INT8 (``onnx.compile.compile_plan`` with the profile: the
    shipped chain, whatever ``quant.graph`` the profile names), Michel greedy + INT8, one-shot + INT8, edgeprune A*
    heads + INT8, edgeprune A* heads+FFN + INT8 and the same plan with recovery (``export_bundle(recovery_data=...)``,
    least-squares rescaling fitted on the search split) + INT8 (random + INT8 with ``--random``). Per row: observed
-   accuracy and certified drop bound of the *file* on the certify split (``edgeprune.bundle.onnx_predictions`` +
-   ``edgeprune.bundle.certify`` at the build's per-look confidence, paired against the unpruned PyTorch model),
+   accuracy and certified drop bound of the *file* on the certify split (``edgeprune.task.predict.onnx_predictions`` +
+   ``edgeprune.certify.core.certify`` at the build's per-look confidence, paired against the unpruned PyTorch model),
    heads and FFN blocks removed, p50 latency and its paired ratio to dense ORT FP32 from one alternating run
-   (``edgeprune.measure.measure_alternating``), file size, session RSS (``edgeprune.measure.measure_memory``),
-   search wall time and evaluations, FLOPs and roofline efficiency, LUT prediction (``edgeprune.latency.predict``,
+   (``edgeprune.latency.measure.measure_alternating``), file size, session RSS (``edgeprune.latency.measure.measure_memory``),
+   search wall time and evaluations, FLOPs and roofline efficiency, LUT prediction (``edgeprune.latency.table.predict``,
    with the FFN widths of joint plans) against the measurement.
 2. **BERT-base size** (12 x 12 heads, hidden 768, FFN 3072, random weights): latency only (random weights have no
    accuracy to keep): the dense rows and one pruned INT8 model with the A* plan's share of heads removed, spread
@@ -23,7 +23,7 @@ this folder). Two parts:
 Plus the machine's FP32 and INT8 GEMM throughput (the roofline ceiling) and ORT's profiler breakdown of the dense
 INT8, the heads-only A* and the heads+FFN A* models into attention / FFN / embeddings+classifier / other.
 
-Searches: each algorithm is one ``edgeprune.searching.run_search`` call with the arguments ``edgeprune build`` passes
+Searches: each algorithm is one ``edgeprune.search.run.run_search`` call with the arguments ``edgeprune build`` passes
 (``pipeline._stage_search``): per-look confidence ``bounds.corrected_confidence(confidence, 1 + fallbacks)``, the
 dense shipped-INT8 file's search-split predictions as ``shipped_predictions`` (int8-aware offsets), rescore every 4,
 importance on 512 examples, 80 evaluations (600 s safety cap) per algorithm (A* pays for its own greedy seed), the LUT with its
@@ -85,6 +85,11 @@ class _Log:
             print(f"[{time.monotonic() - self.t0:7.1f}s load {load[0]:.1f}] {msg}", file=sys.stderr, flush=True)
 
 
+def _files(compiled):
+    """(pruned model, shipped-form file, checks) of a :class:`~edgeprune.onnx.compile.Compiled`."""
+    return compiled.model, compiled.onnx, compiled.checks
+
+
 def _versions() -> dict[str, str]:
     import importlib.metadata as md
 
@@ -130,7 +135,7 @@ _WORDS = ("the a movie film plot actor story good bad great awful fun boring lov
 
 def quick_task(work: Path) -> dict[str, Any]:
     """A tiny random BERT (2 layers x 4 heads, hidden 32) and 240 synthetic sentences: plumbing only."""
-    from edgeprune.data import TextDataset
+    from edgeprune.task.data import TextDataset
     from edgeprune.testing import tiny_model, tiny_tokenizer
 
     model = tiny_model("bert", num_layers=2, num_heads=4, hidden=32)
@@ -150,7 +155,7 @@ def quick_task(work: Path) -> dict[str, Any]:
 
 def default_task_ready(wait_minutes: float, log: _Log) -> dict[str, Any]:
     """The default task, waiting (polling) for a fine-tune in progress instead of starting one."""
-    from edgeprune.default_task import TaskSpec, cache_root, default_task
+    from edgeprune.task.default import TaskSpec, cache_root, default_task
 
     final = cache_root() / TaskSpec().cache_name()
     deadline = time.monotonic() + 60 * wait_minutes
@@ -196,7 +201,7 @@ SEARCH_RUNS = (("greedy", "greedy", "heads"), ("oneshot", "oneshot", "heads"), (
 def _search_threads(n: int):
     """Pin the masked evaluator's torch threads to ``n`` (0 = leave edgeprune's choice, as `edgeprune build`).
 
-    ``run_search`` takes no thread count: its evaluator uses ``edgeprune.evaluate.free_cores()`` (physical cores not
+    ``run_search`` takes no thread count: its evaluator uses ``edgeprune.search.evaluate.free_cores()`` (physical cores not
     already busy by the load average). Patching that one function is the only way to pin it without a library change.
     """
     if not n:
@@ -204,7 +209,7 @@ def _search_threads(n: int):
         return
     from unittest import mock
 
-    with mock.patch("edgeprune.evaluate.free_cores", return_value=int(n)):
+    with mock.patch("edgeprune.search.evaluate.free_cores", return_value=int(n)):
         yield
 
 
@@ -217,7 +222,7 @@ def search_data_of(search_data: Any, args: argparse.Namespace) -> Any:
 def run_searches(model_dir: Path, search_data: Any, lut_path: Path, prof: Any, args: argparse.Namespace,
                  log: _Log, shipped_predictions: Optional[Sequence[int]] = None,
                  cached: Optional[dict[str, Any]] = None) -> dict[str, Any]:
-    """Every search of the benchmark through ``edgeprune.searching.run_search``, configured as `edgeprune build` does.
+    """Every search of the benchmark through ``edgeprune.search.run.run_search``, configured as `edgeprune build` does.
 
     Same call as ``edgeprune.pipeline._stage_search``: the certification's per-look confidence
     (``bounds.corrected_confidence(confidence, 1 + fallbacks)``), the dense shipped-INT8 model's search-split
@@ -232,8 +237,8 @@ def run_searches(model_dir: Path, search_data: Any, lut_path: Path, prof: Any, a
     Returns:
         ``{"common": {...}, key: {...} for each run}``; ``key["plan"]`` is the plan dict (``HeadPlan.from_dict``).
     """
-    from edgeprune.bounds import corrected_confidence
-    from edgeprune.searching import run_search
+    from edgeprune.certify.stats import corrected_confidence
+    from edgeprune.search.run import run_search
 
     data = search_data_of(search_data, args)
     search_conf = float(corrected_confidence(args.confidence, 1 + args.fallbacks))
@@ -248,7 +253,7 @@ def run_searches(model_dir: Path, search_data: Any, lut_path: Path, prof: Any, a
               "max_seconds": args.search_seconds, "astar_max_seconds": args.astar_seconds,
               "correction": args.correction, "ffn_block_size": args.ffn_block_size, "credit_improvement": False,
               "search_threads": args.search_threads or "edgeprune default",
-              "how": "edgeprune.searching.run_search per algorithm, with `edgeprune build`'s arguments"}
+              "how": "edgeprune.search.run.run_search per algorithm, with `edgeprune build`'s arguments"}
     if cached and cached.get("common") != json.loads(json.dumps(common)):
         log("search: the cached searches were made with other settings; searching again")
         cached = None
@@ -305,7 +310,7 @@ def _torch_threads() -> int:
 def _dense_rows(files: dict, heads, graph: str = "plain") -> list[dict[str, Any]]:
     """The four dense rows every table starts with (ORT FP32, ORT INT8, preset on the stock export, edgeprune INT8).
 
-    ``graph`` is the profile's ``quant.graph`` (what ``bundle.build_model_files`` shipped for the edgeprune row).
+    ``graph`` is the profile's ``quant.graph`` (what ``onnx.compile.compile_plan`` shipped for the edgeprune row).
     """
     return [
         {"key": "ort_fp32", "name": "dense ORT FP32", "precision": "fp32", "path": files["ort_fp32"][0],
@@ -321,14 +326,14 @@ def _dense_rows(files: dict, heads, graph: str = "plain") -> list[dict[str, Any]
 
 def dense_files(model: Any, prof: Any, work: Path) -> dict[str, tuple[Path, dict]]:
     """Dense ORT FP32 (plain export), ORT INT8 (ORT's own quantize_dynamic), the profile's preset on the stock export,
-    and edgeprune INT8 (``bundle.build_model_files`` with the profile's preset: the shipped chain, whatever graph
+    and edgeprune INT8 (``onnx.compile.compile_plan`` with the profile's preset: the shipped chain, whatever graph
     the profile's ``quant.graph`` asks for)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     from edgeprune.adapters import get_adapter
-    from edgeprune.bundle import build_model_files
-    from edgeprune.export import export_onnx
-    from edgeprune.modeling import clone_model
+    from edgeprune.onnx.compile import compile_plan
+    from edgeprune.onnx.export import export_onnx
+    from edgeprune.task.modeling import clone_model
     from edgeprune.plan import HeadPlan
 
     work.mkdir(parents=True, exist_ok=True)
@@ -339,12 +344,12 @@ def dense_files(model: Any, prof: Any, work: Path) -> dict[str, tuple[Path, dict
     quantize_dynamic(str(fp32), str(int8), weight_type=QuantType.QInt8)
     # The profile's preset on the stock export (no edgeprune surgery or make_fusable_, no offline fusion): separates
     # what edgeprune's chain costs or gains from what the preset does.
-    from edgeprune.quantize import quantize_onnx
+    from edgeprune.onnx.quantize import quantize_onnx
 
-    pc = quantize_onnx(fp32, work / "dense_int8_preset_unfused.onnx", **prof.quant.kwargs())
+    pc = quantize_onnx(fp32, work / "dense_int8_preset_unfused.onnx", prof.quant)
     layout = get_adapter(model).layout(model)
     full = HeadPlan.from_removed(layout.heads_per_layer, [])
-    _, ep, checks = build_model_files(model, full, prof.quant, work / "ep_dense")
+    _, ep, checks = _files(compile_plan(model, full, prof.quant, work / "ep_dense"))
     return {"ort_fp32": (Path(fp32), {}), "ort_int8": (int8, {}), "preset_unfused": (Path(pc), {}),
             "ep_int8": (Path(ep), checks)}
 
@@ -381,7 +386,7 @@ def measure_rows(rows: list[dict[str, Any]], prof: Any, *, rounds: int, reps: in
                  arch: dict, log: _Log) -> dict[str, Any]:
     """Latency (one alternating run, first row = the reference), file size, memory and roofline of ONNX rows."""
     from benchmarks.bench_tools import encoder_flops
-    from edgeprune.measure import file_size_bytes, measure_alternating, measure_memory
+    from edgeprune.latency.measure import file_size_bytes, measure_alternating, measure_memory
 
     onnx_rows = [r for r in rows if r.get("path")]
     log(f"latency: {len(onnx_rows)} models alternating, {rounds} rounds x best of {reps}")
@@ -493,10 +498,13 @@ def _structure_totals(rows: list[dict[str, Any]], arch: dict[str, Any], block: i
 
 def bench_task(args: argparse.Namespace, prof: Any, work: Path, gemm: dict, log: _Log) -> dict[str, Any]:
     from benchmarks.bench_tools import ort_breakdown
-    from edgeprune.bundle import build_model_files, certify, export_bundle, onnx_predictions, torch_predictions
-    from edgeprune.latency import build_lut, has_ffn_axis, load_lut, predict, save_lut
-    from edgeprune.measure import effective_threads
-    from edgeprune.modeling import clone_model, load_model
+    from edgeprune.certify.core import certify
+    from edgeprune.onnx.compile import compile_plan
+    from edgeprune.output.bundle import export_bundle
+    from edgeprune.task.predict import onnx_predictions, torch_predictions
+    from edgeprune.latency.table import build_lut, has_ffn_axis, load_lut, predict, save_lut
+    from edgeprune.latency.measure import effective_threads
+    from edgeprune.task.modeling import clone_model, load_model
     from edgeprune.plan import HeadPlan
 
     task = quick_task(work) if args.quick else default_task_ready(args.wait_task, log)
@@ -525,7 +533,7 @@ def bench_task(args: argparse.Namespace, prof: Any, work: Path, gemm: dict, log:
     search_data = search_data_of(task["search"], args)
     shipped = None
     if args.int8_aware:
-        # `edgeprune build` (pipeline._shipped_dense_predictions): the dense model through build_model_files with the
+        # `edgeprune build` (search.run.shipped_dense_predictions): the dense model through build_model_files with the
         # profile's preset, predicted on the search split; run_search turns its flips into symmetric offsets.
         log("search: dense edgeprune INT8 predictions on the search split (int8-aware offsets)")
         shipped = onnx_predictions(files["ep_int8"][0], tok, search_data, max_length=seq)
@@ -535,7 +543,7 @@ def bench_task(args: argparse.Namespace, prof: Any, work: Path, gemm: dict, log:
     searches = run_searches(task["model_dir"], task["search"], lut_path, prof, args, log,
                             shipped_predictions=shipped, cached=cached)
 
-    log("export: one INT8 model per searched plan (bundle.build_model_files; recovery row via export_bundle)")
+    log("export: one INT8 model per searched plan (onnx.compile.compile_plan; recovery row via export_bundle)")
     rows: list[dict[str, Any]] = _dense_rows(files, heads, graph)
     rows[-1].update({"checks": files["ep_int8"][1], "ep_chain": True})
     for key in ("greedy", "oneshot", "astar", "random", "astar_ffn"):
@@ -543,12 +551,12 @@ def bench_task(args: argparse.Namespace, prof: Any, work: Path, gemm: dict, log:
             continue
         s = searches[key]
         plan = HeadPlan.from_dict(s["plan"])
-        _, final, checks = build_model_files(base, plan, prof.quant, work / key)
+        _, final, checks = _files(compile_plan(base, plan, prof.quant, work / key))
         rows.append(_plan_row(key, plan, final, checks, {k: v for k, v in s.items() if k != "plan"}))
         if key == "astar_ffn":
             # The product's recovery path: export_bundle(recovery_data=search split) fits the least-squares
-            # rescaling (edgeprune.recovery, default teacher target) on a copy of the unpruned model, folds it in,
-            # then runs the same build_model_files chain. Certification is left to this benchmark (cert() below).
+            # rescaling (edgeprune.recovery.scale, default teacher target) on a copy of the unpruned model, folds it in,
+            # then runs the same compile_plan chain. Certification is left to this benchmark (cert() below).
             log(f"recovery: fitting on {min(len(search_data), args.recovery_examples)} search-split examples "
                 "and exporting through export_bundle")
             t_rec = time.monotonic()
@@ -600,7 +608,7 @@ def bench_task(args: argparse.Namespace, prof: Any, work: Path, gemm: dict, log:
     _structure_totals([trow], arch, args.ffn_block_size)
     rows.insert(0, trow)
 
-    # LUT accuracy: the LUT describes the edgeprune chain (build_model_files + preset), so only those files count.
+    # LUT accuracy: the LUT describes the edgeprune chain (compile_plan + preset), so only those files count.
     lut_acc = []
     for r in rows:
         if r.get("ep_chain") and r.get("latency"):
@@ -652,9 +660,9 @@ def bench_task(args: argparse.Namespace, prof: Any, work: Path, gemm: dict, log:
 def bench_bert_base(args: argparse.Namespace, prof: Any, work: Path, gemm: dict, removed_share: float,
                     log: _Log) -> dict[str, Any]:
     from benchmarks.bench_tools import ort_breakdown
-    from edgeprune.bundle import build_model_files
-    from edgeprune.measure import effective_threads
-    from edgeprune.modeling import clone_model
+    from edgeprune.onnx.compile import compile_plan
+    from edgeprune.latency.measure import effective_threads
+    from edgeprune.task.modeling import clone_model
 
     log("BERT-base: building the random 12x12/768 model and its files")
     model = bert_base_model(args.quick)
@@ -664,7 +672,7 @@ def bench_bert_base(args: argparse.Namespace, prof: Any, work: Path, gemm: dict,
     heads = arch["heads_per_layer"]
     n_remove = int(round(removed_share * sum(heads)))
     plan = _even_plan(heads, n_remove)
-    _, pruned, checks = build_model_files(model, plan, prof.quant, work / "bert-base" / "pruned")
+    _, pruned, checks = _files(compile_plan(model, plan, prof.quant, work / "bert-base" / "pruned"))
     rows = _dense_rows(files, heads, str(getattr(prof.quant, "graph", "plain"))) + [
         {"key": "pruned_int8", "name": f"edgeprune INT8, {n_remove}/{sum(heads)} heads removed (even)",
          "precision": "int8", "path": Path(pruned), "kept_counts": list(plan.kept_counts)},
@@ -827,7 +835,7 @@ def render_markdown(res: dict[str, Any]) -> str:
          "round, a round's value is the best of its reps, p50 = median over rounds; p10-p90 is the spread over "
          "rounds). `x vs ORT FP32` is the median of per-round ratios (paired in time). Accuracy: each file is run "
          "on the certify split and paired against the unpruned PyTorch model; the bound is the one-sided paired "
-         f"upper bound on the drop (`edgeprune.bundle.certify`) at the per-look confidence `edgeprune build` uses "
+         f"upper bound on the drop (`edgeprune.certify.core.certify`) at the per-look confidence `edgeprune build` uses "
          f"for its first look ({st['confidence']:.0%} family-wise over 1 + {st.get('fallbacks', 0)} planned looks, "
          "Bonferroni), so ✓ means the build would certify this file (the single-look bound is in the JSON as "
          f"`drop_bound_1look_pts`). ✓ = bound within {st['max_drop_pts']} pt.", ""]
@@ -837,7 +845,7 @@ def render_markdown(res: dict[str, Any]) -> str:
         flips = ss.get("shipped_model_flips")
         L += [f"## {task['task']['name']}", "",
               f"Search split {ss['n']} examples (base accuracy {_f(ss.get('base_accuracy') and 100 * ss['base_accuracy'], '{:.2f}%')}), "
-              f"certify split {task['task']['certify_n']}. Every search is `edgeprune.searching.run_search` called "
+              f"certify split {task['task']['certify_n']}. Every search is `edgeprune.search.run.run_search` called "
               f"as `edgeprune build` calls it: bound {st['max_drop_pts']} pt at the per-look confidence "
               f"{ss['search_confidence']:.4f} ({st['confidence']:.0%} over 1 + {ss['fallbacks']} looks), correction "
               f"`{st['correction']}`, budget {st['max_evals']} evaluations"
@@ -876,7 +884,7 @@ def render_markdown(res: dict[str, Any]) -> str:
                          f"{s['search_split_drop_pts']:.2f} pts (bound {s['search_split_drop_bound_pts']:.2f}); "
                          f"{s['evaluations']} evaluations, {s['nodes_expanded']} nodes, {s['wall_s']:.0f} s, "
                          f"stopped by {s['stopped_by']}. {s['note']}")
-        L += ["", "### LUT accuracy (edgeprune.latency.predict vs measured p50)", "",
+        L += ["", "### LUT accuracy (edgeprune.latency.table.predict vs measured p50)", "",
               f"LUT built in {task['lut']['seconds']} s on this host at the profile's settings; rest "
               f"{task['lut']['rest_ms']:.3f} ms, calibration factor {_f(task['lut']['calibration_factor'], '{:.3f}')}.",
               "", "| plan | kept heads | kept FFN neurons | predicted ms | calibrated ms | measured p50 ms | error | "
@@ -1135,8 +1143,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
 
     transformers.logging.set_verbosity_error()
     from benchmarks.bench_tools import gemm_ceiling
-    from edgeprune import device_runner as dr
-    from edgeprune.measure import effective_threads, measured_on
+    from edgeprune.latency import device_runner as dr
+    from edgeprune.latency.measure import effective_threads, measured_on
     from edgeprune.profiles import load_profile
 
     prof = load_profile(args.profile)

@@ -12,6 +12,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from .config import DEFAULT_SEARCH as _S
 from .errors import EdgepruneError
 
 app = typer.Typer(
@@ -43,7 +44,7 @@ def prune(
     out: OutOpt,
 ) -> None:
     """Physically remove the heads a plan drops, check parity against masking, and save the smaller model."""
-    from .modeling import prune_and_save
+    from .task.modeling import prune_and_save
 
     result = prune_and_save(model, plan, out)
     typer.echo(
@@ -62,7 +63,7 @@ def demo_model(
     progress: Annotated[bool, typer.Option(help="Show the fine-tuning progress bar.")] = True,
 ) -> None:
     """Prepare the embedded default task (MiniLM fine-tuned on Rotten Tomatoes sentences) and show where it lives."""
-    from .default_task import default_task
+    from .task.default import default_task
 
     task = default_task(cache_dir, rebuild=rebuild, progress=progress)
     sizes = task.split_sizes
@@ -99,7 +100,7 @@ def export(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing --out folder.")] = False,
 ) -> None:
     """Prune, export to ONNX, fuse, quantize to INT8, convert to .ort and certify: write a deployable bundle."""
-    from .bundle import run_export, summary_lines
+    from .output.bundle import run_export, summary_lines
 
     result = run_export(model, plan, profile, out, data=data, text_column=text_column,
                         text_pair_column=text_pair_column, label_column=label_column, frontier_path=frontier,
@@ -127,7 +128,7 @@ def verify_arm(
     json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Run the model on aarch64 onnxruntime under qemu-user with the profile's CPU and compare with FP32 here."""
-    from .arm import verify_arm as _verify_arm
+    from .onnx.arm import verify_arm as _verify_arm
     from .errors import VerificationError
 
     result = _verify_arm(model, profile, reference=reference, source_model=source_model, qemu_cpu=qemu_cpu,
@@ -169,7 +170,7 @@ def measure(
     json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """ONNX Runtime latency (p50/p90/p99, mean, cv), memory and file size at a profile's settings."""
-    from .measure import format_measurement, measure_model
+    from .latency.measure import format_measurement, measure_model
 
     res = measure_model(model, profile, memory=memory, processes=processes, threads=threads)
     if json_out:
@@ -194,8 +195,8 @@ def lut(
     ffn: Annotated[bool, typer.Option("--ffn/--no-ffn", help="Also measure each layer's FFN by kept width (needed to predict FFN pruning; ~+35% build time).")] = True,
 ) -> None:
     """Per-layer latency table: ORT latency of each layer with k = 0..H kept heads (and by kept FFN width), plus the rest of the model."""
-    from .latency import build_lut, export_lut_models, format_lut
-    from .modeling import load_model
+    from .latency.table import build_lut, export_lut_models, format_lut
+    from .task.modeling import load_model
 
     if out is None and export_only is None:
         raise typer.BadParameter("give --out lut.json (measure here) or --export-only DIR (measure on the device)")
@@ -217,27 +218,33 @@ def search_cmd(
     model: ModelOpt,
     data: Annotated[str, typer.Option("--data", "-d", help="Search split: CSV/TSV/JSONL file, dataset folder/name, or 'default'.")],
     out: OutOpt,
-    profile: Annotated[Optional[str], typer.Option("--profile", "-p", help="Device profile (seq_len, its latency table).")] = None,
+    profile: Annotated[Optional[str], typer.Option("--profile", "-p", help="Device profile (seq_len, its latency table, the INT8 preset of the shipped file); as `build`.")] = "raspberrypi4",
     max_drop: Annotated[float, typer.Option(help="Accuracy bound in percentage points on the drop's upper confidence bound.")] = 1.0,
     confidence: Annotated[float, typer.Option(help="One-sided confidence of the bound.")] = 0.95,
     latency_table: Annotated[Optional[Path], typer.Option(help="Latency LUT JSON from `edgeprune lut` (else the profile's, else a FLOP proxy).")] = None,
-    algorithm: Annotated[str, typer.Option(help="astar | greedy | oneshot | random")] = "astar",
-    max_evals: Annotated[int, typer.Option(help="Evaluation budget (passes over the search split).")] = 300,
-    max_seconds: Annotated[Optional[float], typer.Option(help="Wall-time budget in seconds.")] = None,
-    correction: Annotated[str, typer.Option(help="bonferroni (over the evaluation budget) | none")] = "bonferroni",
-    seed: Annotated[int, typer.Option(help="Seed (random baseline).")] = 0,
+    algorithm: Annotated[str, typer.Option(help="astar | greedy | oneshot | random")] = _S.algorithm,
+    max_evals: Annotated[int, typer.Option(help="Evaluation budget (passes over the search split).")] = _S.max_evaluations,
+    max_seconds: Annotated[Optional[float], typer.Option(help="Wall-time safety cap in seconds (0 = none).")] = _S.max_seconds,
+    correction: Annotated[str, typer.Option(help="none | bonferroni (over the evaluation budget)")] = _S.correction,
+    fallbacks: Annotated[int, typer.Option(help="Certification fallbacks the search leaves room for (per-look confidence over 1 + this many looks).")] = _S.fallbacks,
+    int8_aware: Annotated[bool, typer.Option("--int8-aware/--no-int8-aware", help="Keep room for the flips of the dense model in its shipped INT8 form.")] = _S.int8_aware,
+    seed: Annotated[int, typer.Option(help="Seed (random baseline).")] = _S.seed,
     journal: Annotated[Optional[Path], typer.Option(help="Evaluation journal (default: <out>.journal.jsonl).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Replay the journal of an interrupted search.")] = False,
     text_column: Annotated[Optional[str], typer.Option(help="Text column of a file dataset.")] = None,
     label_column: Annotated[Optional[str], typer.Option(help="Label column of a file dataset.")] = None,
-    structures: Annotated[str, typer.Option(help="heads | heads+ffn (attention heads and FFN neuron blocks in one search).")] = "heads",
-    ffn_block_size: Annotated[Optional[int], typer.Option(help="Neurons per FFN block with --structures heads+ffn (default 128).")] = None,
+    structures: Annotated[str, typer.Option(help="heads | heads+ffn (attention heads and FFN neuron blocks in one search).")] = _S.structures,
+    ffn_block_size: Annotated[Optional[int], typer.Option(help="Neurons per FFN block with --structures heads+ffn (default 128).")] = _S.ffn_block_size,
 ) -> None:
-    """Search which attention heads (and FFN blocks) to remove, A* or a baseline, under an accuracy bound."""
+    """Search which attention heads (and FFN blocks) to remove, A* or a baseline, under an accuracy bound (the same
+    search settings as `edgeprune build` unless told otherwise)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from .searching import run_search, write_plan
+    from .search.run import run_search, write_plan
 
+    settings = search_settings(algorithm=algorithm, max_evaluations=max_evals, max_seconds=max_seconds or None,
+                               correction=correction, fallbacks=fallbacks, int8_aware=int8_aware, seed=seed,
+                               structures=structures, ffn_block_size=ffn_block_size)
     journal = journal or out.with_name(out.name + ".journal.jsonl")
     with Progress(TextColumn("[bold]{task.fields[phase]}"), BarColumn(), MofNCompleteColumn(), TextColumn("evals"),
                   TextColumn("nodes {task.fields[nodes]}  best: {task.fields[best]}"), TimeElapsedColumn()) as bar:
@@ -248,11 +255,9 @@ def search_cmd(
             best = f"{p.best_removed} {what} removed, {p.best_latency_ms:.2f}, bound {p.best_bound_pts:.2f} pts"
             bar.update(task, completed=p.evaluations, phase=p.phase, nodes=p.nodes_expanded, best=best)
 
-        result = run_search(model, data, profile=profile, latency_table=latency_table, max_drop_pts=max_drop,
-                            confidence=confidence, algorithm=algorithm, correction=correction,
-                            max_evaluations=max_evals, max_seconds=max_seconds, seed=seed, journal=journal,
-                            resume=resume, on_progress=on_progress, text_column=text_column,
-                            label_column=label_column, structures=structures, ffn_block_size=ffn_block_size)
+        result = run_search(model, data, settings=settings, profile=profile, latency_table=latency_table,
+                            max_drop_pts=max_drop, confidence=confidence, journal=journal, resume=resume,
+                            on_progress=on_progress, text_column=text_column, label_column=label_column)
     path = write_plan(result, out)
     unit = result.info.get("latency_source", {}).get("unit", "ms")
     ffn = (f" and {result.ffn_blocks_removed}/{sum(result.plan.ffn_num_blocks)} FFN blocks of "
@@ -263,6 +268,11 @@ def search_cmd(
         f"{result.base_latency_ms:.2f} -> {result.latency_ms:.2f} {unit}; {result.evaluations} evaluations, "
         f"{result.nodes_expanded} nodes, {result.wall_time_s:.0f} s, stopped by {result.stopped_by}. Wrote {path}"
     )
+
+
+def search_settings(**options):
+    """The search command's settings: the build's defaults (edgeprune.config.DEFAULT_SEARCH) with its options."""
+    return _S.replace(**options)
 
 
 @app.command()
@@ -277,16 +287,16 @@ def build(
     out: Annotated[str, typer.Option("--out", "-o", help="Output folder.")] = "edgeprune-out",
     resume: Annotated[bool, typer.Option(help="Continue an interrupted build in --out.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace a finished build in --out.")] = False,
-    algorithm: Annotated[str, typer.Option(help="astar, greedy, oneshot or random.")] = "astar",
-    max_evals: Annotated[int, typer.Option(help="Search budget: evaluations of the search split (independent of machine speed).")] = 80,
-    search_seconds: Annotated[float, typer.Option(help="Search wall-time safety cap in seconds (0 = none); hitting it makes the result depend on machine speed.")] = 600.0,
+    algorithm: Annotated[str, typer.Option(help="astar, greedy, oneshot or random.")] = _S.algorithm,
+    max_evals: Annotated[int, typer.Option(help="Search budget: evaluations of the search split (independent of machine speed).")] = _S.max_evaluations,
+    search_seconds: Annotated[float, typer.Option(help="Search wall-time safety cap in seconds (0 = none); hitting it makes the result depend on machine speed.")] = _S.max_seconds,
     text_column: Annotated[Optional[str], typer.Option(help="Text column of --data.")] = None,
     text_pair_column: Annotated[Optional[str], typer.Option(help="Second text column (pair tasks).")] = None,
     label_column: Annotated[Optional[str], typer.Option(help="Label column of --data.")] = None,
-    seed: Annotated[int, typer.Option(help="Seed for splits and search.")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed for splits and search.")] = _S.seed,
     force: Annotated[bool, typer.Option(help="Write the bundle even if certification fails (exit code stays non-zero).")] = False,
     allow_pickle: Annotated[bool, typer.Option(help="Allow pickle checkpoints (runs code from the file: trusted files only).")] = False,
-    structures: Annotated[str, typer.Option(help="heads+ffn (default: attention heads and FFN neuron blocks) | heads (heads only).")] = "heads+ffn",
+    structures: Annotated[str, typer.Option(help="heads+ffn (default: attention heads and FFN neuron blocks) | heads (heads only).")] = _S.structures,
     ffn_block_size: Annotated[Optional[int], typer.Option(help="Neurons per FFN block with --structures heads+ffn (default 128).")] = None,
     recovery: Annotated[bool, typer.Option("--recovery/--no-recovery", help="Least-squares rescaling of the kept heads/neurons, fitted on the search split, before export (default on: it helped on the benchmark; docs/recovery.md).")] = True,
 ) -> None:

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from .config import DEFAULT_SEARCH as _S
+from .config import SearchSettings
 from .errors import EdgepruneError
 from .versions import versions
 
@@ -30,7 +32,6 @@ STATE_DIR = ".edgeprune"
 STAGES = ("task", "lut", "search", "export", "measure", "report")
 # Relative cost of the stages on the default task (used for the overall progress bar and its ETA).
 STAGE_WEIGHTS = {"task": 3, "lut": 12, "search": 55, "export": 15, "measure": 12, "report": 3}
-ALGORITHMS = ("astar", "greedy", "oneshot", "random")
 
 
 @dataclass(frozen=True)
@@ -71,7 +72,7 @@ class BuildConfig:
         structures: "heads" or "heads+ffn" (heads and FFN neuron blocks in one search; the LUT measures both).
         ffn_block_size: neurons per FFN block for "heads+ffn" (None = 128).
         recovery: fit the least-squares rescaling of the kept heads/neurons on the search split and fold it into
-            the weights before export (edgeprune.recovery); the certified file includes it. On by default: on the
+            the weights before export (edgeprune.recovery.scale); the certified file includes it. On by default: on the
             benchmark it turned two uncertifiable heads+FFN plans into certified ones (bounds 1.01 -> 0.80 and
             2.05 -> 0.85 points); one build A/B went the other way (1.43 -> 1.88), see docs/recovery.md.
         recovery_examples: search-split examples the recovery fit uses (evenly strided).
@@ -91,20 +92,20 @@ class BuildConfig:
     out: str = "edgeprune-out"
     resume: bool = False
     overwrite: bool = False
-    algorithm: str = "astar"
-    max_evaluations: int = 80
-    search_seconds: Optional[float] = 600.0
-    correction: str = "none"
-    fallbacks: int = 2
-    seed: int = 0
+    algorithm: str = _S.algorithm
+    max_evaluations: int = _S.max_evaluations
+    search_seconds: Optional[float] = _S.max_seconds
+    correction: str = _S.correction
+    fallbacks: int = _S.fallbacks
+    seed: int = _S.seed
     force: bool = False
     allow_pickle: bool = False
     measure_rounds: int = 120
-    int8_aware: bool = True
-    rescore_every: int = 4
-    importance_examples: Optional[int] = 512
-    structures: str = "heads+ffn"
-    ffn_block_size: Optional[int] = None
+    int8_aware: bool = _S.int8_aware
+    rescore_every: int = _S.rescore_every
+    importance_examples: Optional[int] = _S.importance_examples
+    structures: str = _S.structures
+    ffn_block_size: Optional[int] = _S.ffn_block_size
     recovery: bool = True
     recovery_examples: int = 1024
 
@@ -119,19 +120,9 @@ class BuildConfig:
             raise EdgepruneError(f"--confidence must be in [0.5, 1), got {self.confidence}")
         if not 0.05 <= self.search_fraction <= 0.95:
             raise EdgepruneError(f"search_fraction must be in [0.05, 0.95], got {self.search_fraction}")
-        if self.algorithm not in ALGORITHMS:
-            raise EdgepruneError(f"unknown --algorithm {self.algorithm!r}; choose one of {', '.join(ALGORITHMS)}")
-        if self.structures not in ("heads", "heads+ffn"):
-            raise EdgepruneError(f"unknown --structures {self.structures!r}; choose 'heads' or 'heads+ffn'")
-        if self.ffn_block_size is not None and (self.structures != "heads+ffn" or self.ffn_block_size <= 0):
-            raise EdgepruneError("--ffn-block-size must be a positive number of neurons and needs "
-                                 "--structures heads+ffn")
-        if self.correction not in ("none", "bonferroni"):
-            raise EdgepruneError(f"unknown correction {self.correction!r}; choose 'none' or 'bonferroni'")
-        if self.search_seconds is not None and self.search_seconds <= 0:
-            raise EdgepruneError(f"--search-seconds must be > 0, got {self.search_seconds}")
-        if self.max_evaluations < 1 or self.fallbacks < 0 or self.measure_rounds < 5:
-            raise EdgepruneError("max_evaluations >= 1, fallbacks >= 0 and measure_rounds >= 5 are required")
+        self.search_settings()  # validates the search settings (one place: edgeprune.config.SearchSettings)
+        if self.measure_rounds < 5:
+            raise EdgepruneError("measure_rounds >= 5 is required")
         if self.resume and self.overwrite:
             raise EdgepruneError("--resume and --overwrite exclude each other")
         hub_like = self.model is not None and self.model.count("/") == 1 and not self.model.startswith((".", "/", "~"))
@@ -140,6 +131,14 @@ class BuildConfig:
             raise EdgepruneError(f"--model {self.model!r}: no such folder (a hub id looks like 'owner/name')")
         if self.latency_table is not None and not Path(self.latency_table).is_file():
             raise EdgepruneError(f"--latency-table {self.latency_table}: no such file")
+
+    def search_settings(self) -> SearchSettings:
+        """The build's search settings (``edgeprune search`` starts from the same defaults)."""
+        return SearchSettings(
+            algorithm=self.algorithm, structures=self.structures, ffn_block_size=self.ffn_block_size,
+            max_evaluations=self.max_evaluations, max_seconds=self.search_seconds, correction=self.correction,
+            fallbacks=self.fallbacks, int8_aware=self.int8_aware, rescore_every=self.rescore_every,
+            importance_examples=self.importance_examples, seed=self.seed)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -278,8 +277,8 @@ class _Task:
 def _split_user_data(cfg: BuildConfig, label2id: dict) -> tuple[Any, Any, dict]:
     import hashlib
 
-    from .data import load_dataset
-    from .default_task import split_indices
+    from .task.data import load_dataset
+    from .task.default import split_indices
 
     kw = dict(text_column=cfg.text_column, text_pair_column=cfg.text_pair_column,
               label_column=cfg.label_column, label2id=label2id)
@@ -305,34 +304,34 @@ def _split_user_data(cfg: BuildConfig, label2id: dict) -> tuple[Any, Any, dict]:
 
 def _stage_task(cfg: BuildConfig, show: bool) -> _Task:
     if cfg.model is None:
-        from .default_task import default_task
+        from .task.default import default_task
 
         task = default_task(progress=show)
         info = {"default_task": True, "model_dir": str(task.model_dir), "splits": task.data.record(),
                 "finetune_accuracy": task.accuracy}
         return _Task(str(task.model_dir), task.search, task.certify, info)
-    from .modeling import _load_config
+    from .task.modeling import load_config
 
-    config = _load_config(cfg.model)
+    config = load_config(cfg.model)
     label2id = dict(getattr(config, "label2id", {}) or {})
     search, certify, info = _split_user_data(cfg, label2id)
     return _Task(str(cfg.model), search, certify, {"default_task": False, "model_dir": str(cfg.model), **info})
 
 
 def _load(cfg: BuildConfig, model_dir: str):
-    from .modeling import load_model
+    from .task.modeling import load_model
 
     return load_model(model_dir, allow_pickle=cfg.allow_pickle)
 
 
 def _stage_lut(cfg: BuildConfig, state: _State, model, display: _Display) -> dict:
-    from .latency import build_lut, load_lut, save_lut
+    from .latency.table import build_lut, load_lut, save_lut
 
     if cfg.latency_table:
         lut = load_lut(cfg.latency_table)
         source = f"latency table {cfg.latency_table}"
     else:
-        from .modeling import clone_model
+        from .task.modeling import clone_model
 
         lut = build_lut(clone_model(model), cfg.profile, ffn=cfg.structures == "heads+ffn",
                         log_fn=lambda m: display.fraction("lut", 0.5, m[:60]))
@@ -341,33 +340,9 @@ def _stage_lut(cfg: BuildConfig, state: _State, model, display: _Display) -> dic
     return {"path": str(path), "source": source, "where": lut.get("provenance", {}).get("where", "")}
 
 
-def _shipped_dense_predictions(cfg: BuildConfig, state: _State, model, tokenizer, task: _Task,
-                               display: _Display) -> list[int]:
-    """Predictions on the search split of the dense model quantized as it will ship (profile preset).
-
-    The search bounds masked FP32 candidates; the shipped file is INT8, which changes some predictions by itself.
-    The search adds these flips to every candidate's counts, so it keeps room for them (SearchConfig.offset_*).
-    """
-    from .adapters import get_adapter
-    from .bundle import build_model_files, onnx_predictions
-    from .plan import HeadPlan
-    from .profiles import load_profile
-
-    prof = load_profile(cfg.profile)
-    full = HeadPlan.full(get_adapter(model).layout(model).heads_per_layer)
-    display.fraction("search", 0.0, "dense INT8 predictions on the search split")
-    work = state.dir / "dense-int8-preset"
-    _, int8, _ = build_model_files(model, full, prof.quant, work)
-    preds = onnx_predictions(int8, tokenizer, task.search, max_length=prof.seq_len)
-    shutil.rmtree(work, ignore_errors=True)
-    return preds
-
-
 def _stage_search(cfg: BuildConfig, state: _State, model, tokenizer, task: _Task, lut_path: str,
                   display: _Display) -> dict:
-    from .searching import run_search, write_plan
-
-    shipped = _shipped_dense_predictions(cfg, state, model, tokenizer, task, display) if cfg.int8_aware else None
+    from .search.run import run_search, write_plan
 
     def on_progress(p) -> None:
         what = "heads" if cfg.structures == "heads" else "units"
@@ -375,20 +350,13 @@ def _stage_search(cfg: BuildConfig, state: _State, model, tokenizer, task: _Task
                          f"evals {p.evaluations}/{p.max_evaluations}  best: -{p.best_removed} {what} "
                          f"{p.best_latency_ms:.1f} ms")
 
-    from .bounds import corrected_confidence
-
-    # Certification tests each of its 1 + fallbacks planned looks at the Bonferroni per-look confidence; the search
-    # accepts plans by that same test, not the laxer family-wise level (which made it pick plans certification
-    # then rejected: docs/search.md, "What certification can promise").
-    search_confidence = corrected_confidence(cfg.confidence, 1 + cfg.fallbacks)
     t0 = time.perf_counter()
+    display.fraction("search", 0.0, "dense INT8 predictions on the search split")
     result = run_search(
-        model, task.search, profile=cfg.profile, latency_table=lut_path, max_drop_pts=cfg.max_drop_pts,
-        confidence=search_confidence, algorithm=cfg.algorithm, correction=cfg.correction,
-        max_evaluations=cfg.max_evaluations, max_seconds=cfg.search_seconds, seed=cfg.seed, tokenizer=tokenizer,
+        model, task.search, settings=cfg.search_settings(), profile=cfg.profile, latency_table=lut_path,
+        max_drop_pts=cfg.max_drop_pts, confidence=cfg.confidence, tokenizer=tokenizer,
         journal=state.dir / "search.journal.jsonl", resume=True, on_progress=on_progress,
-        shipped_predictions=shipped, rescore_every=cfg.rescore_every, importance_examples=cfg.importance_examples,
-        structures=cfg.structures, ffn_block_size=cfg.ffn_block_size, credit_improvement=False,
+        work_dir=state.dir / "dense-int8-preset",
     )
     plan_path = write_plan(result, state.out / "plan.json")
     data = json.loads(Path(plan_path).read_text())
@@ -396,83 +364,15 @@ def _stage_search(cfg: BuildConfig, state: _State, model, tokenizer, task: _Task
     return {"plan_path": str(plan_path), "plan": data}
 
 
-def pass_probability(point: dict, max_drop_pts: float, z_search: float, n_ratio: float = 1.0) -> float:
-    """Predicted chance that a frontier plan's certification passes, from its search-split numbers alone.
-
-    The search bound is ``b = d + z * s`` (observed drop d, standard error s of the paired difference, both in
-    points), so ``s = (b - d) / z``. Certification computes the same kind of bound on an independent split of
-    ``n_certify = n_search / n_ratio`` examples at the same per-look level; it passes when the certify drop lands
-    below ``max_drop - z * s_c``. With both drops centred on the true drop, that happens with probability
-    ``Phi((max_drop - b) / (s * sqrt(1 + n_ratio)))`` (normal approximation, ``s_c = s * sqrt(n_ratio)``). Selection
-    on the search split makes the real chance lower for the search's own pick; the fallbacks use this only to
-    *rank* plans, not as a promise.
-    """
-    import math
-    from statistics import NormalDist
-
-    b, d = float(point["drop_bound_pts"]), float(point["drop_pts"])
-    if b <= 0.0:
-        return 1.0  # the unpruned reference: nothing to lose on the search split
-    s = max((b - d) / max(z_search, 1e-9), 1e-9)
-    z_gap = (max_drop_pts - b) + z_search * s * (1.0 - math.sqrt(n_ratio))
-    return NormalDist().cdf(z_gap / (s * math.sqrt(1.0 + n_ratio)))
-
-
-def _frontier_fallbacks(plan_json: dict, k: int, max_drop_pts: float) -> list:
-    """Certification fallbacks, fixed before the certify split is seen (so Bonferroni over the looks is valid).
-
-    The search's pick is its fastest acceptable plan, the one most exposed to the winner's curse of selecting on
-    the search split: its predicted chance to certify is about one half (measured: picks at 0.09 and -0.14 points on
-    the search split certified at 0.94 and 0.47). Its frontier neighbours are nearly as aggressive and fail together
-    (three neighbouring plans, 17-19 heads removed, all at 1.8-2.1 pts). So the ``k - 1`` middle fallbacks are the
-    fastest frontier plans whose predicted pass probability (:func:`pass_probability`) reaches targets spread
-    evenly between one half and one (0.75 for the default single middle fallback), and the last fallback removes
-    nothing: the dense model quantized as shipped, which certifies whenever quantization alone keeps the bound.
-    """
-    from statistics import NormalDist
-
-    from .plan import HeadPlan
-
-    if k <= 0:
-        return []
-
-    def units(p: dict) -> tuple:
-        return tuple(sorted(map(tuple, p.get("removed", [])))), tuple(sorted(map(tuple, p.get("ffn_removed", []))))
-
-    search = plan_json.get("search", {})
-    level = float(search.get("bound", {}).get("per_candidate_confidence", 0.95))
-    z = NormalDist().inv_cdf(min(max(level, 0.5 + 1e-9), 1 - 1e-12))
-    chosen = units(plan_json)
-    pts = [p for p in search.get("frontier", [])
-           if p["drop_bound_pts"] <= max_drop_pts and any(units(p)) and units(p) != chosen]
-    pts.sort(key=lambda p: (p["latency_ms"], p["drop_bound_pts"]))  # most aggressive first
-    picks: list[dict] = []
-    for j in range(1, k):  # k - 1 middle plans, then the unpruned plan
-        target = 0.5 + 0.5 * j / k
-        for p in pts:
-            if p not in picks and pass_probability(p, max_drop_pts, z) >= target:
-                picks.append(p)
-                break
-    ffn = plan_json.get("ffn")
-    plans = []
-    for p in picks:
-        plan = HeadPlan.from_removed(plan_json["num_heads"], [tuple(h) for h in p["removed"]])
-        if ffn is not None:  # a joint search's frontier point: keep its FFN part
-            plan = plan.with_ffn_removed(ffn["block_size"], ffn["num_blocks"],
-                                         [tuple(b) for b in p.get("ffn_removed", [])])
-        plans.append(plan)
-    if any(chosen):
-        plans.append(HeadPlan.full(plan_json["num_heads"]))
-    return plans
-
-
 def _stage_export(cfg: BuildConfig, state: _State, model_dir: str, task: _Task, plan_json: dict,
                   display: _Display) -> dict:
-    from .bundle import export_bundle
+    from .output.bundle import export_bundle
     from .plan import HeadPlan
 
     plan = HeadPlan.from_dict(plan_json)
-    frontier = _frontier_fallbacks(plan_json, cfg.fallbacks, cfg.max_drop_pts)
+    from .certify.policy import frontier_fallbacks
+
+    frontier = frontier_fallbacks(plan_json, cfg.fallbacks, cfg.max_drop_pts)
     steps = ["surgery", "export", "optimize", "quantize", "certify", "ort", "write"]
 
     def hook(step: str) -> None:
@@ -494,25 +394,18 @@ def _stage_export(cfg: BuildConfig, state: _State, model_dir: str, task: _Task, 
 
 
 def _percentiles(samples: list[float]) -> dict[str, float]:
+    from .latency.device_runner import percentile
+
     xs = sorted(samples)
-
-    def pct(q: float) -> float:
-        if len(xs) == 1:
-            return xs[0]
-        pos = (len(xs) - 1) * q / 100.0
-        lo = int(pos)
-        hi = min(lo + 1, len(xs) - 1)
-        return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
-
-    return {"p50": round(pct(50), 4), "p90": round(pct(90), 4), "p99": round(pct(99), 4),
-            "mean": round(statistics.fmean(xs), 4), "n": len(xs)}
+    return {"p50": round(percentile(xs, 50), 4), "p90": round(percentile(xs, 90), 4),
+            "p99": round(percentile(xs, 99), 4), "mean": round(statistics.fmean(xs), 4), "n": len(xs)}
 
 
 def _stage_measure(cfg: BuildConfig, state: _State, model, export: dict, display: _Display) -> dict:
     """Dense FP32, dense INT8 (plain ORT dynamic quantization) and the final file, alternated in one run."""
-    from .export import export_onnx, onnx_size_bytes
-    from .measure import measure_alternating, measure_memory
-    from .modeling import clone_model
+    from .onnx.export import export_onnx, onnx_size_bytes
+    from .latency.measure import measure_alternating, measure_memory
+    from .task.modeling import clone_model
 
     work = state.dir / "dense"
     work.mkdir(exist_ok=True)
@@ -549,7 +442,7 @@ def _stage_measure(cfg: BuildConfig, state: _State, model, export: dict, display
 
 def _assemble(cfg: BuildConfig, state: _State, model, task_info: dict) -> dict:
     from .adapters import get_adapter
-    from .latency import load_lut, predict
+    from .latency.table import load_lut, predict
     from .plan import HeadPlan
 
     adapter = get_adapter(model)
@@ -622,7 +515,7 @@ def _profile_name(profile: str) -> str:
 
 
 def _plot(state: _State, report: dict) -> None:
-    from .report import plot_pareto
+    from .output.report import plot_pareto
 
     s = state.done["search"]["plan"].get("search", {})
     frontier = [{"latency_ms": p["latency_ms"], "drop_pts": p["drop_bound_pts"]} for p in s.get("frontier", [])]
@@ -647,7 +540,7 @@ def build(config: BuildConfig | None = None, *, progress: bool = True, **kwargs)
         EdgepruneError: bad input; CertificationError when no plan meets the bound (nothing shipped, unless forced).
     """
     from .profiles import load_profile
-    from .report import write_report
+    from .output.report import write_report
 
     cfg = config if config is not None else BuildConfig(**kwargs)
     load_profile(cfg.profile)  # fail before any work on a bad profile

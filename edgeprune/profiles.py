@@ -41,7 +41,11 @@ __all__ = [
     "profile_dirs",
 ]
 
-QUANT_FORMATS = ("dynamic", "static", "none")  # "none" = ship FP32
+QUANT_FORMATS = ("dynamic", "none")  # "none" = ship FP32
+# Static (QDQ) quantization needs calibration data, which no stage passes yet: a profile asking for it is refused at
+# load (and it measured 2.2x slower than dynamic on AVX2 hosts, DESIGN 5).
+UNSUPPORTED_QUANT_FORMATS = {"static": "static (QDQ) quantization needs calibration data, which edgeprune does not "
+                                       "wire in yet; use format = \"dynamic\" (the measured default)"}
 WEIGHT_TYPES = ("s8", "u8")
 GRAPHS = ("plain", "fused")  # how the ONNX graph is prepared before quantization (QuantPreset.graph)
 ARCHES = ("aarch64", "x86_64")
@@ -145,7 +149,8 @@ class QuantPreset:
     """The ONNX Runtime quantization preset for the device's ISA, each choice with its reason.
 
     Attributes:
-        format: ``dynamic`` (INT8 weights, activations quantized at run time), ``static`` (QDQ) or ``none`` (FP32).
+        format: ``dynamic`` (INT8 weights, activations quantized at run time) or ``none`` (FP32). ``static`` is
+            refused until calibration data is wired in.
         weight_type: ``s8`` or ``u8``.
         per_channel: one scale per output channel of each weight matrix.
         reduce_range: 7-bit weights (only useful on x86 without VNNI).
@@ -171,6 +176,8 @@ class QuantPreset:
     def __post_init__(self) -> None:
         if self.graph not in GRAPHS:
             raise ValueError(f"graph: must be one of {list(GRAPHS)}, got {self.graph!r}")
+        if self.format in UNSUPPORTED_QUANT_FORMATS:
+            raise ValueError(f"format: {UNSUPPORTED_QUANT_FORMATS[self.format]}")
         if self.format not in QUANT_FORMATS:
             raise ValueError(f"format: must be one of {list(QUANT_FORMATS)}, got {self.format!r}")
         if self.weight_type not in WEIGHT_TYPES:
@@ -192,14 +199,30 @@ class QuantPreset:
             parts.append("fused graph")
         return " ".join(parts)
 
-    def kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for :func:`edgeprune.quantize.quantize_onnx`."""
-        return {
-            "format": self.format,
-            "weight_type": self.weight_type,
-            "per_channel": self.per_channel,
-            "reduce_range": self.reduce_range,
-        }
+    def to_record(self) -> dict[str, Any]:
+        """The choices without their reasons (what plan.json, latency tables and edgeprune.json record)."""
+        return {"format": self.format, "weight_type": self.weight_type, "per_channel": self.per_channel,
+                "reduce_range": self.reduce_range, "graph": self.graph}
+
+    @classmethod
+    def default_int8(cls, graph: str = "plain") -> "QuantPreset":
+        """The measured default INT8 preset (DESIGN 5: dynamic, S8 weights, per-channel, no reduce_range)."""
+        return cls(format="dynamic", format_reason="the measured default: static QDQ was 2.2x slower on AVX2",
+                   weight_type="s8", weight_type_reason="signed weights: fastest on AVX2 and ARM",
+                   per_channel=True, per_channel_reason="best accuracy at the same speed (cosine 0.991 vs 0.964)",
+                   reduce_range=False, reduce_range_reason="costs accuracy; only for x86 without VNNI", graph=graph)
+
+    def for_precision(self, precision: str | None) -> "QuantPreset":
+        """This preset for ``precision``: ``None`` = as it is; ``fp32`` = no quantization (same graph); ``int8`` =
+        this preset, or the default INT8 preset when this one ships FP32."""
+        if precision is None:
+            return self
+        precision = precision.lower()
+        if precision == "fp32":
+            return dataclasses.replace(self, format="none", format_reason="FP32 requested")
+        if precision != "int8":
+            raise ValueError(f"precision must be 'int8' or 'fp32', got {precision!r}")
+        return self if self.format != "none" else QuantPreset.default_int8(self.graph)
 
 
 @dataclass(frozen=True)
@@ -264,6 +287,16 @@ class DeviceProfile:
         if not p.is_absolute() and self.source is not None:
             p = self.source.parent / p
         return p
+
+    def summary(self) -> dict[str, Any]:
+        """The few fields that say which device a measurement stands for (latency tables, measurements)."""
+        return {
+            "name": self.name,
+            "display_name": self.display_name,
+            "arch": self.arch,
+            "cpu": {"count": self.cpu.count, "core_type": self.cpu.core_type, "ghz": self.cpu.ghz},
+            "qemu_cpu": self.qemu_cpu,
+        }
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-dict view (JSON-friendly) for reports and LUT provenance."""

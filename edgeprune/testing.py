@@ -99,13 +99,7 @@ def tiny_tokenizer(directory: str | Path):
 
 
 def random_inputs(batch: int = 3, seq: int = 12, vocab_size: int = 128, seed: int = 0, pad_last: bool = True):
-    """Random token ids with a padded tail on the last row (so masks matter): dict of torch tensors."""
-    import torch
+    """Random token ids with a padded tail on the last row: :func:`edgeprune.task.modeling.random_inputs`."""
+    from edgeprune.task.modeling import random_inputs as make
 
-    g = torch.Generator().manual_seed(seed)
-    input_ids = torch.randint(5, vocab_size, (batch, seq), generator=g)
-    attention_mask = torch.ones(batch, seq, dtype=torch.long)
-    if pad_last and seq > 2:
-        attention_mask[-1, seq // 2:] = 0
-        input_ids[-1, seq // 2:] = 0
-    return {"input_ids": input_ids, "attention_mask": attention_mask}
+    return make(batch, seq, vocab_size=vocab_size, seed=seed, pad_last=pad_last)

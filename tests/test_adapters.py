@@ -11,7 +11,7 @@ torch = pytest.importorskip("torch")
 from conftest import sdpa_supported  # noqa: E402
 from edgeprune.adapters import get_adapter, supported_model_types  # noqa: E402
 from edgeprune.errors import PlanError, UnsupportedModelError, VerificationError  # noqa: E402
-from edgeprune.modeling import clone_model, count_parameters, prune_and_verify_  # noqa: E402
+from edgeprune.task.modeling import clone_model, count_parameters, prune_and_verify_  # noqa: E402
 from edgeprune.plan import HeadPlan  # noqa: E402
 from edgeprune.testing import TINY_CONFIGS, TINY_FAMILIES, random_inputs, tiny_model  # noqa: E402
 

@@ -1,4 +1,4 @@
-"""Emulated aarch64 checks (edgeprune.arm, `edgeprune verify-arm`).
+"""Emulated aarch64 checks (edgeprune.onnx.arm, `edgeprune verify-arm`).
 
 Tests marked ``arm`` run tiny INT8 models on aarch64 onnxruntime under qemu-user (cortex-a72 = Pi 4, cortex-a76 =
 Pi 5). They need the sysroot from ``scripts/setup_arm_emu.sh`` (about 1 minute once) and are skipped with the setup
@@ -19,7 +19,7 @@ H = 32  # hidden width of the hand-built graph
 
 
 def _emulator_or_skip() -> Path:
-    from edgeprune.arm import find_arm_python
+    from edgeprune.onnx.arm import find_arm_python
 
     try:
         return find_arm_python()
@@ -84,7 +84,7 @@ def tiny_bundle(tmp_path_factory) -> Path:
                                                   ("raspberrypi5", "cortex-a76", True)])
 def test_int8_graph_on_emulated_cores(tiny_bundle, profile, cpu, dotprod):
     _emulator_or_skip()
-    from edgeprune.arm import verify_arm
+    from edgeprune.onnx.arm import verify_arm
 
     res = verify_arm(tiny_bundle, profile, seq_len=16)
     assert res.qemu_cpu == cpu
@@ -115,9 +115,9 @@ def test_pruned_bert_bundle_via_cli(tmp_path):
 
     from edgeprune.adapters import get_adapter
     from edgeprune.cli import app
-    from edgeprune.export import export_onnx, optimize_onnx
+    from edgeprune.onnx.export import export_onnx, optimize_onnx
     from edgeprune.plan import HeadPlan
-    from edgeprune.quantize import quantize_onnx
+    from edgeprune.onnx.quantize import quantize_onnx
     from edgeprune.testing import tiny_model, tiny_tokenizer
 
     src = tmp_path / "source"
@@ -150,7 +150,7 @@ def test_pruned_bert_bundle_via_cli(tmp_path):
 # ---------------------------------------------------------------------------------------------------------------------
 def test_tolerance_catches_wrong_arm_outputs(tiny_bundle, monkeypatch):
     """The tolerance is not vacuous: ARM outputs off by 0.5 on one element fail (emulator replaced by a fake)."""
-    import edgeprune.arm as arm
+    import edgeprune.onnx.arm as arm
 
     def fake_arm(model, feeds, *, qemu_cpu, threads=1, root=None, timeout=0.0):
         outs = arm.run_on_host(model, feeds)
@@ -169,7 +169,7 @@ def test_tolerance_catches_wrong_arm_outputs(tiny_bundle, monkeypatch):
 
 
 def test_missing_sysroot_names_the_setup_command(tmp_path, monkeypatch):
-    import edgeprune.arm as arm
+    import edgeprune.onnx.arm as arm
 
     monkeypatch.setattr(arm.shutil, "which", lambda name: "/usr/bin/" + name)
     with pytest.raises(EmulationError) as exc:
@@ -178,7 +178,7 @@ def test_missing_sysroot_names_the_setup_command(tmp_path, monkeypatch):
 
 
 def test_missing_qemu_names_the_install_command(tmp_path, monkeypatch):
-    import edgeprune.arm as arm
+    import edgeprune.onnx.arm as arm
 
     monkeypatch.setattr(arm.shutil, "which", lambda name: None)
     with pytest.raises(EmulationError, match="apt-get install qemu-user-static"):
@@ -186,7 +186,7 @@ def test_missing_qemu_names_the_install_command(tmp_path, monkeypatch):
 
 
 def test_max_cpu_and_x86_profile_are_refused(tiny_bundle):
-    from edgeprune.arm import run_on_arm, verify_arm
+    from edgeprune.onnx.arm import run_on_arm, verify_arm
 
     with pytest.raises(EmulationError, match="max"):
         run_on_arm(tiny_bundle / "model.onnx", [], qemu_cpu="max")
@@ -195,8 +195,8 @@ def test_max_cpu_and_x86_profile_are_refused(tiny_bundle):
 
 
 def test_inputs_are_seeded_padded_and_in_vocab(tmp_path):
-    from edgeprune.arm import make_inputs
-    from edgeprune.export import export_onnx
+    from edgeprune.onnx.arm import make_inputs
+    from edgeprune.onnx.export import export_onnx
     from edgeprune.testing import tiny_model
 
     model = tiny_model("bert", num_layers=1, num_heads=2, hidden=16)
@@ -214,8 +214,8 @@ def test_inputs_are_seeded_padded_and_in_vocab(tmp_path):
 
 
 def test_text_inputs_use_the_bundle_tokenizer(tmp_path):
-    from edgeprune.arm import DEFAULT_TEXTS, make_text_inputs
-    from edgeprune.export import export_onnx
+    from edgeprune.onnx.arm import DEFAULT_TEXTS, make_text_inputs
+    from edgeprune.onnx.export import export_onnx
     from edgeprune.testing import tiny_model, tiny_tokenizer
 
     tok = tiny_tokenizer(tmp_path)
@@ -233,7 +233,7 @@ def test_text_inputs_use_the_bundle_tokenizer(tmp_path):
 
 
 def test_fp32_reference_lookup(tiny_bundle, tmp_path):
-    from edgeprune.arm import find_fp32_reference
+    from edgeprune.onnx.arm import find_fp32_reference
 
     assert find_fp32_reference(tiny_bundle) == tiny_bundle / "model.fp32.onnx"
     # a quantized file is never taken as the FP32 reference, and edgeprune.json can name the FP32 file

@@ -98,7 +98,7 @@ def test_quick_run_writes_json_markdown_and_plot(tmp_path):
         assert 0.0 <= r["accuracy"]["accuracy"] <= 1.0 and "drop_bound_pts" in r["accuracy"]
         assert r["roofline"]["efficiency_pct"] > 0
     assert rows["ort_fp32"]["latency"]["speedup_vs_ort_fp32"] == pytest.approx(1.0)
-    # The edgeprune row follows the profile's graph (plain since session 2), built by bundle.build_model_files.
+    # The edgeprune row follows the profile's graph (plain since session 2), built by onnx.compile.compile_plan.
     assert rows["ep_int8"]["graph"] == data["default_task"]["graph"] == rows["ep_int8"]["checks"]["graph"]
     assert rows["ep_int8"]["name"] == f"dense edgeprune INT8 ({rows['ep_int8']['graph']} graph + profile preset)"
     # Searches as `edgeprune build` runs them: the certification's per-look confidence over 1 + fallbacks looks.

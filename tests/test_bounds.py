@@ -7,8 +7,8 @@ import random
 
 import pytest
 
-from edgeprune import bounds
-from edgeprune.bounds import (
+from edgeprune.certify import stats as bounds
+from edgeprune.certify.stats import (
     accuracy_lower_bound,
     binom_cdf,
     binom_sf,

@@ -52,8 +52,8 @@ def texts(n: int, seed: int = 0) -> list[str]:
 def certify_set(model, tok, n: int = 300):
     """A certify split whose labels are the unpruned model's own predictions (base accuracy 100%), so the
     paired drop is exactly the share of predictions the shipped file changes."""
-    from edgeprune.bundle import torch_predictions
-    from edgeprune.data import TextDataset
+    from edgeprune.task.predict import torch_predictions
+    from edgeprune.task.data import TextDataset
 
     t = texts(n)
     preds = torch_predictions(model, tok, TextDataset(t, [0] * n), max_length=32)
@@ -65,8 +65,9 @@ def certify_set(model, tok, n: int = 300):
 def test_bundle_files_and_metadata(tmp_path, tok, model_type, graph):
     import dataclasses
 
-    from edgeprune.bundle import export_bundle, onnx_predictions, torch_predictions
-    from edgeprune.export import ort_session
+    from edgeprune.output.bundle import export_bundle
+    from edgeprune.task.predict import onnx_predictions, torch_predictions
+    from edgeprune.onnx.export import ort_session
     from edgeprune.profiles import load_profile
 
     model = tiny_model(model_type)
@@ -109,7 +110,7 @@ def test_bundle_files_and_metadata(tmp_path, tok, model_type, graph):
 
 
 def test_certification_fallback_with_bonferroni(tmp_path, tok):
-    from edgeprune.bundle import export_bundle
+    from edgeprune.output.bundle import export_bundle
 
     model = tiny_model("distilbert")  # its random head gives balanced predictions (tiny BERT's are one class)
     data = certify_set(model, tok)
@@ -127,7 +128,7 @@ def test_certification_fallback_with_bonferroni(tmp_path, tok):
 
 
 def test_certification_failure_leaves_no_bundle(tmp_path, tok):
-    from edgeprune.bundle import export_bundle
+    from edgeprune.output.bundle import export_bundle
 
     model = tiny_model("distilbert")
     data = certify_set(model, tok, n=200)
@@ -138,7 +139,7 @@ def test_certification_failure_leaves_no_bundle(tmp_path, tok):
 
 
 def test_forced_bundle_is_marked(tmp_path, tok):
-    from edgeprune.bundle import export_bundle
+    from edgeprune.output.bundle import export_bundle
 
     model = tiny_model("distilbert")
     data = certify_set(model, tok, n=200)
@@ -152,7 +153,7 @@ def test_forced_bundle_is_marked(tmp_path, tok):
 
 
 def test_certify_counts_pairs():
-    from edgeprune.bundle import certify
+    from edgeprune.certify.core import certify
 
     labels = [1] * 100
     base = [1] * 90 + [0] * 10          # base: 90% right
@@ -167,7 +168,7 @@ def test_certify_counts_pairs():
 
 @pytest.mark.parametrize("step", ["surgery", "export", "optimize", "quantize", "ort", "write"])
 def test_interrupted_export_leaves_nothing(tmp_path, tok, step):
-    from edgeprune.bundle import export_bundle
+    from edgeprune.output.bundle import export_bundle
 
     def hook(name):
         if name == step:
@@ -180,7 +181,7 @@ def test_interrupted_export_leaves_nothing(tmp_path, tok, step):
 
 
 def test_existing_bundle_is_kept_unless_overwrite(tmp_path, tok):
-    from edgeprune.bundle import export_bundle
+    from edgeprune.output.bundle import export_bundle
 
     out = tmp_path / "b"
     out.mkdir()
@@ -236,8 +237,8 @@ def test_bundle_loads_with_optimum(tmp_path, tok):
         from optimum.onnxruntime import ORTModelForSequenceClassification
     except ImportError as exc:  # only the optional extra (transformers < 4.58) provides it
         pytest.skip(f"optimum[onnxruntime] is not importable here: {exc}")
-    from edgeprune.bundle import export_bundle
-    from edgeprune.export import ort_session
+    from edgeprune.output.bundle import export_bundle
+    from edgeprune.onnx.export import ort_session
 
     for model_type in ("bert", "roberta", "distilbert"):
         out = tmp_path / model_type

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from edgeprune.data import TextDataset, load_dataset
+from edgeprune.task.data import TextDataset, load_dataset
 from edgeprune.errors import DataError
 
 MODEL_LABEL2ID = {"negative": 0, "positive": 1}

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from edgeprune import default_task as dt
+from edgeprune.task import default as dt
 from edgeprune.errors import DataError, EdgepruneError
 
 
@@ -398,7 +398,7 @@ def test_cached_real_default_task_is_valid_and_accurate():
 
 
 def test_split_indices_never_overlaps_on_odd_classes():
-    from edgeprune.default_task import split_indices
+    from edgeprune.task.default import split_indices
 
     ids = [str(i) for i in range(240)]
     labels = [0] * 111 + [1] * 129

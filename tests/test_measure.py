@@ -8,9 +8,9 @@ import platform
 import numpy as np
 import pytest
 
-from edgeprune import device_runner as dr
+from edgeprune.latency import device_runner as dr
 from edgeprune.errors import MeasureError
-from edgeprune.measure import (
+from edgeprune.latency.measure import (
     effective_threads,
     file_size_bytes,
     measure_alternating,

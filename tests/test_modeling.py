@@ -12,7 +12,7 @@ torch = pytest.importorskip("torch")
 
 from edgeprune.adapters import get_adapter  # noqa: E402
 from edgeprune.errors import EdgepruneError  # noqa: E402
-from edgeprune.modeling import load_model, load_pruned, prune_and_verify_, save_pruned  # noqa: E402
+from edgeprune.task.modeling import load_model, load_pruned, prune_and_verify_, save_pruned  # noqa: E402
 from edgeprune.plan import HeadPlan  # noqa: E402
 from edgeprune.testing import TINY_FAMILIES, random_inputs, tiny_model, tiny_tokenizer  # noqa: E402
 

@@ -36,7 +36,9 @@ def test_device_facts_match_design():
     assert (pi4.qemu_cpu, pi5.qemu_cpu, jet.qemu_cpu) == ("cortex-a72", "cortex-a76", "neoverse-n1")
     assert not pi4.isa.dotprod and pi5.isa.dotprod and jet.isa.fp16 and not pi5.isa.i8mm
     assert pi4.cpu.count == 4 and jet.cpu.count == 6
-    assert pi4.quant.kwargs() == {"format": "dynamic", "weight_type": "s8", "per_channel": True, "reduce_range": False}
+    assert pi4.quant.to_record() == {"format": "dynamic", "weight_type": "s8", "per_channel": True, "reduce_range": False,
+                                     "graph": "plain"}
+    assert pi4.quant.to_record() == {**QuantPreset.default_int8().to_record()}
 
 
 def test_load_by_path_equals_load_by_name():
@@ -136,3 +138,17 @@ def test_profiles_module_is_light():
     code = "import edgeprune.profiles, sys; print('torch' in sys.modules, 'onnxruntime' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]
+
+
+def test_a_profile_asking_for_static_quantization_is_refused_at_load(tmp_path):
+    import re
+
+    from edgeprune.errors import ProfileError
+    from edgeprune.profiles import load_profile
+
+    src = (Path(__file__).resolve().parents[1] / "profiles" / "raspberrypi4.toml").read_text()
+    changed = re.sub(r'(?m)^format = "dynamic"', 'format = "static"', src)
+    assert changed != src
+    (tmp_path / "static.toml").write_text(changed)
+    with pytest.raises(ProfileError, match="calibration"):
+        load_profile(tmp_path / "static.toml")

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
+import dataclasses
+
 import pytest
+
+from edgeprune.profiles import QuantPreset
 
 from edgeprune.plan import HeadPlan
 from edgeprune.testing import TINY_FAMILIES, tiny_model
@@ -15,7 +19,7 @@ UNEVEN = HeadPlan((4, 4, 4, 4), ((0, 2, 3), (), (1,), (0, 1, 2, 3)))
 def fused(tmp_path_factory):
     """Per family: (pruned model, fused FP32 ONNX path, scratch dir), built once for the module."""
     from edgeprune.adapters import get_adapter
-    from edgeprune.export import export_onnx, optimize_onnx
+    from edgeprune.onnx.export import export_onnx, optimize_onnx
 
     cache = {}
 
@@ -36,8 +40,8 @@ def fused(tmp_path_factory):
 
 @pytest.mark.parametrize("model_type", TINY_FAMILIES)
 def test_dynamic_int8_runs_within_tolerance(fused, model_type):
-    from edgeprune.export import check_parity, onnx_size_bytes
-    from edgeprune.quantize import INT8_LOGIT_ATOL, count_quantizable, count_quantized, quantize_onnx
+    from edgeprune.onnx.export import check_parity, onnx_size_bytes
+    from edgeprune.onnx.quantize import INT8_LOGIT_ATOL, count_quantizable, count_quantized, quantize_onnx
 
     model, path, d = fused(model_type)
     q = quantize_onnx(path, d / "int8.onnx")  # default preset: dynamic, S8, per-channel
@@ -52,23 +56,23 @@ def test_dynamic_int8_runs_within_tolerance(fused, model_type):
 
 @pytest.mark.parametrize("weight_type,per_channel", [("u8", False), ("s8", False)])
 def test_other_dynamic_presets(fused, weight_type, per_channel):
-    from edgeprune.export import check_parity
-    from edgeprune.quantize import INT8_LOGIT_ATOL, count_quantized, quantize_onnx
+    from edgeprune.onnx.export import check_parity
+    from edgeprune.onnx.quantize import INT8_LOGIT_ATOL, count_quantized, quantize_onnx
 
     model, path, d = fused("bert")
-    q = quantize_onnx(path, d / f"int8-{weight_type}-{per_channel}.onnx", weight_type=weight_type,
-                      per_channel=per_channel)
+    preset = dataclasses.replace(QuantPreset.default_int8(), weight_type=weight_type, per_channel=per_channel)
+    q = quantize_onnx(path, d / f"int8-{weight_type}-{per_channel}.onnx", preset)
     assert count_quantized(q).get("QAttention") == 3
     assert check_parity(model, q, atol=INT8_LOGIT_ATOL) < INT8_LOGIT_ATOL
 
 
 def test_static_qdq_option(fused):
-    from edgeprune.export import _make_inputs, check_parity, input_names_for
-    from edgeprune.quantize import count_quantized, quantize_onnx
+    from edgeprune.onnx.export import random_feeds, check_parity, input_names_for
+    from edgeprune.onnx.quantize import count_quantized, quantize_qdq
 
     model, path, d = fused("distilbert")
-    feeds = [_make_inputs(model.config, input_names_for(model), 4, 16, seed=i) for i in range(4)]
-    q = quantize_onnx(path, d / "qdq.onnx", format="qdq", calibration_feeds=feeds)
+    feeds = [random_feeds(model.config, input_names_for(model), 4, 16, seed=i) for i in range(4)]
+    q = quantize_qdq(path, d / "qdq.onnx", feeds)
     counts = count_quantized(q)
     assert counts.get("QDQ:Attention") == 3 and counts.get("QDQ:MatMul", 0) >= 8
     # Static QDQ is coarser than dynamic (calibrated on 4 random batches); it must still run and stay bounded.
@@ -76,20 +80,21 @@ def test_static_qdq_option(fused):
 
 
 def test_quantize_rejects_bad_arguments(fused):
-    from edgeprune.quantize import quantize_onnx
+    from edgeprune.onnx.quantize import quantize_onnx, quantize_qdq
 
     _, path, d = fused("bert")
     with pytest.raises(ValueError, match="weight_type"):
-        quantize_onnx(path, d / "x.onnx", weight_type="s4")
-    with pytest.raises(ValueError, match="format"):
-        quantize_onnx(path, d / "x.onnx", format="fp8")
+        quantize_onnx(path, d / "x.onnx", dataclasses.replace(QuantPreset.default_int8(), weight_type="s4"))
+    with pytest.raises(ValueError, match="dynamic preset"):
+        quantize_onnx(path, d / "x.onnx", QuantPreset.default_int8().for_precision("fp32"))
     with pytest.raises(ValueError, match="calibration"):
-        quantize_onnx(path, d / "x.onnx", format="qdq")
+        quantize_qdq(path, d / "x.onnx", [])
 
 
 def test_ort_format_loads_and_matches(fused):
-    from edgeprune.export import _make_inputs, input_names_for, ort_session
-    from edgeprune.quantize import quantize_onnx, to_ort_format
+    from edgeprune.onnx.export import random_feeds, input_names_for, ort_session
+    from edgeprune.onnx.ort_format import to_ort_format
+    from edgeprune.onnx.quantize import quantize_onnx
 
     model, path, d = fused("roberta")
     q = quantize_onnx(path, d / "model.onnx")
@@ -98,7 +103,7 @@ def test_ort_format_loads_and_matches(fused):
     ops = out["required_operators"].read_text()
     # The reduced-build config names the contrib INT8 kernels the model needs.
     assert "com.microsoft" in ops and "QAttention" in ops
-    feed = _make_inputs(model.config, input_names_for(model), 2, 9)
+    feed = random_feeds(model.config, input_names_for(model), 2, 9)
     a = ort_session(out["ort"]).run(["logits"], feed)[0]
     b = ort_session(q).run(["logits"], feed)[0]
     assert a.shape == (2, 2)
@@ -109,8 +114,8 @@ def test_ort_format_loads_and_matches(fused):
 
 def test_int8_keeps_inputs_when_all_heads_removed(tmp_path):
     from edgeprune.adapters import get_adapter
-    from edgeprune.export import export_onnx, graph_input_names, optimize_onnx
-    from edgeprune.quantize import quantize_onnx
+    from edgeprune.onnx.export import export_onnx, graph_input_names, optimize_onnx
+    from edgeprune.onnx.quantize import quantize_onnx
 
     model = tiny_model("bert", num_layers=2)
     get_adapter(model).prune_heads_(model, HeadPlan((4, 4), ((), ())))

@@ -12,7 +12,7 @@ minilm = pytest.importorskip(
 )
 
 from edgeprune.adapters import get_adapter  # noqa: E402
-from edgeprune.modeling import load_model, load_pruned, prune_and_verify_, save_pruned  # noqa: E402
+from edgeprune.task.modeling import load_model, load_pruned, prune_and_verify_, save_pruned  # noqa: E402
 from edgeprune.plan import HeadPlan  # noqa: E402
 
 pytestmark = pytest.mark.realmodel

@@ -1,4 +1,4 @@
-"""Retraining-free recovery (edgeprune.recovery): least-squares re-fit of kept head / FFN-neuron scales, folding,
+"""Retraining-free recovery (edgeprune.recovery.scale): least-squares re-fit of kept head / FFN-neuron scales, folding,
 parity with masking and surgery, reconstruction errors, identity, and the bundle integration."""
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from edgeprune.adapters import get_adapter  # noqa: E402
-from edgeprune.data import TextDataset  # noqa: E402
+from edgeprune.task.data import TextDataset  # noqa: E402
 from edgeprune.errors import DataError, PlanError  # noqa: E402
-from edgeprune.modeling import clone_model  # noqa: E402
+from edgeprune.task.modeling import clone_model  # noqa: E402
 from edgeprune.plan import HeadPlan  # noqa: E402
-from edgeprune.recovery import apply_recovery_, fit_recovery, recovery_scales, scale_hooks  # noqa: E402
+from edgeprune.recovery.scale import apply_recovery_, fit_recovery, recovery_scales, scale_hooks  # noqa: E402
 from edgeprune.testing import TINY_FAMILIES, random_inputs, randomize_biases_  # noqa: E402
 from edgeprune.testing import tiny_model as _tiny_model  # noqa: E402
 
@@ -195,7 +195,8 @@ def test_max_examples_subsamples(tok):
 
 # ---- bundle integration -------------------------------------------------------------------------------------------
 def test_export_bundle_with_recovery(tmp_path, tok):
-    from edgeprune.bundle import export_bundle, torch_predictions
+    from edgeprune.output.bundle import export_bundle
+    from edgeprune.task.predict import torch_predictions
 
     model = tiny_model("roberta")  # predicts both classes on these texts
     before = {k: v.clone() for k, v in model.state_dict().items()}

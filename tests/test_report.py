@@ -6,7 +6,7 @@ import copy
 
 import pytest
 
-from edgeprune.report import REQUIRED_KEYS, check_report, get_dotted, plot_pareto, render_markdown, write_report
+from edgeprune.output.report import REQUIRED_KEYS, check_report, get_dotted, plot_pareto, render_markdown, write_report
 
 
 def sample_report() -> dict:

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from edgeprune.bounds import paired_drop_upper_bound
+from edgeprune.certify.stats import paired_drop_upper_bound
 from edgeprune.plan import HeadPlan
 from edgeprune.search import (
     ALGORITHMS,
@@ -294,7 +294,7 @@ def test_search_package_is_pure():
     import subprocess
 
     code = (
-        "import sys, edgeprune.search as s, edgeprune.bounds\n"
+        "import sys, edgeprune.search as s, edgeprune.certify.stats\n"
         "r = s.search(type('E', (), {'evaluate': lambda self, st: [s.EvalResult(0, 0, 1000) for _ in st]})(),"
         " lambda kc: float(sum(kc)), {(0, 0): 0.0, (0, 1): 1.0}, (2,), s.SearchConfig(max_drop_pts=5.0, correction='none'))\n"
         "assert r.heads_removed >= 1, r\n"

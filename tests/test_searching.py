@@ -7,13 +7,15 @@ import random
 
 import pytest
 
+from edgeprune.errors import EdgepruneError
+
 pytest.importorskip("torch")
 
 from typer.testing import CliRunner  # noqa: E402
 
 from edgeprune.cli import app  # noqa: E402
 from edgeprune.plan import HeadPlan  # noqa: E402
-from edgeprune.searching import analytic_latency, run_search  # noqa: E402
+from edgeprune.search.run import analytic_latency, run_search  # noqa: E402
 from edgeprune.testing import tiny_model, tiny_tokenizer  # noqa: E402
 
 WORDS = "the a movie film good bad great awful fun boring love hate not very plot actor".split()
@@ -65,7 +67,7 @@ def test_search_command_writes_a_plan_and_resumes(tiny_dir, tmp_path):
 def test_run_search_baselines_agree_on_the_contract(tiny_dir):
     for algorithm in ("oneshot", "random"):
         r = run_search(str(tiny_dir), str(tiny_dir / "search.csv"), max_drop_pts=40, confidence=0.8,
-                       correction="none", max_evaluations=10, algorithm=algorithm,
+                       correction="none", max_evaluations=10, algorithm=algorithm, structures="heads",
                        latency=lambda kc: float(sum(kc)))
         assert r.algorithm == algorithm and r.drop_bound_pts <= 40
         assert r.latency_ms == float(sum(r.plan.kept_counts))
@@ -75,7 +77,8 @@ def test_run_search_baselines_agree_on_the_contract(tiny_dir):
 def test_unknown_algorithm_is_a_user_error(tiny_dir, tmp_path):
     res = CliRunner().invoke(app, ["search", "--model", str(tiny_dir), "--data", str(tiny_dir / "search.csv"),
                                    "--out", str(tmp_path / "p.json"), "--algorithm", "beam"])
-    assert res.exit_code != 0
+    assert isinstance(res.exception, EdgepruneError) and res.exception.exit_code == 2
+    assert "beam" in str(res.exception)
 
 
 def test_search_command_joint_structures(tiny_dir, tmp_path):
@@ -103,7 +106,7 @@ def test_joint_options_are_checked(tiny_dir, tmp_path):
               str(tmp_path / "p.json")]
     res = CliRunner().invoke(app, common + ["--structures", "ffn"])
     assert res.exit_code != 0 and "structures" in str(res.exception or res.output)
-    res = CliRunner().invoke(app, common + ["--ffn-block-size", "4"])
+    res = CliRunner().invoke(app, common + ["--structures", "heads", "--ffn-block-size", "4"])
     assert res.exit_code != 0 and "heads+ffn" in str(res.exception or res.output)
     res = CliRunner().invoke(app, common + ["--structures", "heads+ffn", "--ffn-block-size", "5"])
     assert res.exit_code != 0 and "divisible" in str(res.exception or res.output)

@@ -103,7 +103,7 @@ class Adapter(ABC):
     def head_size(self, model: nn.Module) -> int:
         return model.config.hidden_size // self._num_heads_config(model.config)
 
-    # ---- per-layer projections (read-only access, e.g. for edgeprune.recovery) ----------------------------------
+    # ---- per-layer projections (read-only access, e.g. for edgeprune.recovery.scale) ----------------------------------
     def attention_output(self, model: nn.Module, i: int) -> nn.Linear | None:
         """Layer ``i``'s attention output projection: its input is the concatenated heads (None with 0 heads)."""
         return self._out_proj(self.layers(model)[i])

@@ -10,7 +10,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Optional, Protocol, Sequence
 
-from ..bounds import corrected_confidence, paired_drop_upper_bound
+from ..certify.stats import corrected_confidence, paired_drop_upper_bound
 from ..errors import EdgepruneError
 from ..plan import HeadLayout, HeadPlan, UnitSpace
 from .journal import Journal, state_key
@@ -48,7 +48,7 @@ class EvalResult:
 
 
 class Evaluator(Protocol):
-    """What the search needs from the evaluation engine (edgeprune.evaluate.MaskedEvaluator implements it)."""
+    """What the search needs from the evaluation engine (edgeprune.search.evaluate.MaskedEvaluator implements it)."""
 
     def evaluate(self, states: Sequence[State]) -> list[EvalResult]:
         """Evaluate several candidates (sets of removed heads) in one pass; results in the same order."""
@@ -229,7 +229,7 @@ class SearchResult:
                     "search_split_drop_pts": self.drop_pts,
                     "search_split_drop_bound_pts": self.drop_bound_pts,
                     "bound": {
-                        "method": "paired exact unconditional (Berger-Boos, edgeprune.bounds.paired_drop_upper_bound)",
+                        "method": "paired exact unconditional (Berger-Boos, edgeprune.certify.stats.paired_drop_upper_bound)",
                         "max_drop_pts": self.config.max_drop_pts,
                         "confidence": self.config.confidence,
                         "correction": self.config.correction.value,

@@ -1,6 +1,6 @@
 """Gradient importance of FFN neuron blocks (and of heads, in the same backward pass).
 
-Same estimator as :mod:`edgeprune.importance` for heads (Michel et al. 2019), applied to FFN blocks: each block of
+Same estimator as :mod:`edgeprune.search.importance` for heads (Michel et al. 2019), applied to FFN blocks: each block of
 ``block_size`` intermediate neurons gets a gate ``xi_b`` (1 = kept) multiplying its slice of the activated
 intermediate (the adapter's :meth:`~edgeprune.adapters.base.Adapter.mask_ffn` accepts a gate tensor that requires
 grad); the importance is ``I_b = E |d L / d xi_b|`` over the split. Removed blocks (and removed heads) keep gate 0,
@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import torch
 
-from .errors import PlanError
-from .evaluate import MaskedEvaluator
-from .importance import gate_gradients, normalise_rows
+from edgeprune.errors import PlanError
+from edgeprune.search.evaluate import MaskedEvaluator
+from edgeprune.search.importance import gate_gradients, normalise_rows
 
 Head = tuple[int, int]
 Block = tuple[int, int]

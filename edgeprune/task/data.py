@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
-from .errors import DataError
+from edgeprune.errors import DataError
 
 __all__ = [
     "TEXT_COLUMN_CANDIDATES",

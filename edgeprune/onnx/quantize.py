@@ -1,4 +1,4 @@
-"""INT8 quantization of an (optimised) ONNX model, and conversion to ORT format for reduced mobile builds.
+"""INT8 quantization of an ONNX model with a device profile's preset (the ORT format lives in ``ort_format``).
 
 Default preset (DESIGN.md section 5, measured): dynamic quantization, signed 8-bit weights, per-channel, no
 ``reduce_range``. Per-channel S8 kept a cosine of 0.991 to FP32 on real MiniLM (per-tensor 0.964, reduce_range
@@ -24,7 +24,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from .errors import VerificationError
+from edgeprune.errors import VerificationError
 
 log = logging.getLogger(__name__)
 
@@ -100,64 +100,85 @@ def count_quantized(onnx_path: str | Path) -> dict[str, int]:
     return counts
 
 
-def quantize_onnx(
-    in_path: str | Path,
-    out_path: str | Path,
-    *,
-    format: str = "dynamic",
-    weight_type: str = "s8",
-    per_channel: bool = True,
-    reduce_range: bool = False,
-    calibration_feeds: Iterable[dict[str, Any]] | None = None,
-) -> Path:
-    """Quantize an FP32 ONNX model to INT8 and check that every weight MatMul/Attention was quantized.
+def quantize_onnx(in_path: str | Path, out_path: str | Path, preset: Any = None) -> Path:
+    """Quantize an FP32 ONNX model with a device profile's preset and check that every weight MatMul/Attention was
+    quantized.
 
     Args:
-        in_path: FP32 ONNX (ideally the ORT-optimised, fused graph).
+        in_path: FP32 ONNX (plain exported or ORT-fused graph).
         out_path: destination ``.onnx``.
-        format: ``"dynamic"`` (weights INT8, activations quantized at run time; the default) or ``"qdq"`` (static
-            QDQ with calibration; needs ``calibration_feeds``).
-        weight_type: ``"s8"`` (default; signed weights, fastest on AVX2 and ARM) or ``"u8"``.
-        per_channel: per-output-channel weight scales (more accurate, same speed).
-        reduce_range: 7-bit weights; only for x86 without VNNI where U8S8 can saturate. Costs accuracy.
-        calibration_feeds: for ``"qdq"``: an iterable of ORT input dicts (numpy int64 arrays).
+        preset: a :class:`~edgeprune.profiles.QuantPreset` (its ``format`` must be ``dynamic``; ``weight_type``,
+            ``per_channel`` and ``reduce_range`` are used as they are); ``None`` = the measured default
+            (:meth:`QuantPreset.default_int8`: dynamic, S8 weights, per-channel, no reduce_range).
 
     Returns:
         ``out_path``.
 
     Raises:
         VerificationError: fewer nodes were quantized than the input graph has weight MatMul/Attention nodes.
-        ValueError: unknown ``format`` or ``weight_type``, or ``"qdq"`` without calibration feeds.
+        ValueError: a preset that does not quantize (``format`` ``none``) or an unknown weight type.
     """
     import onnx
     from onnxruntime.quantization import quantize_dynamic
 
+    from edgeprune.profiles import QuantPreset
+
+    preset = preset if preset is not None else QuantPreset.default_int8()
+    if preset.format != "dynamic":
+        raise ValueError(f"quantize_onnx needs a dynamic preset, got format {preset.format!r}")
     in_path, out_path = Path(in_path), Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    wtype = _weight_type(weight_type)
-    expected = count_quantizable(in_path)
-    fmt = format.lower()
+    wtype = _weight_type(preset.weight_type)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         logging.getLogger("root").setLevel(logging.ERROR)
-        if fmt == "dynamic":
-            quantize_dynamic(
-                str(in_path),
-                str(out_path),
-                weight_type=wtype,
-                per_channel=per_channel,
-                reduce_range=reduce_range,
-                # Fused graphs carry contrib-op outputs without type info; FLOAT is their type (DESIGN 5).
-                extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
-            )
-        elif fmt in ("qdq", "static"):
-            if calibration_feeds is None:
-                raise ValueError("format='qdq' needs calibration_feeds (a few batches of real tokenised inputs)")
-            _quantize_qdq(in_path, out_path, wtype, per_channel, reduce_range, list(calibration_feeds))
-        else:
-            raise ValueError(f"unknown quantization format {format!r}: use 'dynamic' or 'qdq'")
-    from .export import ensure_inputs, graph_input_names
+        quantize_dynamic(
+            str(in_path),
+            str(out_path),
+            weight_type=wtype,
+            per_channel=preset.per_channel,
+            reduce_range=preset.reduce_range,
+            # Fused graphs carry contrib-op outputs without type info; FLOAT is their type (DESIGN 5).
+            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+        )
+    return _check_quantized(in_path, out_path)
 
+
+def quantize_qdq(in_path: str | Path, out_path: str | Path, calibration_feeds: Iterable[dict[str, Any]], *,
+                 weight_type: str = "s8", per_channel: bool = True, reduce_range: bool = False) -> Path:
+    """Static QDQ quantization with calibration feeds (library use only: no profile can ask for it yet, and it was
+    2.2x slower than dynamic on AVX2 hosts, DESIGN 5).
+
+    Args:
+        in_path: FP32 ONNX.
+        out_path: destination ``.onnx``.
+        calibration_feeds: an iterable of ORT input dicts (numpy int64 arrays), a few batches of real inputs.
+        weight_type, per_channel, reduce_range: as in :class:`~edgeprune.profiles.QuantPreset`.
+
+    Returns:
+        ``out_path``.
+
+    Raises:
+        VerificationError: fewer nodes were quantized than the graph has weight MatMul/Attention nodes.
+        ValueError: no calibration feeds, or an unknown weight type.
+    """
+    feeds = list(calibration_feeds or [])
+    if not feeds:
+        raise ValueError("quantize_qdq needs calibration_feeds (a few batches of real tokenised inputs)")
+    in_path, out_path = Path(in_path), Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    wtype = _weight_type(weight_type)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        logging.getLogger("root").setLevel(logging.ERROR)
+        _quantize_qdq(in_path, out_path, wtype, per_channel, reduce_range, feeds)
+    return _check_quantized(in_path, out_path)
+
+
+def _check_quantized(in_path: Path, out_path: Path) -> Path:
+    from edgeprune.onnx.export import ensure_inputs, graph_input_names
+
+    expected = count_quantizable(in_path)
     ensure_inputs(out_path, graph_input_names(in_path))
     got = count_quantized(out_path)
     total = sum(got.values())
@@ -200,63 +221,3 @@ def _quantize_qdq(in_path: Path, out_path: Path, wtype: Any, per_channel: bool, 
             op_types_to_quantize=["MatMul", "Attention"],
             extra_options={"DefaultTensorType": __import__("onnx").TensorProto.FLOAT},
         )
-
-
-def to_ort_format(onnx_path: str | Path, out_dir: str | Path, *, optimization_style: str = "Fixed",
-                  target_platform: str | None = None) -> dict[str, Path]:
-    """Convert an ONNX model to ORT format (``.ort``) plus the required-operators config for a reduced build.
-
-    Uses onnxruntime's own converter (``onnxruntime.tools.convert_onnx_models_to_ort``, in process, its console
-    output captured) on a private copy of the model, so the tool's side files never land next to the input.
-
-    Args:
-        onnx_path: the (quantized) ONNX file (external data is copied along).
-        out_dir: where ``<stem>.ort`` and ``<stem>.required_operators.config`` are written.
-        optimization_style: ``"Fixed"`` (optimisations baked in; the usual choice for mobile) or ``"Runtime"``.
-        target_platform: ``"arm"`` or ``"amd64"`` (the tool's names; ``None`` = the host). Affects which
-            optimisations are baked into a ``Fixed`` file.
-
-    Returns:
-        ``{"ort": path, "required_operators": path}``.
-
-    Raises:
-        VerificationError: the tool failed or did not produce both files.
-    """
-    import contextlib
-    import io
-
-    from onnxruntime.tools.convert_onnx_models_to_ort import OptimizationStyle, convert_onnx_models_to_ort
-
-    from .export import onnx_files
-
-    onnx_path, out_dir = Path(onnx_path), Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="edgeprune-ort-") as tmp:
-        work = Path(tmp) / "in"
-        work.mkdir()
-        for f in onnx_files(onnx_path):
-            shutil.copy2(f, work / f.name)
-        console = io.StringIO()
-        try:
-            with contextlib.redirect_stdout(console), contextlib.redirect_stderr(console):
-                convert_onnx_models_to_ort(work / onnx_path.name, output_dir=Path(tmp) / "out",
-                                           optimization_styles=[OptimizationStyle[optimization_style]],
-                                           target_platform=target_platform)
-        except Exception as exc:  # noqa: BLE001 - the tool raises plain exceptions; keep its output for the user
-            raise VerificationError(f"ORT format conversion failed: {exc}\n{console.getvalue()[-2000:]}") from exc
-        produced = list((Path(tmp) / "out").rglob("*"))
-        ort_files = [p for p in produced if p.suffix == ".ort"]
-        cfgs = [p for p in produced if p.name.endswith(".config") and "required_operators" in p.name]
-        if len(ort_files) != 1 or not cfgs:
-            raise VerificationError(f"ORT format conversion produced {sorted(p.name for p in produced)}:\n"
-                                    f"{console.getvalue()[-2000:]}")
-        ort_dst = out_dir / (onnx_path.stem + ".ort")
-        cfg_dst = out_dir / (onnx_path.stem + ".required_operators.config")
-        shutil.copy2(ort_files[0], ort_dst)
-        # Prefer the plain config over a "with_runtime_opt" one: it lists exactly the ops of the saved file. Its
-        # header names the temporary path it was generated from: name the shipped file instead.
-        cfg = min(cfgs, key=lambda p: len(p.name))
-        lines = [ln for ln in cfg.read_text().splitlines() if not ln.startswith("#")]
-        cfg_dst.write_text(f"# Operators required by {ort_dst.name} (reduced onnxruntime build, "
-                           "--include_ops_by_config)\n" + "\n".join(lines) + "\n")
-    return {"ort": ort_dst, "required_operators": cfg_dst}

@@ -40,7 +40,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
-from .errors import EmulationError, VerificationError
+from edgeprune.errors import EmulationError, VerificationError
 
 __all__ = [
     "ATOL",
@@ -124,7 +124,7 @@ def arm_root() -> Path:
 
 def setup_command(root: Optional[Path] = None) -> str:
     """The shell command that installs qemu-user-static and builds the sysroot at ``root`` (about 1 minute)."""
-    script = Path(__file__).resolve().parent.parent / "scripts" / "setup_arm_emu.sh"
+    script = Path(__file__).resolve().parents[2] / "scripts" / "setup_arm_emu.sh"
     cmd = f"bash {script}" if script.is_file() else "bash scripts/setup_arm_emu.sh  # from the edgeprune source tree"
     root = Path(root) if root is not None else arm_root()
     if root != Path.home() / ".cache" / "edgeprune" / "arm64":
@@ -161,7 +161,7 @@ def find_arm_python(root: Optional[Union[str, Path]] = None) -> Path:
 
 def _qemu_cpu_for(profile: Any, override: Optional[str] = None) -> tuple[str, str, Optional[Any]]:
     """(profile name, QEMU CPU model, loaded profile or None) for a profile name, path or object."""
-    from .profiles import load_profile
+    from edgeprune.profiles import load_profile
 
     prof = load_profile(profile)
     if not prof.qemu_cpu and override:
@@ -595,10 +595,10 @@ def fp32_reference_from_source(bundle_dir: Union[str, Path], out_path: Union[str
         return None
     if source_model is None and not Path(str(source)).expanduser().exists():
         return None  # recorded on another machine or a hub id: never reach out implicitly
-    from .adapters import get_adapter
-    from .export import export_onnx
-    from .modeling import load_model
-    from .plan import HeadPlan
+    from edgeprune.adapters import get_adapter
+    from edgeprune.onnx.export import export_onnx
+    from edgeprune.task.modeling import load_model
+    from edgeprune.plan import HeadPlan
 
     model, _ = load_model(source, with_tokenizer=False)
     get_adapter(model).prune_heads_(model, HeadPlan.from_dict(meta["plan"]))
@@ -775,6 +775,6 @@ def _compare(model_path: Path, ref_path: Path, ref_label: str, ref_kind: str, qu
     )
 
 
-if __name__ == "__main__":  # pragma: no cover - manual use: python -m edgeprune.arm MODEL [PROFILE]
+if __name__ == "__main__":  # pragma: no cover - manual use: python -m edgeprune.onnx.arm MODEL [PROFILE]
     res = verify_arm(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else "raspberrypi4")
     print("\n".join(res.summary_lines()))

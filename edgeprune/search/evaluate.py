@@ -25,13 +25,13 @@ from typing import TYPE_CHECKING, Optional, Sequence
 
 import torch
 
-from .adapters import get_adapter
-from .errors import DataError
-from .plan import UnitSpace
-from .search.core import EvalResult
+from edgeprune.adapters import get_adapter
+from edgeprune.errors import DataError
+from edgeprune.plan import UnitSpace
+from edgeprune.search.core import EvalResult
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .data import TextDataset
+    from edgeprune.task.data import TextDataset
 
 Head = tuple[int, int]
 
@@ -103,7 +103,7 @@ class MaskedEvaluator:
             swapped for the adapter's fusable equivalents in place (same weights, same outputs) so every layer can
             be run on its own.
         tokenizer: the model's tokenizer.
-        dataset: the split (a :class:`edgeprune.data.TextDataset`: texts, optional text_pairs, labels).
+        dataset: the split (a :class:`edgeprune.task.data.TextDataset`: texts, optional text_pairs, labels).
         batch_size: examples per forward pass.
         max_length: truncation length in tokens.
         threads: torch intra-op threads (default: physical cores). Set process-wide.

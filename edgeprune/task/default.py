@@ -46,9 +46,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from .data import TextDataset
-from .errors import DataError, EdgepruneError
-from .versions import versions
+from edgeprune.task.data import TextDataset
+from edgeprune.errors import DataError, EdgepruneError
+from edgeprune.versions import versions
 
 __all__ = [
     "CACHE_ENV",

@@ -1,6 +1,6 @@
 """Orchestration of one head-pruning search: model + search split + latency model -> plan (``edgeprune search``).
 
-This is the only module that ties the torch engine (:mod:`edgeprune.evaluate`, :mod:`edgeprune.importance`) to
+This is the only module that ties the torch engine (:mod:`edgeprune.search.evaluate`, :mod:`edgeprune.search.importance`) to
 the pure search (:mod:`edgeprune.search`). Heavy imports happen inside :func:`run_search`.
 """
 
@@ -12,14 +12,13 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, Union
 
-from .errors import EdgepruneError
-from .search import ALGORITHMS, Correction, Progress, SearchConfig, SearchResult
-from .search import search as _search
-from .versions import versions
+from edgeprune.config import DEFAULT_FFN_BLOCK_SIZE, DEFAULT_SEARCH, STRUCTURES, SearchSettings
+from edgeprune.errors import EdgepruneError
+from edgeprune.search import Correction, Progress, SearchConfig, SearchResult
+from edgeprune.search import search as _search
+from edgeprune.versions import versions
 
 LatencyFn = Callable[..., float]  # latency(kept_heads[, kept_ffn_blocks]) -> ms
-STRUCTURES = ("heads", "heads+ffn")
-DEFAULT_FFN_BLOCK_SIZE = 128
 
 
 def default_block_size(ffn_widths: Sequence[int], preferred: int = DEFAULT_FFN_BLOCK_SIZE) -> int:
@@ -85,7 +84,7 @@ def resolve_latency(layout, hidden: int, seq_len: int, *, latency_table: Optiona
         path = candidate if candidate.exists() else None
     joint = space is not None and space.has_ffn
     if path is not None:
-        from .latency import has_ffn_axis, load_lut, predict
+        from edgeprune.latency.table import has_ffn_axis, load_lut, predict
 
         lut = load_lut(path)
         n_layers = len(lut["layers"])
@@ -120,74 +119,50 @@ def run_search(
     model: Any,
     search_data: Any,
     *,
+    settings: Optional[SearchSettings] = None,
+    max_drop_pts: float = 1.0,
+    confidence: float = 0.95,
     profile: Any = None,
     latency_table: Optional[Union[str, Path]] = None,
     latency: Optional[LatencyFn] = None,
-    max_drop_pts: float = 1.0,
-    confidence: float = 0.95,
-    algorithm: str = "astar",
-    correction: Union[str, Correction] = Correction.BONFERRONI,
-    max_evaluations: int = 300,
-    max_seconds: Optional[float] = None,
-    branching: int = 6,
-    batch_size: int = 4,
-    seed: int = 0,
     tokenizer: Any = None,
     max_length: Optional[int] = None,
-    eval_batch_size: int = 32,
     journal: Optional[Union[str, Path]] = None,
     resume: bool = False,
     on_progress: Optional[Callable[[Progress], None]] = None,
     text_column: Optional[str] = None,
     label_column: Optional[str] = None,
-    offset_worse: int = 0,
-    offset_better: int = 0,
-    rescore_every: int = 1,
     shipped_predictions: Optional[Sequence[int]] = None,
-    importance_examples: Optional[int] = None,
-    structures: str = "heads",
-    ffn_block_size: Optional[int] = None,
-    credit_improvement: bool = True,
+    work_dir: Optional[Union[str, Path]] = None,
+    **overrides: Any,
 ) -> SearchResult:
-    """Search a head plan for ``model`` on ``search_data`` under an accuracy bound.
+    """Search a plan for ``model`` on ``search_data`` under an accuracy bound, as ``edgeprune build`` does.
 
     Args:
-        model: model folder / hub id (loaded with :func:`edgeprune.modeling.load_model`), "default" (the default
-            task's fine-tuned MiniLM), or a loaded model (then pass ``tokenizer``). The loaded model is modified in place (fusable attention modules, same outputs).
-        search_data: a :class:`~edgeprune.data.TextDataset`, a dataset path for :func:`edgeprune.data.load_dataset`,
-            or "default" (the default task's search split).
-        profile: device profile name/path/object (sequence length, its LUT); optional.
+        model: model folder / hub id (loaded with :func:`edgeprune.task.modeling.load_model`), "default" (the default
+            task's fine-tuned MiniLM), or a loaded model (then pass ``tokenizer``). The loaded model is modified in
+            place (fusable attention modules, same outputs).
+        search_data: a :class:`~edgeprune.task.data.TextDataset`, a dataset path, or "default" (the default task's
+            search split).
+        settings: how to search (:class:`edgeprune.config.SearchSettings`; default: the build's defaults).
+        max_drop_pts: the promise's accuracy bound in points (1.0 = one point).
+        confidence: the promise's confidence; candidates are accepted at the per-look level certification will
+            use (:func:`edgeprune.certify.policy.search_confidence` over ``1 + settings.fallbacks`` looks).
+        profile: device profile name/path/object (sequence length, its LUT, the INT8 preset for the INT8 allowance).
         latency_table: LUT JSON (``edgeprune lut``); overrides the profile's.
         latency: a latency function to use directly (overrides both; e.g. for tests).
-        max_drop_pts: accuracy bound in points (1.0 = one point) on the upper confidence bound of the paired drop.
-        confidence: one-sided confidence of that bound.
-        algorithm: "astar", "greedy", "oneshot" or "random".
-        correction: "bonferroni" (over the evaluation budget) or "none"; see docs/search.md.
-        max_evaluations: evaluation budget (each is a pass over the search split).
-        max_seconds: wall-time budget (None = none).
-        branching: A* successors per node.
-        batch_size: candidates per evaluator call.
-        seed: seed (random baseline).
         tokenizer: tokenizer when ``model`` is an object.
         max_length: truncation length (default: the profile's seq_len, else 128).
-        eval_batch_size: examples per forward pass.
         journal: JSONL journal path (default: none).
         resume: replay the journal instead of re-evaluating.
         on_progress: progress callback.
-        text_column: dataset text column (file datasets).
-        label_column: dataset label column (file datasets).
-        offset_worse, offset_better: discordant counts added to every candidate before bounding (the dense INT8
-            model's flips on the search split, so accepted plans leave room for quantization; see SearchConfig).
-        rescore_every: greedy (and A*'s greedy seed) re-score importance every this many removals.
-        importance_examples: compute head importance on about this many examples (None = the whole split).
-        shipped_predictions: predictions of the *unpruned* model in its shipped form (e.g. the INT8 ONNX file) on
-            the search split, in dataset order; its discordant count against the FP32 model is added to the
-            offsets, split evenly between worse and better, so the search keeps room for the flips quantization
-            causes by itself without banking on their net direction.
-        structures: "heads" (attention heads only) or "heads+ffn" (heads and FFN neuron blocks in one search;
-            the latency table needs an FFN axis). See docs/search.md, "Joint search".
-        ffn_block_size: neurons per FFN block for "heads+ffn" (default 128).
-        credit_improvement: False = no credit for an observed net accuracy gain (see SearchConfig).
+        text_column, label_column: dataset columns (file datasets).
+        shipped_predictions: predictions of the *unpruned* model in its shipped form on the search split (dataset
+            order). Default with ``settings.int8_aware`` and a profile: compiled here with the profile's preset
+            (:func:`shipped_dense_predictions`). Their discordance against the FP32 model is added to every
+            candidate's counts (:func:`edgeprune.certify.policy.int8_allowance`).
+        work_dir: scratch folder for the dense shipped-form file (default: a temporary folder).
+        **overrides: :class:`SearchSettings` fields to change (e.g. ``algorithm="greedy"``).
 
     Returns:
         The :class:`SearchResult`; ``result.to_dict()`` is the plan.json content (with latency source, model,
@@ -196,21 +171,18 @@ def run_search(
     Raises:
         EdgepruneError: bad model, data, profile, table or configuration.
     """
-    from .evaluate import MaskedEvaluator
-    from .importance import head_importance, make_rescorer
+    from edgeprune.certify.policy import int8_allowance, search_confidence
 
-    if algorithm not in ALGORITHMS:
-        raise EdgepruneError(f"unknown algorithm {algorithm!r}; choose one of {', '.join(ALGORITHMS)}")
-    if structures not in STRUCTURES:
-        raise EdgepruneError(f"unknown structures {structures!r}; choose one of {', '.join(STRUCTURES)}")
+    settings = (settings or DEFAULT_SEARCH).replace(**overrides) if overrides else (settings or DEFAULT_SEARCH)
+    algorithm, structures, ffn_block_size = settings.algorithm, settings.structures, settings.ffn_block_size
+    importance_examples = settings.importance_examples
+    from edgeprune.search.evaluate import MaskedEvaluator
+    from edgeprune.search.importance import head_importance, make_rescorer
+
     joint = structures == "heads+ffn"
-    if ffn_block_size is not None and not joint:
-        raise EdgepruneError("--ffn-block-size needs --structures heads+ffn")
-    if ffn_block_size is not None and ffn_block_size <= 0:
-        raise EdgepruneError(f"--ffn-block-size must be positive, got {ffn_block_size}")
     model_id = None
     if str(model) == "default" or str(search_data) == "default":
-        from .default_task import default_task
+        from edgeprune.task.default import default_task
 
         task = default_task()
         if str(model) == "default":
@@ -218,7 +190,7 @@ def run_search(
         if str(search_data) == "default":
             search_data = task.search
     if isinstance(model, (str, os.PathLike)):
-        from .modeling import load_model
+        from edgeprune.task.modeling import load_model
 
         model_id = str(model)
         model, tok = load_model(model)
@@ -226,44 +198,40 @@ def run_search(
     if tokenizer is None:
         raise EdgepruneError("a tokenizer is needed to evaluate the search split")
     if isinstance(search_data, (str, os.PathLike)):
-        from .data import load_dataset
+        from edgeprune.task.data import load_dataset
 
         search_data = load_dataset(search_data, text_column=text_column, label_column=label_column,
                                    label2id=getattr(model.config, "label2id", None))
     prof = None
     if profile is not None:
-        from .profiles import load_profile
+        from edgeprune.profiles import load_profile
 
         prof = load_profile(profile)
     seq_len = max_length or (prof.seq_len if prof is not None else 128)
+    if shipped_predictions is None and settings.int8_aware and prof is not None:
+        shipped_predictions = shipped_dense_predictions(model, tokenizer, search_data, prof, work_dir)
     t0 = time.monotonic()
     block_size = None
     if joint:
-        from .adapters import get_adapter
+        from edgeprune.adapters import get_adapter
 
         block_size = ffn_block_size or default_block_size(get_adapter(model).ffn_sizes(model))
-    evaluator = MaskedEvaluator(model, tokenizer, search_data, batch_size=eval_batch_size, max_length=seq_len,
+    evaluator = MaskedEvaluator(model, tokenizer, search_data, batch_size=settings.eval_batch_size, max_length=seq_len,
                                 ffn_block_size=block_size)
     base_s = time.monotonic() - t0
     layout = evaluator.layout
     space = evaluator.space
     shipped_counts = None
+    offset_worse = offset_better = 0
     if shipped_predictions is not None:
-        import torch
-
-        ref = torch.as_tensor(list(shipped_predictions), dtype=torch.long)
-        if ref.shape[0] != evaluator.n:
-            raise EdgepruneError(f"shipped_predictions has {ref.shape[0]} entries, the search split {evaluator.n}")
-        ref_correct = ref == evaluator.labels
-        shipped_counts = {"worse": int((evaluator.base_correct & ~ref_correct).sum()),
-                          "better": int((~evaluator.base_correct & ref_correct).sum()), "n": evaluator.n}
-        # Add the quantization's discordance symmetrically: its flips widen the final bound whichever way they go,
-        # but its net effect is noise around zero for the default preset (measured on the default task: +0.05 pt
-        # on the certify split, -0.85 pt on the search split). Taking the search split's lucky net gain at face
-        # value let the search spend room that certification then did not have.
-        discordant = shipped_counts["worse"] + shipped_counts["better"]
-        offset_worse += (discordant + 1) // 2
-        offset_better += discordant // 2
+        if len(shipped_predictions) != evaluator.n:
+            raise EdgepruneError(f"shipped_predictions has {len(shipped_predictions)} entries, the search split "
+                                 f"{evaluator.n}")
+        labels = evaluator.labels.tolist()
+        allowance = int8_allowance(evaluator.base_correct.tolist(),
+                                   [int(p) == y for p, y in zip(shipped_predictions, labels)])
+        offset_worse, offset_better = allowance.pop("offset_worse"), allowance.pop("offset_better")
+        shipped_counts = allowance
     if latency is not None:
         lat_fn, source = latency, {"kind": "callable", "unit": "ms"}
     else:
@@ -271,7 +239,7 @@ def run_search(
                                          profile=prof, space=space)
     t1 = time.monotonic()
     if joint:
-        from .ffn_importance import unit_importance
+        from edgeprune.search.ffn_importance import unit_importance
 
         def rescore_units(state: frozenset) -> dict:
             raw = unit_importance(evaluator, frozenset(state), max_examples=importance_examples)
@@ -283,11 +251,13 @@ def run_search(
         importance = head_importance(evaluator, max_examples=importance_examples)
         rescorer = make_rescorer(evaluator, max_examples=importance_examples)
     importance_s = time.monotonic() - t1
-    config = SearchConfig(max_drop_pts=max_drop_pts, confidence=confidence, correction=Correction(correction),
-                          max_evaluations=max_evaluations, max_seconds=max_seconds, branching=branching,
-                          batch_size=batch_size, seed=seed, offset_worse=offset_worse,
-                          offset_better=offset_better, rescore_every=rescore_every,
-                          credit_improvement=credit_improvement)
+    config = SearchConfig(max_drop_pts=max_drop_pts,
+                          confidence=search_confidence(confidence, settings.fallbacks),
+                          correction=Correction(settings.correction), max_evaluations=settings.max_evaluations,
+                          max_seconds=settings.max_seconds, branching=settings.branching,
+                          batch_size=settings.batch_size, seed=settings.seed, offset_worse=offset_worse,
+                          offset_better=offset_better, rescore_every=settings.rescore_every,
+                          credit_improvement=settings.credit_improvement)
     fingerprint = {
         "model": model_id or type(model).__name__,
         "data": {"source": getattr(search_data, "source", None), "n": len(search_data)},
@@ -355,6 +325,30 @@ def importance_per_ms(scores: dict, space: Any, latency: LatencyFn, removed: fro
         kind = "h" if space.is_head(unit) else "f"
         out[unit] = float(v) / max(saving.get((unit[0], kind), floor), floor)
     return out
+
+
+def shipped_dense_predictions(model: Any, tokenizer: Any, data: Any, profile: Any,
+                              work_dir: Optional[Union[str, Path]] = None) -> list[int]:
+    """Predictions on ``data`` of the unpruned model compiled as it will ship (the profile's preset, through
+    :func:`edgeprune.onnx.compile.compile_plan`).
+
+    The search bounds masked FP32 candidates; the shipped file is INT8, which changes some predictions by itself.
+    """
+    import shutil
+    import tempfile
+
+    from edgeprune.adapters import get_adapter
+    from edgeprune.onnx.compile import compile_plan
+    from edgeprune.plan import HeadPlan
+    from edgeprune.task.predict import onnx_predictions
+
+    full = HeadPlan.full(get_adapter(model).layout(model).heads_per_layer)
+    work = Path(work_dir) if work_dir is not None else Path(tempfile.mkdtemp(prefix="edgeprune-dense-"))
+    try:
+        compiled = compile_plan(model, full, profile.quant, work)
+        return onnx_predictions(compiled.onnx, tokenizer, data, max_length=profile.seq_len)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def write_plan(result: SearchResult, out: Union[str, Path]) -> Path:

@@ -9,7 +9,7 @@ Construction (DESIGN 6: layer latency is linear in kept heads and layers add up)
 * ``entry[i][k] = median over rounds of (T(layer i with k heads) - T(0 layers))``, both timed in the same round of
   an alternating schedule, so load drift on a shared machine cancels in the difference. A round's T is the best of
   ``reps`` runs: other processes only ever add time, and they add more to long runs than to short ones, which would
-  break additivity (see :func:`edgeprune.device_runner.alternate`).
+  break additivity (see :func:`edgeprune.latency.device_runner.alternate`).
 * the real ``rest`` model and the unpruned ``full`` model run in every layer group too; ``calibration_factor`` =
   measured full / LUT sum for the full model (paired in time with the entries).
 * a line ``a_i + b_i * k`` is fitted over k = 1..H per layer; ``k = 0`` stays raw (a 0-head layer has no attention
@@ -20,7 +20,7 @@ Construction (DESIGN 6: layer latency is linear in kept heads and layers add up)
 
 FFN axis (optional ``"ffn"`` section; ``build_lut(..., ffn=True)``, the default):
 
-* for each layer ``i`` and a few kept FFN widths ``w`` (:func:`edgeprune.device_runner.default_ffn_widths`: 0, 128,
+* for each layer ``i`` and a few kept FFN widths ``w`` (:func:`edgeprune.latency.device_runner.default_ffn_widths`: 0, 128,
   256, then doubling up to the full width), the 1-layer model with every head kept and its FFN cut to ``w`` neurons
   (``adapter.prune_ffn_``) goes through the same chain and the same alternating group as the heads' sub-models,
   paired with the same reference. The full width is the heads axis' ``k = H`` model (not exported twice).
@@ -39,7 +39,7 @@ table 80 times was 90% of the LUT build time. ``rest`` and ``full`` keep the rea
 sub-models: 1.86/1.67/0.85 ms with the real table vs 1.88/1.66/0.85 ms cut.
 
 The LUT is a JSON document with its provenance (CPU, arch, ORT version, threads, batch, seq_len, precision, date,
-where it was measured); see :func:`edgeprune.device_runner.assemble_lut` for the exact layout.
+where it was measured); see :func:`edgeprune.latency.device_runner.assemble_lut` for the exact layout.
 """
 
 from __future__ import annotations
@@ -54,9 +54,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, Union
 
-from . import device_runner as dr
-from .errors import MeasureError, PlanError
-from .profiles import DeviceProfile, load_profile
+from edgeprune.latency import device_runner as dr
+from edgeprune.errors import MeasureError, PlanError
+from edgeprune.profiles import DeviceProfile, load_profile
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,8 @@ __all__ = [
     "format_lut",
     "has_ffn_axis",
     "profile_lut",
-    "export_for_latency",
+    "compile_submodel",
+    "quant_record",
     "export_lut_models",
     "ffn_cost",
     "layer_costs",
@@ -79,67 +80,41 @@ EXPORT_FORMAT = "edgeprune-lut-export"
 DEFAULT_ROUNDS = 15
 DEFAULT_REPS = 5
 
-# Fallback preset when INT8 is asked for with a profile that ships FP32 (format "none").
-_DEFAULT_INT8 = {"format": "dynamic", "weight_type": "s8", "per_channel": True, "reduce_range": False}
+#: LUT sub-models are compiled like the shipped file (edgeprune.onnx.compile), with FP32 parity at one small shape.
+LUT_PARITY_SHAPES = ((1, 8),)
 
 
-def _quant_kwargs(profile: DeviceProfile, precision: Optional[str]) -> Optional[dict[str, Any]]:
-    """Quantization kwargs for ``precision`` (``None`` = the profile's), or ``None`` for FP32."""
-    precision = (precision or profile.precision).lower()
-    if precision == "fp32":
+def quant_record(preset: Any) -> Optional[dict[str, Any]]:
+    """How a latency table records its preset: ``None`` for FP32, else format/weight_type/per_channel/reduce_range."""
+    if preset.format == "none":
         return None
-    if precision != "int8":
-        raise MeasureError(f"precision must be 'int8' or 'fp32', got {precision!r}")
-    return profile.quant.kwargs() if profile.quant.format != "none" else dict(_DEFAULT_INT8)
+    rec = preset.to_record()
+    rec.pop("graph")
+    return rec
 
 
-def export_for_latency(
-    model: Any,
-    out_path: Union[str, Path],
-    *,
-    quant: Optional[dict[str, Any]],
-    expected_heads: Optional[Sequence[int]] = None,
-    workdir: Optional[Path] = None,
-    graph: str = "plain",
-) -> Path:
-    """Export a (pruned, fusable) model through the bundle's chain: export -> graph (plain|fused) -> (quantize).
+def compile_submodel(model: Any, plan: Any, preset: Any, out_path: Union[str, Path], work: Path) -> Path:
+    """Compile one latency sub-model through the shipped file's chain (:func:`edgeprune.onnx.compile.compile_plan`:
+    surgery checked against masking, export, parity, graph, quantization) into ``out_path``.
 
     Args:
-        model: the torch model (already pruned/truncated; made fusable here).
+        model: the (unpruned, truncated) sub-model; not modified.
+        plan: heads/FFN blocks to keep, or ``None`` for the model as it is.
+        preset: :class:`~edgeprune.profiles.QuantPreset` (``format`` ``none`` = FP32).
         out_path: the final ``.onnx``.
-        quant: kwargs for :func:`edgeprune.quantize.quantize_onnx`, or ``None`` for FP32.
-        expected_heads: kept heads per layer for the fused-Attention check.
-        workdir: where intermediate files go (default: next to ``out_path``).
-        graph: ``plain`` or ``fused`` (:func:`edgeprune.export.prepare_graph`; the profile's ``quant.graph``).
+        work: scratch folder (intermediates are deleted).
 
     Returns:
         ``out_path``.
     """
-    from .adapters import get_adapter
-    from .export import export_onnx, prepare_graph
+    from edgeprune.onnx.compile import compile_plan
 
-    out_path = Path(out_path)
-    work = Path(workdir or out_path.parent)
-    stem = out_path.stem
-    get_adapter(model).make_fusable_(model)
-    if quant is None and graph == "plain":
-        return export_onnx(model, out_path)  # FP32, plain graph: the export itself
-    raw = export_onnx(model, work / f"{stem}.raw.onnx")
-    opt_target = out_path if quant is None else work / f"{stem}.opt.onnx"
-    graph_path = prepare_graph(raw, opt_target, graph=graph, expected_heads=expected_heads)
-    if quant is not None:
-        from .quantize import quantize_onnx
-
-        quantize_onnx(graph_path, out_path, **quant)
-        _remove_onnx(opt_target)
-    _remove_onnx(raw)
-    return out_path
-
-
-def _remove_onnx(p: Path) -> None:
-    for f in (p, p.with_name(p.name + ".data"), p.with_suffix(".data")):
-        if f.exists():
-            f.unlink()
+    scratch = Path(tempfile.mkdtemp(prefix="sub-", dir=work))
+    try:
+        compile_plan(model, plan, preset, scratch, out_path=out_path, parity_shapes=LUT_PARITY_SHAPES)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return Path(out_path)
 
 
 def _model_info(model: Any, layout) -> dict[str, Any]:
@@ -184,7 +159,7 @@ def export_lut_models(
         rounds, reps: measuring schedule recorded in the manifest.
         ffn: also export the FFN axis (per layer, every head kept, a few kept FFN widths).
         ffn_widths: the widths to measure (same for every layer; 0 and the full width are always added); default
-            :func:`edgeprune.device_runner.default_ffn_widths` of each layer's width.
+            :func:`edgeprune.latency.device_runner.default_ffn_widths` of each layer's width.
         log_fn: progress callback.
 
     Returns:
@@ -195,13 +170,16 @@ def export_lut_models(
     """
     import torch
 
-    from .adapters import get_adapter
-    from .modeling import clone_model
-    from .plan import HeadPlan
+    from edgeprune.adapters import get_adapter
+    from edgeprune.task.modeling import clone_model
+    from edgeprune.plan import HeadPlan
 
     prof = load_profile(profile)
-    quant = _quant_kwargs(prof, precision)
-    graph = prof.quant.graph
+    try:
+        preset = prof.quant.for_precision(precision)
+    except ValueError as exc:
+        raise MeasureError(str(exc)) from None
+    quant = quant_record(preset)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     say = log_fn or (lambda s: None)
@@ -220,12 +198,10 @@ def export_lut_models(
     with tempfile.TemporaryDirectory(prefix="edgeprune-lut-") as tmp, torch.no_grad():
         work = Path(tmp)
         rest = adapter.keep_layers_(clone_model(model), [])
-        files["rest"] = export_for_latency(rest, out / "rest.onnx", quant=quant, expected_heads=[], workdir=work,
-                                           graph=graph).name
+        files["rest"] = compile_submodel(rest, None, preset, out / "rest.onnx", work).name
         if small and small < info["vocab_size"]:
             rest.resize_token_embeddings(small)
-            files["ref"] = export_for_latency(rest, out / "ref.onnx", quant=quant, expected_heads=[], workdir=work,
-                                           graph=graph).name
+            files["ref"] = compile_submodel(rest, None, preset, out / "ref.onnx", work).name
         del rest
         for i, h in enumerate(layout.heads_per_layer):
             base = adapter.keep_layers_(clone_model(model), [i])
@@ -233,10 +209,8 @@ def export_lut_models(
                 base.resize_token_embeddings(small)
             names = []
             for k in range(h + 1):
-                sub = clone_model(base)
-                adapter.prune_heads_(sub, HeadPlan((h,), (tuple(range(k)),)))
                 name = f"layer{i:02d}_k{k:02d}.onnx"
-                export_for_latency(sub, out / name, quant=quant, expected_heads=[k], workdir=work, graph=graph)
+                compile_submodel(base, HeadPlan((h,), (tuple(range(k)),)), preset, out / name, work)
                 names.append(name)
             files["layers"].append(names)
             n_ffn = 0
@@ -249,20 +223,14 @@ def export_lut_models(
                         continue
                     bs = math.gcd(full_w, w) if w else full_w
                     plan = HeadPlan.full((h,)).with_ffn(bs, [full_w // bs], [range(w // bs)])
-                    sub = adapter.prune_ffn_(clone_model(base), plan)
                     name = f"layer{i:02d}_f{w:05d}.onnx"
-                    export_for_latency(sub, out / name, quant=quant, expected_heads=[h], workdir=work,
-                                       graph=graph)
+                    compile_submodel(base, plan, preset, out / name, work)
                     ffn_names.append(name)
                     n_ffn += 1
                 files["ffn"].append(ffn_names)
             say(f"exported layer {i}: {h + 1 + n_ffn} sub-models ({time.perf_counter() - t0:.1f} s)")
         if include_full:
-            full = clone_model(model)
-            files["full"] = export_for_latency(
-                full, out / "full.onnx", quant=quant, expected_heads=list(layout.heads_per_layer), workdir=work,
-                graph=graph,
-            ).name
+            files["full"] = compile_submodel(model, None, preset, out / "full.onnx", work).name
     manifest: dict[str, Any] = {
         "format": EXPORT_FORMAT,
         "version": dr.LUT_VERSION,
@@ -275,10 +243,10 @@ def export_lut_models(
             "seq_len": prof.seq_len,
             "precision": "fp32" if quant is None else "int8",
             "quant": quant,
-            "graph": graph,
+            "graph": preset.graph,
             "allow_spinning": False,
         },
-        "profile": _profile_dict(prof),
+        "profile": prof.summary(),
         "schedule": {"rounds": rounds, "reps": reps},
         "files": files,
         "export_seconds": round(time.perf_counter() - t0, 2),
@@ -304,12 +272,6 @@ def _ffn_spec(adapter: Any, model: Any, widths: Optional[Sequence[int]]) -> dict
             ws = sorted({0, full} | {int(w) for w in widths})
         per_layer.append(ws)
     return {"sizes": sizes, "widths": per_layer}
-
-
-def _profile_dict(profile: DeviceProfile) -> dict[str, Any]:
-    from .measure import _profile_dict as pd
-
-    return pd(profile)
 
 
 def build_lut(
@@ -342,12 +304,12 @@ def build_lut(
         keep_dir: keep the exported sub-models there instead of a temporary folder.
         log_fn: progress callback.
         ffn: also measure the FFN axis (the LUT's ``"ffn"`` section; ~+35% build time on MiniLM-L6).
-        ffn_widths: FFN widths to measure (default :func:`edgeprune.device_runner.default_ffn_widths`).
+        ffn_widths: FFN widths to measure (default :func:`edgeprune.latency.device_runner.default_ffn_widths`).
 
     Returns:
         The LUT dict (also written to ``out``).
     """
-    from .measure import effective_threads
+    from edgeprune.latency.measure import effective_threads
 
     prof = load_profile(profile)
     thr, note = effective_threads(prof, threads)

@@ -9,7 +9,7 @@ and run::
 
 The workstation then uses the LUT with ``edgeprune search --latency-table lut.json``.
 
-``edgeprune.measure`` and ``edgeprune.latency`` import the same functions from here, so the host and the device
+``edgeprune.latency.measure`` and ``edgeprune.latency.table`` import the same functions from here, so the host and the device
 measure in exactly the same way. Keep this file free of ``edgeprune`` imports (it must run as a single copied file).
 """
 
@@ -276,7 +276,7 @@ def time_runs(
     return samples
 
 
-def _percentile(sorted_xs: Sequence[float], q: float) -> float:
+def percentile(sorted_xs: Sequence[float], q: float) -> float:
     """Linear-interpolation percentile (numpy's default) without numpy."""
     if not sorted_xs:
         return float("nan")
@@ -296,9 +296,9 @@ def summarize(samples_ms: Iterable[float]) -> dict[str, float]:
     std = (sum((x - mean) ** 2 for x in xs) / (n - 1)) ** 0.5 if n > 1 else 0.0
     return {
         "n": n,
-        "p50_ms": _percentile(xs, 50),
-        "p90_ms": _percentile(xs, 90),
-        "p99_ms": _percentile(xs, 99),
+        "p50_ms": percentile(xs, 50),
+        "p90_ms": percentile(xs, 90),
+        "p99_ms": percentile(xs, 99),
         "mean_ms": mean,
         "std_ms": std,
         "cv": std / mean if mean > 0 else float("nan"),
@@ -308,7 +308,7 @@ def summarize(samples_ms: Iterable[float]) -> dict[str, float]:
 
 
 def _median(xs: Sequence[float]) -> float:
-    return _percentile(sorted(xs), 50)
+    return percentile(sorted(xs), 50)
 
 
 def alternate(
@@ -412,7 +412,7 @@ def memory_probe(path: str, threads: int, batch: int, seq_len: int, *, vocab_siz
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# LUT assembly (shared by the host path in edgeprune.latency and the device path below)
+# LUT assembly (shared by the host path in edgeprune.latency.table and the device path below)
 
 
 def fit_linear(ks: Sequence[int], ys: Sequence[float]) -> dict[str, float]:
@@ -555,7 +555,7 @@ def assemble_lut(
             Gives the LUT's ``"ffn"`` section (paired with the same in-group reference as the heads).
 
     Returns:
-        The LUT dict (see docs in edgeprune.latency).
+        The LUT dict (see docs in edgeprune.latency.table).
     """
     host = host or host_info()
     profile = manifest.get("profile") or {}
@@ -571,7 +571,7 @@ def assemble_lut(
         for k in range(h + 1):
             diffs = sorted(t - r for t, r in zip(layer_rounds[(i, k)], rest_i))
             raw.append(_median(diffs))
-            spread.append(_percentile(diffs, 90) - _percentile(diffs, 10))
+            spread.append(percentile(diffs, 90) - percentile(diffs, 10))
         ks = list(range(1, h + 1))
         fit = fit_linear(ks, [raw[k] for k in ks])
         fitted = [raw[0]] + [fit["intercept_ms"] + fit["slope_ms_per_head"] * k for k in ks]
@@ -608,7 +608,7 @@ def assemble_lut(
         },
         "method": dict(method or {}, table=table, pairing="per-round T(1 layer, k heads) - T(0 layers)"),
         "rest_ms": rest_ms,
-        "rest_spread_ms": _percentile(sorted(rest_rounds), 90) - _percentile(sorted(rest_rounds), 10),
+        "rest_spread_ms": percentile(sorted(rest_rounds), 90) - percentile(sorted(rest_rounds), 10),
         "layers": layers,
         "calibration_factor": 1.0,
     }
@@ -649,7 +649,7 @@ def _ffn_section(
                 raise ValueError(f"layer {i}: no timings for FFN width {w}")
             diffs = sorted(t - r for t, r in zip(rounds, rest_i))
             layer_raw.append(_median(diffs))
-            spread.append(_percentile(diffs, 90) - _percentile(diffs, 10))
+            spread.append(percentile(diffs, 90) - percentile(diffs, 10))
         layers.append(ffn_layer_entry(i, h, full, widths, layer_raw, spread, table))
     return {
         "pairing": "per-round T(1 layer, all heads, w FFN neurons) - T(0 layers); raw_ms = that minus the same "
@@ -703,7 +703,7 @@ def measure_folder(
     rounds = int(rounds or manifest.get("schedule", {}).get("rounds", 15))
     reps = int(reps or manifest.get("schedule", {}).get("reps", 5))
     model = manifest["model"]
-    # Ids must be valid for every sub-model: the per-layer ones carry a cut embedding table (see edgeprune.latency).
+    # Ids must be valid for every sub-model: the per-layer ones carry a cut embedding table (see edgeprune.latency.table).
     vocab = min(v for v in (model.get("vocab_size"), model.get("layer_vocab_size"), 100_000) if v) or 100
     batch, seq = int(settings["batch"]), int(settings["seq_len"])
     thr = int(settings["threads"])

@@ -13,7 +13,7 @@ The path chosen here is the one verified in DESIGN.md section 4:
 Every step checks itself: :func:`check_parity` compares ORT with PyTorch at several (batch, seq) shapes, with padded
 attention masks, and raises :class:`~edgeprune.errors.VerificationError` beyond the tolerance.
 
-This module imports torch and onnxruntime lazily (inside functions) so ``import edgeprune.export`` stays cheap.
+This module imports torch and onnxruntime lazily (inside functions) so ``import edgeprune.onnx.export`` stays cheap.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
-from .errors import VerificationError
+from edgeprune.errors import VerificationError
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ def input_names_for(model_or_config: Any) -> list[str]:
     return names
 
 
-def _make_inputs(config: Any, names: Sequence[str], batch: int, seq: int, seed: int = 0) -> dict[str, Any]:
+def random_feeds(config: Any, names: Sequence[str], batch: int, seq: int, seed: int = 0) -> dict[str, Any]:
     """Random int64 inputs (numpy) with padded attention masks: row i has i*seq//(2*batch) padding tokens at the end.
 
     Padding is included on purpose: a trace that dropped the mask (transformers' SDPA path skips an all-ones mask)
@@ -187,7 +187,7 @@ def export_onnx(model: Any, out_path: str | Path, *, opset: int = 17, trace_shap
     prev_impl = getattr(model.config, "_attn_implementation", None)
     _set_attn_impl(model, "eager")
     wrapper = _wrap(model, names)
-    example = _make_inputs(model.config, names, batch, seq)
+    example = random_feeds(model.config, names, batch, seq)
     args = tuple(torch.from_numpy(example[n]) for n in names)
     dynamic_axes = {n: {0: "batch", 1: "sequence"} for n in names}
     dynamic_axes["logits"] = {0: "batch"}
@@ -325,7 +325,7 @@ def check_parity(
 ) -> float:
     """Compare ORT logits of ``onnx_path`` with PyTorch logits of ``model`` at several (batch, seq) shapes.
 
-    Inputs are random token ids with padded attention masks (see ``_make_inputs``), so a graph that lost the mask or
+    Inputs are random token ids with padded attention masks (see ``random_feeds``), so a graph that lost the mask or
     specialised an axis fails.
 
     Args:
@@ -351,7 +351,7 @@ def check_parity(
     model.eval()
     worst = 0.0
     for batch, seq in shapes:
-        inputs = _make_inputs(model.config, names, batch, seq, seed=seed)
+        inputs = random_feeds(model.config, names, batch, seq, seed=seed)
         ref = _torch_logits(model, inputs)
         got = sess.run(["logits"], {n: inputs[n] for n in feed_names})[0]
         if got.shape != ref.shape:

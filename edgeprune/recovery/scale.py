@@ -43,9 +43,9 @@ from typing import Any, Iterator
 
 import torch
 
-from .adapters import get_adapter
-from .errors import DataError, PlanError
-from .plan import HeadPlan
+from edgeprune.adapters import get_adapter
+from edgeprune.errors import DataError, PlanError
+from edgeprune.plan import HeadPlan
 
 TARGETS = ("teacher", "same_input")
 
@@ -265,7 +265,7 @@ def fit_recovery(model, tokenizer, dataset, plan: HeadPlan, *, max_examples: int
         PlanError: the model is already pruned or the plan does not fit it.
         DataError: empty dataset or unknown target.
     """
-    from .evaluate import MaskedEvaluator
+    from edgeprune.search.evaluate import MaskedEvaluator
 
     if target not in TARGETS:
         raise DataError(f"unknown recovery target {target!r} (choose from {', '.join(TARGETS)})")
@@ -431,3 +431,16 @@ def apply_recovery_(model, recovery: Recovery):
                     raise PlanError(f"layer {i}: the FFN has {w2.shape[1]} neurons, the recovery {ffn.shape[1]}")
                 w2.mul_(ffn[i].to(w2.dtype))
     return model
+
+
+def recovered_copy(model: Any, tokenizer: Any, data: Any, plan: HeadPlan, *, examples: int, max_length: int,
+                    batch_size: int) -> tuple[Any, dict[str, Any]]:
+    """A copy of the unpruned ``model`` with ``plan``'s recovery fitted on ``data`` and folded in (the model itself is
+    left untouched: certification pairs against it); returns ``(folded_copy, recovery summary)``."""
+    from edgeprune.task.modeling import clone_model
+
+    folded = clone_model(model).eval()
+    rec = fit_recovery(folded, tokenizer, data, plan, max_examples=examples, max_length=max_length,
+                       batch_size=batch_size)
+    apply_recovery_(folded, rec)
+    return folded, rec.to_dict()

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import torch
 
-from .adapters import get_adapter
-from .adapters.base import PLAN_ATTR
-from .errors import EdgepruneError, PlanError, UnsupportedModelError, VerificationError
-from .plan import HeadPlan
+from edgeprune.adapters import get_adapter
+from edgeprune.adapters.base import PLAN_ATTR
+from edgeprune.errors import EdgepruneError, PlanError, UnsupportedModelError, VerificationError
+from edgeprune.plan import HeadPlan
 
 PRUNING_FILE = "edgeprune_pruning.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -32,7 +32,7 @@ def is_pruned_dir(path: str | Path) -> bool:
     return (Path(path) / PRUNING_FILE).is_file()
 
 
-def _load_config(name_or_path: str | Path):
+def load_config(name_or_path: str | Path):
     from transformers import AutoConfig
 
     try:
@@ -69,7 +69,7 @@ def load_model(name_or_path: str | Path, *, num_labels: int | None = None, allow
     if is_pruned_dir(path):
         model = load_pruned(path)
     else:
-        config = _load_config(name_or_path)
+        config = load_config(name_or_path)
         if path.is_dir() and not any(path.glob("*.safetensors")) and not allow_pickle:
             raise EdgepruneError(
                 f"{path} has no .safetensors weights; refusing to unpickle a checkpoint (pass allow_pickle=True / "
@@ -127,7 +127,7 @@ def load_pruned(path: str | Path):
         raise EdgepruneError(f"{path / PRUNING_FILE} is unreadable or malformed: {exc}") from exc
     if meta.get("format_version") not in READABLE_VERSIONS:
         raise EdgepruneError(f"{path / PRUNING_FILE}: unknown format_version {meta.get('format_version')!r}")
-    config = _load_config(path)
+    config = load_config(path)
     model = AutoModelForSequenceClassification.from_config(config)
     adapter = get_adapter(model)
     adapter.prune_heads_(model, plan)
@@ -152,12 +152,24 @@ def count_parameters(model) -> int:
 
 def sample_inputs(model, batch: int = 3, seq: int = 12, seed: int = 0) -> dict:
     """Random inputs with padding in the last row, in the model's vocabulary."""
-    from .testing import random_inputs
-
     return random_inputs(batch, seq, vocab_size=model.config.vocab_size, seed=seed)
 
 
-@torch.inference_mode()
+def random_inputs(batch: int = 3, seq: int = 12, vocab_size: int = 128, seed: int = 0, pad_last: bool = True):
+    """Random token ids with a padded tail on the last row (so masks matter): dict of torch tensors."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    input_ids = torch.randint(5, vocab_size, (batch, seq), generator=g)
+    attention_mask = torch.ones(batch, seq, dtype=torch.long)
+    if pad_last and seq > 2:
+        attention_mask[-1, seq // 2:] = 0
+        input_ids[-1, seq // 2:] = 0
+    return {"input_ids": input_ids, "attention_mask": attention_mask}
+
+
+
+@torch.no_grad()  # not inference_mode: the pruned weights must stay trainable (distillation, refits)
 def prune_and_verify_(model, plan: HeadPlan, *, inputs: dict | None = None, atol: float = 1e-5) -> float:
     """Prune in place and check that the pruned logits equal the masked model's.
 

@@ -1,6 +1,6 @@
 """End-to-end ONNX Runtime latency and memory of a model at a device profile's settings.
 
-The timing kernel lives in :mod:`edgeprune.device_runner` (standalone, so the device measures the same way); this
+The timing kernel lives in :mod:`edgeprune.latency.device_runner` (standalone, so the device measures the same way); this
 module adds the profile, honest labelling, memory in fresh processes and file sizes.
 
 Every result carries ``measured_on``: a sentence saying on which machine the numbers were taken and whether that is
@@ -19,9 +19,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
-from . import device_runner as dr
-from .errors import MeasureError
-from .profiles import DeviceProfile, load_profile
+from edgeprune.latency import device_runner as dr
+from edgeprune.errors import MeasureError
+from edgeprune.profiles import DeviceProfile, load_profile
 
 PathLike = Union[str, os.PathLike]
 
@@ -136,19 +136,11 @@ class AlternatingResult:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def _profile_dict(profile: DeviceProfile) -> dict[str, Any]:
-    return {
-        "name": profile.name,
-        "display_name": profile.display_name,
-        "arch": profile.arch,
-        "cpu": {"count": profile.cpu.count, "core_type": profile.cpu.core_type, "ghz": profile.cpu.ghz},
-        "qemu_cpu": profile.qemu_cpu,
-    }
 
 
 def measured_on(profile: Union[str, DeviceProfile], host: Optional[dict] = None) -> tuple[str, str]:
     """``(where, sentence)`` for measurements taken here with ``profile``'s settings (see device_runner)."""
-    return dr.describe_where(_profile_dict(load_profile(profile)), host)
+    return dr.describe_where(load_profile(profile).summary(), host)
 
 
 def effective_threads(profile: DeviceProfile, threads: Optional[int] = None) -> tuple[int, str]:
@@ -334,7 +326,7 @@ def measure_alternating(
         warmup: untimed runs per model before the first round.
         seed: order shuffling and input seed.
         block: a round's value is the best (``"min"``, default: robust to other processes, see
-            :func:`edgeprune.device_runner.alternate`) or the median (``"median"``) of its ``reps`` runs.
+            :func:`edgeprune.latency.device_runner.alternate`) or the median (``"median"``) of its ``reps`` runs.
 
     Returns:
         :class:`AlternatingResult` with medians, spreads and paired ratios to the first model.
@@ -356,7 +348,7 @@ def measure_alternating(
 
     def spread(xs):
         xs = sorted(xs)
-        return dr._percentile(xs, 90) - dr._percentile(xs, 10)
+        return dr.percentile(xs, 90) - dr.percentile(xs, 10)
 
     ratios = tuple(med([a / b for a, b in zip(r, per[0])]) for r in per)
     where, sentence = measured_on(prof)

@@ -13,7 +13,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from .evaluate import MaskedEvaluator
+from edgeprune.search.evaluate import MaskedEvaluator
 
 Head = tuple[int, int]
 

@@ -1,0 +1,167 @@
+"""Certifying shipped-form files on the certify split, and the one result object the report and the bundle read.
+
+Certification (DESIGN.md section 2): each candidate plan is compiled to the file that would ship
+(:func:`edgeprune.onnx.compile.compile_plan`), run once with onnxruntime on the certify split and paired against
+the unpruned PyTorch model's predictions on the same examples; the one-sided upper confidence bound on the accuracy
+drop (:func:`edgeprune.certify.stats.paired_drop_upper_bound`) must not exceed ``max_drop``. The candidates and
+their order are fixed before the split is read (:mod:`edgeprune.certify.policy`); every look uses the
+Bonferroni-corrected confidence over the planned looks, so the guarantee holds for the one plan finally shipped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional, Sequence
+
+from edgeprune.certify import stats
+from edgeprune.errors import CertificationError, EdgepruneError
+
+
+@dataclass
+class Certification:
+    """Outcome of certifying one file on the certify split (accuracies and bound as fractions)."""
+
+    n: int
+    base_accuracy: float
+    accuracy: float
+    n_worse: int
+    n_better: int
+    drop: float
+    drop_upper_bound: float
+    max_drop: float
+    confidence: float
+    per_look_confidence: float
+    looks_planned: int
+    passed: bool
+    data_source: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def certify(base_preds: Sequence[int], preds: Sequence[int], labels: Sequence[int], *, max_drop: float,
+            confidence: float, looks: int = 1, data_source: str = "") -> Certification:
+    """Paired certification of a candidate's predictions against the base model's.
+
+    Args:
+        base_preds: unpruned model's predictions.
+        preds: shipped model's predictions on the same examples.
+        labels: gold labels.
+        max_drop: allowed accuracy drop as a fraction (0.01 = 1 point).
+        confidence: family-wise confidence of the promise.
+        looks: number of candidate files that may be certified on this split (Bonferroni correction).
+        data_source: description of the certify split, for the record.
+
+    Returns:
+        A :class:`Certification` (``passed`` says whether the bound holds).
+    """
+    n = len(labels)
+    if not (len(base_preds) == len(preds) == n) or n == 0:
+        raise EdgepruneError(f"certification needs aligned, non-empty predictions (got {len(base_preds)}, "
+                             f"{len(preds)}, {n})")
+    base_ok = [p == y for p, y in zip(base_preds, labels)]
+    ok = [p == y for p, y in zip(preds, labels)]
+    n_worse = sum(1 for b, c in zip(base_ok, ok) if b and not c)
+    n_better = sum(1 for b, c in zip(base_ok, ok) if c and not b)
+    per_look = float(stats.corrected_confidence(confidence, looks))
+    bound = float(stats.paired_drop_upper_bound(n_worse, n_better, n, per_look))
+    return Certification(
+        n=n, base_accuracy=sum(base_ok) / n, accuracy=sum(ok) / n, n_worse=n_worse, n_better=n_better,
+        drop=(n_worse - n_better) / n, drop_upper_bound=bound, max_drop=max_drop, confidence=confidence,
+        per_look_confidence=per_look, looks_planned=looks, passed=bound <= max_drop + 1e-12,
+        data_source=data_source,
+    )
+
+
+@dataclass
+class CertificationResult:
+    """The whole certification of a build: every candidate tested (in the frozen order), and what shipped.
+
+    Attributes:
+        shipped_index: index (in the candidate order) of the plan that ships.
+        certified: the shipped plan's bound holds (``None``: no certify data, nothing was certified).
+        forced: nothing certified and the first plan ships anyway on request (``--force``), marked.
+        certification: the shipped plan's :class:`Certification` (``None`` without certify data).
+        attempts: per tested candidate: ``plan_index``, ``kept_heads``, ``recovery_applied``, ``certification``.
+    """
+
+    shipped_index: int
+    certified: Optional[bool]
+    forced: bool
+    certification: Optional[Certification]
+    attempts: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"shipped_index": self.shipped_index, "certified": self.certified, "forced": self.forced,
+                "certification": self.certification.to_dict() if self.certification else None,
+                "attempts": self.attempts}
+
+
+def certify_in_order(
+    plans: Sequence[Any],
+    build: Callable[[int, Any], Any],
+    predict: Callable[[Any], list[int]],
+    base_preds: Optional[Sequence[int]],
+    labels: Optional[Sequence[int]],
+    *,
+    max_drop_pts: float,
+    confidence: float,
+    force: bool = False,
+    data_source: str = "",
+    describe: Callable[[Any], dict[str, Any]] = lambda built: {},
+    hook: Callable[[str], None] | None = None,
+) -> tuple[CertificationResult, Any]:
+    """Build and certify candidate plans in their frozen order until one passes.
+
+    Args:
+        plans: the candidates, in the order fixed before the certify split is read (the searched plan first).
+        build: ``build(index, plan)`` -> the shipped-form artifact of that plan (e.g. a
+            :class:`~edgeprune.onnx.compile.Compiled`).
+        predict: the artifact's predictions on the certify split.
+        base_preds, labels: the unpruned model's predictions and the gold labels on the certify split; ``None``
+            ships the first plan uncertified.
+        max_drop_pts: allowed drop in points.
+        confidence: family-wise confidence (Bonferroni over ``len(plans)`` looks).
+        force: when nothing passes, ship the first plan marked as forced instead of raising.
+        data_source: the certify split's description, for the record.
+        describe: extra fields of an attempt's record taken from the artifact (e.g. whether recovery was applied).
+        hook: called with ``"certify"`` before each look (progress).
+
+    Returns:
+        ``(result, artifact of the shipped plan)``.
+
+    Raises:
+        CertificationError: nothing passes and ``force`` is off.
+    """
+    step = hook or (lambda name: None)
+    looks = len(plans)
+    attempts: list[dict[str, Any]] = []
+    first = None
+    for index, plan in enumerate(plans):
+        built = build(index, plan)
+        if index == 0:
+            first = built
+        cert = None
+        if base_preds is not None:
+            step("certify")
+            cert = certify(base_preds, predict(built), labels, max_drop=max_drop_pts / 100.0, confidence=confidence,
+                           looks=looks, data_source=data_source)
+        attempts.append({"plan_index": index, "kept_heads": list(plan.kept_counts), **describe(built),
+                         "certification": cert.to_dict() if cert else None})
+        if cert is None or cert.passed:
+            return CertificationResult(index, cert.passed if cert else None, False, cert, attempts), built
+    if not force:
+        lines = [f"  plan {a['plan_index']} (kept heads {a['kept_heads']}): drop upper bound "
+                 f"{100 * a['certification']['drop_upper_bound']:.2f} pts, observed accuracy "
+                 f"{100 * a['certification']['accuracy']:.2f}% vs base "
+                 f"{100 * a['certification']['base_accuracy']:.2f}%" for a in attempts]
+        raise CertificationError(
+            f"no plan meets the bound 'accuracy drop <= {max_drop_pts} pts at {confidence:.0%} confidence' "
+            f"on the certify split ({attempts[0]['certification']['n']} examples, {looks} look(s), "
+            f"per-look confidence {attempts[0]['certification']['per_look_confidence']:.4f}):\n"
+            + "\n".join(lines)
+            + "\nNo bundle was written. Relax --max-drop, use a larger certify split, choose a plan that "
+            "removes fewer heads, or pass --force to ship anyway (marked as NOT certified)."
+        )
+    # Ship the requested plan (index 0), marked as forced.
+    return CertificationResult(0, False, True, Certification(**attempts[0]["certification"]), attempts), first

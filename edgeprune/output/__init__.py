@@ -1,0 +1,1 @@
+"""Writing the results: the deployable bundle folder and the report."""

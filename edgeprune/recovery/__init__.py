@@ -1,0 +1,1 @@
+"""Recovery of pruned models before export (least-squares refits, distillation)."""

@@ -1,0 +1,1 @@
+"""The task: datasets, the embedded default task, and loading/saving (pruned) models."""
