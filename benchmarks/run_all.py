@@ -51,6 +51,8 @@ import time
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from edgeprune.config import DEFAULT_SEARCH
+
 HERE = Path(__file__).resolve().parent
 
 GOALS = {
@@ -219,6 +221,13 @@ def search_data_of(search_data: Any, args: argparse.Namespace) -> Any:
     return search_data if not n or n >= len(search_data) else search_data.head(n)
 
 
+def search_settings_of(args: argparse.Namespace):
+    """The benchmark's search settings: `edgeprune build`'s (edgeprune.config.DEFAULT_SEARCH) with its options."""
+    return DEFAULT_SEARCH.replace(correction=args.correction, max_evaluations=args.max_evals, seed=0,
+                                  fallbacks=args.fallbacks, rescore_every=args.rescore_every,
+                                  importance_examples=args.importance_examples or None)
+
+
 def run_searches(model_dir: Path, search_data: Any, lut_path: Path, prof: Any, args: argparse.Namespace,
                  log: _Log, shipped_predictions: Optional[Sequence[int]] = None,
                  cached: Optional[dict[str, Any]] = None) -> dict[str, Any]:
@@ -237,15 +246,15 @@ def run_searches(model_dir: Path, search_data: Any, lut_path: Path, prof: Any, a
     Returns:
         ``{"common": {...}, key: {...} for each run}``; ``key["plan"]`` is the plan dict (``HeadPlan.from_dict``).
     """
-    from edgeprune.certify.stats import corrected_confidence
+    from edgeprune.certify.policy import search_confidence
     from edgeprune.search.run import run_search
 
     data = search_data_of(search_data, args)
-    search_conf = float(corrected_confidence(args.confidence, 1 + args.fallbacks))
-    common_kw = dict(profile=prof, latency_table=lut_path, max_drop_pts=args.max_drop, confidence=search_conf,
-                     correction=args.correction, max_evaluations=args.max_evals, seed=0, max_length=prof.seq_len,
-                     shipped_predictions=shipped_predictions, rescore_every=args.rescore_every,
-                     importance_examples=args.importance_examples or None, credit_improvement=False)
+    search_conf = search_confidence(args.confidence, args.fallbacks)
+    settings = search_settings_of(args)
+    # run_search applies the per-look level itself (certify.policy.search_confidence over 1 + fallbacks looks).
+    common_kw = dict(profile=prof, latency_table=lut_path, max_drop_pts=args.max_drop, confidence=args.confidence,
+                     max_length=prof.seq_len, shipped_predictions=shipped_predictions)
     common = {"model_dir": str(model_dir), "n": len(data), "max_drop_pts": args.max_drop,
               "family_confidence": args.confidence, "search_confidence": search_conf, "fallbacks": args.fallbacks,
               "int8_aware": shipped_predictions is not None, "importance_n": args.importance_examples or "all",
@@ -269,8 +278,9 @@ def run_searches(model_dir: Path, search_data: Any, lut_path: Path, prof: Any, a
             f"confidence {search_conf:.4f})")
         t = time.monotonic()
         with _search_threads(args.search_threads):
-            res = run_search(str(model_dir), data, algorithm=alg, structures=structures,
-                             ffn_block_size=args.ffn_block_size if joint else None, max_seconds=cap, **common_kw)
+            res = run_search(str(model_dir), data, settings=settings.replace(
+                algorithm=alg, structures=structures, ffn_block_size=args.ffn_block_size if joint else None,
+                max_seconds=cap, int8_aware=shipped_predictions is not None), **common_kw)
         wall = time.monotonic() - t
         info = res.info
         out[key] = {"algorithm": alg, "structures": structures, "plan": res.plan.to_dict(),
@@ -1069,7 +1079,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     ap.add_argument("--skip-task", action="store_true", help="skip the default-task part (BERT-base + roofline only)")
     ap.add_argument("--max-evals", type=int, default=None, help="search evaluation budget per algorithm "
                     "(default 80 as `edgeprune build`; 8 with --quick)")
-    ap.add_argument("--search-seconds", type=float, default=600.0,
+    ap.add_argument("--search-seconds", type=float, default=DEFAULT_SEARCH.max_seconds,
                     help="wall-time safety cap per algorithm (default 600 as `edgeprune build`; 0 = none)")
     ap.add_argument("--astar-seconds", type=float, default=None,
                     help="A*'s wall-time cap, its greedy seed included (default: --search-seconds)")
@@ -1079,7 +1089,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     ap.add_argument("--search-threads", type=int, default=0,
                     help="torch threads of the search's evaluator (default 0 = edgeprune's choice, the free "
                          "physical cores, as `edgeprune build`)")
-    ap.add_argument("--fallbacks", type=int, default=2,
+    ap.add_argument("--fallbacks", type=int, default=DEFAULT_SEARCH.fallbacks,
                     help="certification looks beyond the first, as `edgeprune build --fallbacks` (default 2): the "
                          "search and the certified column use the per-look confidence over 1 + fallbacks looks")
     ap.add_argument("--ffn-block-size", type=int, default=None,
@@ -1087,10 +1097,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                          "--quick)")
     ap.add_argument("--recovery-examples", type=int, default=1024,
                     help="search-split examples the recovery row's least-squares fit uses (default 1024)")
-    ap.add_argument("--int8-aware", action=argparse.BooleanOptionalAction, default=True,
+    ap.add_argument("--int8-aware", action=argparse.BooleanOptionalAction, default=DEFAULT_SEARCH.int8_aware,
                     help="add the dense shipped-INT8 model's search-split flips to every candidate, as "
                          "`edgeprune build` (run_search's shipped_predictions)")
-    ap.add_argument("--rescore-every", type=int, default=4,
+    ap.add_argument("--rescore-every", type=int, default=DEFAULT_SEARCH.rescore_every,
                     help="greedy re-scores importance every N removals (the build's default 4; Michel: 1)")
     ap.add_argument("--random", action="store_true", help="also run the random baseline")
     ap.add_argument("--out", default=str(HERE), help="writes OUT/results/<date>.json|.png and OUT/RESULTS.md")
@@ -1098,7 +1108,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     ap.add_argument("--profile", default="raspberrypi4")
     ap.add_argument("--max-drop", type=float, default=1.0, help="accuracy bound in points")
     ap.add_argument("--confidence", type=float, default=0.95)
-    ap.add_argument("--correction", default="none", choices=["none", "bonferroni"],
+    ap.add_argument("--correction", default=DEFAULT_SEARCH.correction, choices=["none", "bonferroni"],
                     help="search-split multiple-comparison correction (the build's default is none: the certify "
                          "split carries the promise)")
     ap.add_argument("--rounds", type=int, default=None, help="alternating latency rounds (default 25; 4 quick)")
@@ -1110,13 +1120,13 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
     q = args.quick
-    args.max_evals = args.max_evals or (8 if q else 80)
+    args.max_evals = args.max_evals or (8 if q else DEFAULT_SEARCH.max_evaluations)
     args.search_seconds = args.search_seconds or None  # 0 = no cap
     if args.astar_seconds is None:
         args.astar_seconds = args.search_seconds
     args.astar_seconds = args.astar_seconds or None
     if args.importance_examples is None:
-        args.importance_examples = 0 if q else 512
+        args.importance_examples = 0 if q else DEFAULT_SEARCH.importance_examples
     args.ffn_block_size = args.ffn_block_size or (16 if q else 128)
     if args.ffn_block_size <= 0 or args.fallbacks < 0 or args.recovery_examples <= 0:
         ap.error("--ffn-block-size and --recovery-examples must be positive, --fallbacks >= 0")

@@ -76,3 +76,8 @@ def test_search_and_build_share_their_search_defaults():
         structures=defaults["structures"], ffn_block_size=defaults["ffn_block_size"])
     assert from_cli == DEFAULT_SEARCH
     assert defaults["profile"] == inspect.signature(cli.build).parameters["profile"].default
+    # ... and the benchmark searches as the build does unless told otherwise.
+    from benchmarks.run_all import parse_args, search_settings_of
+
+    assert search_settings_of(parse_args([])) == DEFAULT_SEARCH
+    assert search_settings_of(parse_args(["--max-evals", "7"])) == DEFAULT_SEARCH.replace(max_evaluations=7)
