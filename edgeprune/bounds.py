@@ -27,6 +27,7 @@ __all__ = [
     "clopper_pearson_lower",
     "accuracy_lower_bound",
     "paired_drop_upper_bound",
+    "paired_drop_p_value",
     "corrected_confidence",
 ]
 
@@ -494,6 +495,39 @@ class _TrinomialGrid:
         return float(min(1.0, np.exp(np.where(hit, logp, -np.inf)).sum()))
 
 
+def _score_nuisance_interval(m: int, n: int, gamma: float) -> tuple[float, float]:
+    q_lo = clopper_pearson_lower(m, n, 1.0 - gamma / 2.0) if m > 0 else 0.0
+    return q_lo, clopper_pearson_upper(m, n, 1.0 - gamma / 2.0)
+
+
+def _score_p_value(x: int, y: int, n: int, alpha: float, delta: float, grid: "_TrinomialGrid | None" = None) -> float:
+    """Berger-Boos p-value of H0: drop >= delta with the score statistic (valid: P(p <= alpha) <= alpha under H0)."""
+    gamma = alpha * BERGER_BOOS_GAMMA_SHARE
+    d, m = x - y, x + y
+    q_lo, q_hi = _score_nuisance_interval(m, n, gamma)
+    lo = max(q_lo, abs(delta))
+    if lo > q_hi:
+        return gamma  # no nuisance value in the interval is compatible with this drop
+    grid = _TrinomialGrid(n, q_lo, q_hi) if grid is None else grid
+    t_obs = float(_score_statistic(float(d), float(m), n, delta))
+    grid.set_statistic(_score_statistic, t_obs + 1e-9 * max(1.0, abs(t_obs)), delta)  # ties count as extreme
+    tail = lambda q: grid.tail(0.5 * (q + delta), max(0.0, 0.5 * (q - delta)))  # noqa: E731
+    return min(1.0, _sup_unimodal_refined(tail, lo, q_hi)) + gamma
+
+
+def paired_drop_p_value(n_worse: int, n_better: int, n: int, max_drop: float, confidence: float) -> float:
+    """Exact p-value of "the drop is at least ``max_drop``" for the default (score) paired test.
+
+    ``p <= 1 - confidence`` is the same decision as ``paired_drop_upper_bound(...) <= max_drop`` (up to the
+    bisection's 1e-7), at about a twentieth of the cost: one p-value instead of a bisection over them. The value
+    includes the Berger-Boos gamma, which is a share of ``1 - confidence``; so it is a p-value for that level.
+    """
+    n_worse, n_better, n = int(n_worse), int(n_better), int(n)
+    if n <= 0 or n_worse < 0 or n_better < 0 or n_worse + n_better > n:
+        raise ValueError(f"invalid paired counts: n_worse={n_worse}, n_better={n_better}, n={n}")
+    return _score_p_value(n_worse, n_better, n, _check_confidence(confidence), float(max_drop))
+
+
 @lru_cache(maxsize=65536)
 def _score_exact_upper(x: int, y: int, n: int, alpha: float) -> float:
     """Exact unconditional upper bound from Tango's score statistic (Berger-Boos over the discordant rate q).
@@ -505,20 +539,12 @@ def _score_exact_upper(x: int, y: int, n: int, alpha: float) -> float:
     """
     from statistics import NormalDist
 
-    gamma = alpha * BERGER_BOOS_GAMMA_SHARE
     d, m = x - y, x + y
-    q_lo = clopper_pearson_lower(m, n, 1.0 - gamma / 2.0) if m > 0 else 0.0
-    q_hi = clopper_pearson_upper(m, n, 1.0 - gamma / 2.0)
+    q_lo, q_hi = _score_nuisance_interval(m, n, alpha * BERGER_BOOS_GAMMA_SHARE)
     grid = _TrinomialGrid(n, q_lo, q_hi)
 
     def p_value(delta: float) -> float:
-        lo = max(q_lo, abs(delta))
-        if lo > q_hi:
-            return gamma
-        t_obs = float(_score_statistic(float(d), float(m), n, delta))
-        grid.set_statistic(_score_statistic, t_obs + 1e-9 * max(1.0, abs(t_obs)), delta)  # ties count as extreme
-        tail = lambda q: grid.tail(0.5 * (q + delta), max(0.0, 0.5 * (q - delta)))  # noqa: E731
-        return min(1.0, _sup_unimodal_refined(tail, lo, q_hi)) + gamma
+        return _score_p_value(x, y, n, alpha, delta, grid)
 
     lo = d / n
     if p_value(lo) <= alpha:
