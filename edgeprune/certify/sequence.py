@@ -397,13 +397,13 @@ def preflight(n_certify: int, max_drop_pts: float, confidence: float, dense_int8
     if not certifiable:
         status = "fail"
         message = (f"with {n} certify examples even an exact copy of the dense INT8 model can be certified only to "
-                   f"{100 * bound:.1f} points at {conf} (the promise is {max_drop_pts:g}); "
+                   f"{100 * bound:.1f} points at {conf} (the promise is {max_drop_pts:.1f}); "
                    + (f"it needs about {needed} certify examples. " if needed else "")
                    + "Give more labelled data, a larger --certify-fraction, or a looser --max-drop.")
     else:
         status = "warn" if room_pts < min_room_fraction * max_drop_pts else "ok"
         message = (f"with {n} certify examples an exact copy of the dense INT8 model is bounded at {100 * bound:.2f} "
-                   f"points at {conf}: {room_pts:.2f} of the {max_drop_pts:g} points are left for pruning (a plan "
+                   f"points at {conf}: {room_pts:.2f} of the {max_drop_pts:.1f} points are left for pruning (a plan "
                    f"may differ from the unpruned model on at most {dd} examples at the INT8 file's observed drop, "
                    f"{d0} at no drop; INT8 alone accounts for {x + y})")
         if status == "warn":
