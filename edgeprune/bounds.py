@@ -446,26 +446,36 @@ def _xlogp(k, p: float):
     return np.where(k > 0, -np.inf, 0.0)
 
 
+#: Above this many cells the grid is not kept: each tail computes its own window (as the Wald version does).
+_GRID_MAX_CELLS = 1_500_000
+
+
 class _TrinomialGrid:
     """log multinomial coefficients of (n_worse = k, n_better = m - k) for every discordant count m the nuisance
     interval can reach (9 standard deviations beyond it), so that a tail probability at a new (p_w, p_b) costs one
-    vectorised exp over a window of the grid instead of recomputing the coefficients and the statistic."""
+    vectorised exp over a window of the grid instead of recomputing the coefficients and the statistic. Grids
+    above ``_GRID_MAX_CELLS`` are not stored (memory): each tail then computes its window's cells itself."""
 
     def __init__(self, n: int, q_lo: float, q_hi: float):
+        self.n = n
+        self.lf = _log_factorials(n)
+        self.m_lo, self.m_hi = self._m_window(q_lo)[0], self._m_window(q_hi)[1]
+        self.full = (self.m_hi - self.m_lo + 1) * (self.m_hi + 1) <= _GRID_MAX_CELLS
+        if self.full:
+            self.Mf, self.Kf, self.log_coef = self._cells(self.m_lo, self.m_hi, 0, self.m_hi)
+        self.hit = None
+        self._stat = None
+
+    def _cells(self, m_lo: int, m_hi: int, k_lo: int, k_hi: int):
         import numpy as np
 
-        self.n = n
-        lf = _log_factorials(n)
-        self.m_lo, self.m_hi = self._m_window(q_lo)[0], self._m_window(q_hi)[1]
-        ms = np.arange(self.m_lo, self.m_hi + 1)
-        ks = np.arange(0, self.m_hi + 1)
-        self.M, self.K = np.meshgrid(ms, ks, indexing="ij")
-        feasible = self.K <= self.M
-        ki, ji = np.where(feasible, self.K, 0), np.where(feasible, self.M - self.K, 0)
+        lf, n = self.lf, self.n
+        M, K = np.meshgrid(np.arange(m_lo, m_hi + 1), np.arange(k_lo, k_hi + 1), indexing="ij")
+        feasible = K <= M
+        ki, ji = np.where(feasible, K, 0), np.where(feasible, M - K, 0)
         # n! / (k! (m-k)! (n-m)!): the multinomial coefficient of k worse, m - k better, n - m unchanged.
-        self.log_coef = np.where(feasible, lf[n] - lf[ki] - lf[ji] - lf[n - self.M], -np.inf)
-        self.Mf, self.Kf = self.M.astype(np.float64), self.K.astype(np.float64)
-        self.hit = None
+        log_coef = np.where(feasible, lf[n] - lf[ki] - lf[ji] - lf[n - M], -np.inf)
+        return M.astype(np.float64), K.astype(np.float64), log_coef
 
     def _m_window(self, q: float) -> tuple[int, int]:
         n = self.n
@@ -474,7 +484,9 @@ class _TrinomialGrid:
 
     def set_statistic(self, stat, t_obs: float, delta: float) -> None:
         """Mark the cells whose statistic is <= t_obs (they depend on the hypothesised drop, not on the nuisance)."""
-        self.hit = stat(2.0 * self.Kf - self.Mf, self.Mf, self.n, delta) <= t_obs
+        self._stat = (stat, t_obs, delta)
+        if self.full:
+            self.hit = stat(2.0 * self.Kf - self.Mf, self.Mf, self.n, delta) <= t_obs
 
     def tail(self, p_w: float, p_b: float) -> float:
         """P(cell is a hit) for counts ~ Multinomial(n; p_w, p_b, 1 - p_w - p_b)."""
@@ -482,16 +494,22 @@ class _TrinomialGrid:
 
         n, q = self.n, p_w + p_b
         lo, hi = self._m_window(q)
-        lo, hi = max(lo, self.m_lo) - self.m_lo, min(hi, self.m_hi) - self.m_lo
+        lo, hi = max(lo, self.m_lo), min(hi, self.m_hi)
         if hi < lo:
             return 0.0
         theta = p_w / q if q > 0.0 else 0.5
-        spread = 9.0 * math.sqrt((hi + self.m_lo) * theta * (1.0 - theta)) + 6.0
-        k_lo = max(0, int(theta * (lo + self.m_lo) - spread))
-        k_hi = min(self.m_hi, int(math.ceil(theta * (hi + self.m_lo) + spread)))
-        rows, cols = slice(lo, hi + 1), slice(k_lo, k_hi + 1)
-        M, K, hit = self.Mf[rows, cols], self.Kf[rows, cols], self.hit[rows, cols]
-        logp = self.log_coef[rows, cols] + _xlogp(K, p_w) + _xlogp(M - K, p_b) + _xlogp(n - M, 1.0 - q)
+        spread = 9.0 * math.sqrt(hi * theta * (1.0 - theta)) + 6.0
+        k_lo = max(0, int(theta * lo - spread))
+        k_hi = min(self.m_hi, int(math.ceil(theta * hi + spread)))
+        if self.full:
+            rows, cols = slice(lo - self.m_lo, hi - self.m_lo + 1), slice(k_lo, k_hi + 1)
+            M, K, log_coef, hit = self.Mf[rows, cols], self.Kf[rows, cols], self.log_coef[rows, cols], \
+                self.hit[rows, cols]
+        else:
+            stat, t_obs, delta = self._stat
+            M, K, log_coef = self._cells(lo, hi, k_lo, k_hi)
+            hit = stat(2.0 * K - M, M, n, delta) <= t_obs
+        logp = log_coef + _xlogp(K, p_w) + _xlogp(M - K, p_b) + _xlogp(n - M, 1.0 - q)
         return float(min(1.0, np.exp(np.where(hit, logp, -np.inf)).sum()))
 
 
