@@ -142,7 +142,9 @@ def _trinomial(rng: random.Random, n: int, p_w: float, p_b: float) -> tuple[int,
 def test_paired_bound_coverage_by_simulation(p_w, p_b, method):
     """The bound must cover the true drop p_w - p_b in at least `confidence` of simulated experiments."""
     rng = random.Random(12345)
-    n, trials, confidence = 300, 2000 if method == "split" else 800, 0.9
+    n, trials, confidence = 300, 2000 if method == "split" else 400, 0.9
+    if method == "exact" and p_b >= 0.02:
+        pytest.skip("run time: the exact enumerated coverage below covers balanced and many discordant pairs")
     true_drop = p_w - p_b
     covered = 0
     for _ in range(trials):
@@ -152,6 +154,40 @@ def test_paired_bound_coverage_by_simulation(p_w, p_b, method):
     # Monte Carlo slack: 3 standard errors of a proportion at the nominal level.
     slack = 3 * math.sqrt(confidence * (1 - confidence) / trials)
     assert rate >= confidence - slack, f"coverage {rate:.3f} < {confidence} - {slack:.3f}"
+
+
+def _exact_coverage(n, p_w, p_b, confidence, method):
+    """P(bound >= p_w - p_b), summed exactly over the trinomial, not simulated.
+
+    The bound is increasing in n_worse at fixed n_better and decreasing in n_better, so the non-covering counts
+    are {x <= X(y)} with X(y) non-decreasing in y: a walk finds X(y) for every y with ~2 bounds per y.
+    """
+    true_drop = p_w - p_b
+
+    def logpmf(x, y):
+        return (math.lgamma(n + 1) - math.lgamma(x + 1) - math.lgamma(y + 1) - math.lgamma(n - x - y + 1)
+                + x * math.log(p_w) + y * math.log(p_b) + (n - x - y) * math.log1p(-p_w - p_b))
+
+    y_max = min(n, int(n * p_b + 9 * math.sqrt(n * p_b) + 10))
+    miss, x_top, bounds_computed = 0.0, -1, 0
+    for y in range(0, y_max + 1):
+        while x_top + 1 + y <= n and paired_drop_upper_bound(x_top + 1, y, n, confidence, method=method) < true_drop:
+            x_top += 1
+            bounds_computed += 1
+        bounds_computed += 1
+        miss += sum(math.exp(logpmf(x, y)) for x in range(0, x_top + 1))
+    return 1.0 - miss, bounds_computed
+
+
+def test_paired_bound_exact_coverage_score_vs_wald():
+    """Exact (enumerated) coverage: both exact tests are valid; the score version is the less conservative one."""
+    confidence = 0.9
+    score, _ = _exact_coverage(80, 0.05, 0.04, confidence, "exact")
+    wald, _ = _exact_coverage(80, 0.05, 0.04, confidence, "wald")
+    assert confidence <= score <= wald, (score, wald)
+    # Few, mostly one-sided flips: the nuisance near the boundary of its range, where the Wald tail peaks.
+    rare, _ = _exact_coverage(300, 0.004, 0.001, confidence, "exact")
+    assert rare >= confidence, rare
 
 
 def test_accuracy_bound_coverage_by_simulation():
@@ -181,3 +217,59 @@ def test_exact_paired_bound_is_tighter_where_it_matters():
     assert paired_drop_upper_bound(25, 12, 2113, 0.99) > paired_drop_upper_bound(25, 12, 2113, 0.95)
     with pytest.raises(ValueError, match="unknown method"):
         paired_drop_upper_bound(1, 1, 10, 0.95, method="normal")
+
+
+def _normal_bound(x, y, n, z=1.6448536269514722):
+    d = (x - y) / n
+    return d + z * math.sqrt(((x + y) / n - d * d) / n)
+
+
+@pytest.mark.parametrize("x,y", [(24, 23), (40, 20), (80, 30), (10, 12), (29, 28)])
+def test_score_test_is_tighter_than_wald_on_int8_counts(x, y):
+    n = 2113
+    score = paired_drop_upper_bound(x, y, n, 0.95)
+    wald = paired_drop_upper_bound(x, y, n, 0.95, method="wald")
+    assert score < wald
+    # Never below the (anti-conservative at small counts) normal approximation by more than rounding, and within
+    # 0.05 points above it: the exact test costs little over the approximation on these counts.
+    assert _normal_bound(x, y, n) - 1e-4 < score < _normal_bound(x, y, n) + 0.0005 + 0.002 * (x + y < 30)
+
+
+def test_score_statistic_restricted_mle_matches_a_numerical_maximum():
+    opt = pytest.importorskip("scipy.optimize", reason="scipy is not installed in this venv")
+    n = 500
+    for x, y, delta in [(12, 9, 0.01), (3, 0, 0.02), (30, 35, -0.005), (0, 4, 0.001), (20, 20, 0.0)]:
+        def nll(p_b):
+            p_w = p_b + delta
+            return -(x * math.log(p_w) + y * math.log(p_b) + (n - x - y) * math.log1p(-p_w - p_b))
+        lo = max(0.0, -delta) + 1e-12
+        res = opt.minimize_scalar(nll, bounds=(lo, (1 - delta) / 2 - 1e-9), method="bounded",
+                                  options={"xatol": 1e-12})
+        var = n * (2 * res.x + delta - delta * delta)
+        want = (x - y - n * delta) / math.sqrt(var)
+        got = float(bounds._score_statistic(float(x - y), float(x + y), n, delta))
+        assert got == pytest.approx(want, rel=1e-4, abs=1e-6), (x, y, delta)
+
+
+def test_score_bound_is_the_edge_of_its_acceptance_region():
+    # The bisection returns the smallest rejected drop; everything a little below must be accepted.
+    n, alpha = 2113, 0.05
+    b = paired_drop_upper_bound(24, 23, n, 1 - alpha)
+    assert b == bounds._score_exact_upper(24, 23, n, alpha)
+    assert paired_drop_upper_bound(24, 23, n, 1 - alpha, method="wald") == bounds._berger_boos_upper(24, 23, n, alpha)
+    # Monotone in the counts along a swap (one better becomes worse) and in n at fixed rates.
+    seq = [paired_drop_upper_bound(24 + k, 23 - k, n, 0.95) for k in range(0, 12, 3)]
+    assert all(a < c for a, c in zip(seq, seq[1:]))
+    assert paired_drop_upper_bound(48, 46, 2 * n, 0.95) < b
+
+
+@pytest.mark.parametrize("x,y,n", [(24, 23, 2113), (5, 1, 300), (0, 0, 1000)])
+def test_score_p_value_decreases_in_the_drop_and_matches_the_bound(x, y, n):
+    # The bisection assumes p(d0) decreases in d0; the bound is where p crosses alpha.
+    b = paired_drop_upper_bound(x, y, n, 0.95)
+    grid = [(x - y) / n + (b + 0.01 - (x - y) / n) * i / 24 for i in range(25)]
+    ps = [bounds.paired_drop_p_value(x, y, n, d, 0.95) for d in grid]
+    assert all(q <= p + 1e-9 for p, q in zip(ps, ps[1:]))
+    assert bounds.paired_drop_p_value(x, y, n, b, 0.95) <= 0.05 < bounds.paired_drop_p_value(x, y, n, b - 1e-5, 0.95)
+    with pytest.raises(ValueError):
+        bounds.paired_drop_p_value(x + 1, n, n, 0.01, 0.95)
