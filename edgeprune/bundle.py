@@ -336,7 +336,12 @@ def build_model_files(
     step("optimize")
     graph = getattr(quant, "graph", "plain")
     checks["graph"] = graph
-    prepared = prepare_graph(fp32, work / "model.fused.onnx", graph=graph, expected_heads=plan.kept_counts)
+    # Families whose attention ORT's optimizer cannot fuse (relative/rotary score terms) get its other fusions only;
+    # the fused graph's parity check below still runs.
+    expected = plan.kept_counts if adapter.ort_attention_fusion else None
+    if graph == "fused" and expected is None:
+        checks["attention_fusion"] = "not available for this family (ORT's optimizer has no pattern for it)"
+    prepared = prepare_graph(fp32, work / "model.fused.onnx", graph=graph, expected_heads=expected)
     if graph == "fused":
         checks["fused_attention_num_heads"] = fused_attention_heads(prepared)
         checks["parity_fused_max_abs_diff"] = check_parity(model, prepared, parity_shapes, FP32_ATOL)

@@ -83,7 +83,7 @@ def randomize_biases_(model, std: float = 0.2, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if name.endswith("bias") or "LayerNorm" in name or "layer_norm" in name:
+            if name.endswith("bias") or "norm" in name.lower():  # LayerNorm, layer_norm, mlp_norm, final_norm
                 p.add_(torch.randn(p.shape, generator=g) * std)
     return model
 

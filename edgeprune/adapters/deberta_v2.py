@@ -112,6 +112,15 @@ class FusableDisentangledAttention(nn.Module):
         return out
 
 
+class _PassThroughLayer(nn.Module):
+    """Stands in for the layers of an encoder truncated to none (``keep_layers_([])``, the latency table's
+    embeddings + classifier model): ``DebertaV2Encoder.forward`` reads its last layer's output and fails with an
+    empty layer list. Invisible to the adapter (:meth:`DebertaV2Adapter.layers` skips it)."""
+
+    def forward(self, hidden_states, *args, **kwargs):
+        return hidden_states, None
+
+
 @register_adapter("deberta-v2")
 class DebertaV2Adapter(BertFamilyAdapter):
     """DeBERTa-v2/v3: BERT's module layout with disentangled self-attention (see the module docstring)."""
@@ -123,6 +132,16 @@ class DebertaV2Adapter(BertFamilyAdapter):
             return ("its first layer is followed by a convolution (conv_kernel_size > 0, e.g. deberta-v2-xlarge), "
                     "which edgeprune's per-layer surgery and latency table do not model; DeBERTa-v3 has none")
         return None
+
+    def layers(self, model: nn.Module) -> nn.ModuleList:
+        layers = model.base_model.encoder.layer
+        if any(isinstance(layer, _PassThroughLayer) for layer in layers):
+            return nn.ModuleList([layer for layer in layers if not isinstance(layer, _PassThroughLayer)])
+        return layers
+
+    def _set_layers(self, model: nn.Module, layers: list[nn.Module]) -> None:
+        model.base_model.encoder.layer = nn.ModuleList(layers or [_PassThroughLayer()])
+        model.config.num_hidden_layers = len(layers)
 
     def head_size(self, model: nn.Module) -> int:
         c = model.config
