@@ -23,7 +23,9 @@ TINY_CONFIGS: dict[str, tuple[str, dict]] = {
     "modernbert": ("ModernBertConfig", {"local_attention": 8, "global_attn_every_n_layers": 2,
                                         "classifier_pooling": "mean", "pad_token_id": 0, "bos_token_id": 2,
                                         "eos_token_id": 3, "cls_token_id": 2, "sep_token_id": 3}),
-    "mpnet": ("MPNetConfig", {"pad_token_id": 1}),
+    # MPNet numbers positions from padding_idx + 1 = 2 (as RoBERTa): 128 tokens need 130 position embeddings
+    # (all-mpnet-base-v2 has 514 for 512 tokens).
+    "mpnet": ("MPNetConfig", {"pad_token_id": 1, "max_position_embeddings": 130}),
 }
 TINY_FAMILIES = sorted(TINY_CONFIGS)
 
@@ -47,7 +49,9 @@ def tiny_config(model_type: str, num_layers: int = 4, num_heads: int = 4, hidden
     else:
         kwargs = dict(hidden_size=hidden, num_attention_heads=num_heads, num_hidden_layers=num_layers,
                       intermediate_size=hidden * 2)
-    config = cls(vocab_size=vocab_size, max_position_embeddings=128, id2label=labels,
+    extra = dict(extra)
+    max_pos = extra.pop("max_position_embeddings", 128)
+    config = cls(vocab_size=vocab_size, max_position_embeddings=max_pos, id2label=labels,
                  label2id={v: k for k, v in labels.items()},
                  # larger than the default 0.02 so heads matter and parity checks have signal to compare
                  initializer_range=0.2, **kwargs, **extra)
