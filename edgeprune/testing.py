@@ -11,6 +11,21 @@ TINY_CONFIGS: dict[str, tuple[str, dict]] = {
     "xlm-roberta": ("XLMRobertaConfig", {"pad_token_id": 1}),
     "electra": ("ElectraConfig", {"embedding_size": 16}),
     "distilbert": ("DistilBertConfig", {}),
+    # DeBERTa-v3's structure: relative attention with both position terms, keys shared with the content
+    # projections, log-bucketed positions (16 buckets: seq 64 reaches the log range), LayerNorm-ed rel embeddings,
+    # no absolute positions, no segment embeddings.
+    "deberta-v2": ("DebertaV2Config", {"relative_attention": True, "pos_att_type": ["p2c", "c2p"],
+                                       "share_att_key": True, "position_buckets": 16, "max_relative_positions": -1,
+                                       "norm_rel_ebd": "layer_norm", "position_biased_input": False,
+                                       "type_vocab_size": 0, "hidden_act": "gelu"}),
+    # ModernBERT-base's structure (no biases, mean pooling, global layer every 3rd... here every 2nd of 4 layers)
+    # with a window of +-4 tokens so the parity shapes (seq 12-64) exercise the local layers.
+    "modernbert": ("ModernBertConfig", {"local_attention": 8, "global_attn_every_n_layers": 2,
+                                        "classifier_pooling": "mean", "pad_token_id": 0, "bos_token_id": 2,
+                                        "eos_token_id": 3, "cls_token_id": 2, "sep_token_id": 3}),
+    # MPNet numbers positions from padding_idx + 1 = 2 (as RoBERTa): 128 tokens need 130 position embeddings
+    # (all-mpnet-base-v2 has 514 for 512 tokens).
+    "mpnet": ("MPNetConfig", {"pad_token_id": 1, "max_position_embeddings": 130}),
 }
 TINY_FAMILIES = sorted(TINY_CONFIGS)
 
@@ -21,8 +36,9 @@ _WORDS = (
 
 
 def tiny_config(model_type: str, num_layers: int = 4, num_heads: int = 4, hidden: int = 32, num_labels: int = 2,
-                vocab_size: int = 128, attn_implementation: str | None = None):
-    """A tiny transformers config for ``model_type`` (layers x heads, hidden width)."""
+                vocab_size: int = 128, attn_implementation: str | None = None, overrides: dict | None = None):
+    """A tiny transformers config for ``model_type`` (layers x heads, hidden width); ``overrides`` are set on the
+    built config (family variants, e.g. ``{"share_att_key": False}``)."""
     import transformers
 
     cls_name, extra = TINY_CONFIGS[model_type]
@@ -33,24 +49,29 @@ def tiny_config(model_type: str, num_layers: int = 4, num_heads: int = 4, hidden
     else:
         kwargs = dict(hidden_size=hidden, num_attention_heads=num_heads, num_hidden_layers=num_layers,
                       intermediate_size=hidden * 2)
-    config = cls(vocab_size=vocab_size, max_position_embeddings=128, id2label=labels,
+    extra = dict(extra)
+    max_pos = extra.pop("max_position_embeddings", 128)
+    config = cls(vocab_size=vocab_size, max_position_embeddings=max_pos, id2label=labels,
                  label2id={v: k for k, v in labels.items()},
                  # larger than the default 0.02 so heads matter and parity checks have signal to compare
                  initializer_range=0.2, **kwargs, **extra)
+    for key, value in (overrides or {}).items():
+        setattr(config, key, value)
     if attn_implementation:
         config._attn_implementation = attn_implementation
     return config
 
 
 def tiny_model(model_type: str = "bert", num_layers: int = 4, num_heads: int = 4, hidden: int = 32,
-               num_labels: int = 2, seed: int = 0, attn_implementation: str | None = None):
+               num_labels: int = 2, seed: int = 0, attn_implementation: str | None = None,
+               overrides: dict | None = None):
     """A tiny randomly initialised sequence-classification model in eval mode."""
     import torch
     from transformers import AutoModelForSequenceClassification
 
     torch.manual_seed(seed)
     config = tiny_config(model_type, num_layers, num_heads, hidden, num_labels,
-                         attn_implementation=attn_implementation)
+                         attn_implementation=attn_implementation, overrides=overrides)
     model = AutoModelForSequenceClassification.from_config(config)
     return model.eval()
 
@@ -66,7 +87,7 @@ def randomize_biases_(model, std: float = 0.2, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if name.endswith("bias") or "LayerNorm" in name or "layer_norm" in name:
+            if name.endswith("bias") or "norm" in name.lower():  # LayerNorm, layer_norm, mlp_norm, final_norm
                 p.add_(torch.randn(p.shape, generator=g) * std)
     return model
 

@@ -76,8 +76,9 @@ def test_pruned_logits_equal_masked_logits(family, impl, plan_name):
         assert not torch.allclose(masked, unmasked, atol=1e-4), "masking changed nothing: the hooks are not applied"
     # Each removed head takes 3 * (d_in*d rows + d bias) of q/k/v and d*D columns of the output projection;
     # a 0-head layer keeps the output projection's bias (moved into the bias+residual+LayerNorm block).
+    # ModernBERT (released configs, and the tiny one) has no biases in Wqkv/Wo.
     d = D // H
-    per_head = 3 * (D * d + d) + d * D
+    per_head = 3 * D * d + d * D if family == "modernbert" else 3 * (D * d + d) + d * D
     assert before - count_parameters(model) == per_head * plan.num_removed
     assert get_adapter(model).current_plan(model) == plan
 
@@ -125,10 +126,10 @@ def test_layerwise_api_reproduces_the_forward_pass(family):
         hidden, layer_mask = adapter.embed(model, inputs["input_ids"], inputs["attention_mask"])
         for i in range(L):
             hidden = adapter.layer_forward(model, i, hidden, layer_mask)
-        assert torch.allclose(adapter.classify(model, hidden), expected, atol=1e-5)
+        assert torch.allclose(adapter.classify(model, hidden, layer_mask), expected, atol=1e-5)
 
 
-@pytest.mark.parametrize("family", ["bert", "distilbert"])
+@pytest.mark.parametrize("family", ["bert", "distilbert", "deberta-v2", "modernbert", "mpnet"])
 def test_pruning_twice_composes_in_original_indices(family):
     model = tiny_model(family, num_layers=L, num_heads=H, hidden=D)
     reference = clone_model(model)
@@ -146,7 +147,7 @@ def test_pruning_twice_composes_in_original_indices(family):
         adapter.prune_heads_(model, first)
 
 
-@pytest.mark.parametrize("family", ["bert", "distilbert"])
+@pytest.mark.parametrize("family", ["bert", "distilbert", "deberta-v2", "modernbert", "mpnet"])
 def test_keep_layers(family):
     model = tiny_model(family, num_layers=L, num_heads=H, hidden=D)
     adapter = get_adapter(model)
@@ -178,7 +179,7 @@ def test_plan_errors_name_the_bad_layer_or_head():
 def test_unsupported_family_names_type_and_supported_ones():
     from transformers import GPT2Config
 
-    with pytest.raises(UnsupportedModelError, match=r"'gpt2' is not supported; supported model types: bert, distilbert"):
+    with pytest.raises(UnsupportedModelError, match=r"'gpt2' is not supported; supported model types: bert, deberta-v2, distilbert, electra, modernbert, mpnet, "):
         get_adapter(GPT2Config())
 
 

@@ -85,7 +85,14 @@ def test_bundle_files_and_metadata(tmp_path, tok, model_type, graph):
     meta = json.loads((out / "edgeprune.json").read_text())
     assert meta["plan"] == UNEVEN.to_dict() and meta["kept_heads"] == [3, 0, 1, 4]
     assert meta["checks"]["graph"] == graph
-    if graph == "fused":
+    from edgeprune.adapters import get_adapter
+
+    if graph == "fused" and not get_adapter(model_type).ort_attention_fusion:
+        # DeBERTa/ModernBERT/MPNet: ORT's optimizer has no pattern for their attention; the bundle says so.
+        assert meta["checks"]["fused_attention_num_heads"] == []
+        assert "not available" in meta["checks"]["attention_fusion"]
+        assert "QAttention" not in meta["checks"]["quantized_nodes"]
+    elif graph == "fused":
         assert meta["checks"]["fused_attention_num_heads"] == [3, 1, 4]
         assert meta["checks"]["quantized_nodes"]["QAttention"] == 3
     else:  # plain: quantized MatMuls, no offline Attention (ORT fuses at session load)

@@ -45,7 +45,7 @@ def paired(ev, pred):
     return int((ev.base_correct & ~correct).sum()), int((~ev.base_correct & correct).sum())
 
 
-@pytest.mark.parametrize("family", ["bert", "distilbert", "roberta"])
+@pytest.mark.parametrize("family", ["bert", "distilbert", "roberta", "deberta-v2", "modernbert", "mpnet"])
 def test_engine_equals_plain_masked_forward(tok, family):
     """Cached, prefix-shared, batched evaluation == a plain full forward with the heads masked."""
     ev = MaskedEvaluator(tiny_model(family), tok, dataset(pairs=family == "bert"), batch_size=8)
@@ -157,7 +157,7 @@ def test_importance_on_a_subset_of_the_split(tok):
     assert part != full  # really computed on fewer examples
 
 
-@pytest.mark.parametrize("family", ["bert", "distilbert"])
+@pytest.mark.parametrize("family", ["bert", "distilbert", "deberta-v2", "modernbert", "mpnet"])
 def test_joint_engine_equals_pruned_model(tok, family):
     """Heads + FFN blocks: the cached engine == a plain masked forward == the physically pruned model."""
     from edgeprune.adapters import get_adapter

@@ -87,10 +87,13 @@ def _joint_plans() -> dict[str, HeadPlan]:
 PLANS = _joint_plans()
 
 
-def _params_removed(plan: HeadPlan) -> int:
+def _params_removed(plan: HeadPlan, family: str = "bert") -> int:
     d = D // H
     per_head = 3 * (D * d + d) + d * D  # q/k/v rows + biases, output-projection columns
     per_block = BS * (D + 1) + BS * D  # FFN input rows + biases, FFN output columns (its bias stays)
+    if family == "modernbert":  # no biases; the gated FFN input projection loses a row in each half per neuron
+        per_head = 3 * D * d + d * D
+        per_block = 2 * BS * D + BS * D
     return per_head * plan.num_removed + per_block * plan.ffn_num_removed
 
 
@@ -113,7 +116,7 @@ def test_pruned_logits_equal_masked_logits(family, plan_name):
     assert not torch.allclose(masked, unmasked, atol=1e-4)
     diff = prune_and_verify_(model, plan, inputs=inputs, atol=1e-5)
     assert diff <= 1e-5
-    assert before - count_parameters(model) == _params_removed(plan)
+    assert before - count_parameters(model) == _params_removed(plan, family)
     assert adapter.current_plan(model) == plan
     for layer, kept in zip(adapter.layers(model), plan.ffn_kept):
         proj = adapter._ffn_out(layer)
@@ -256,8 +259,10 @@ def test_onnx_export_fusion_quantization_parity(family, tmp_path):
     adapter.prune_heads_(model, ONNX_PLAN)
     adapter.make_fusable_(model)
     raw = export_onnx(model, tmp_path / "model.onnx")
-    fused = optimize_onnx(raw, tmp_path / "fused.onnx", expected_heads=ONNX_PLAN.kept_counts)
-    assert fused_attention_heads(fused) == [3, 1, 4]
+    # DeBERTa/ModernBERT/MPNet attention has no ORT fusion pattern: their "fused" graph has no Attention node.
+    fusable = adapter.ort_attention_fusion
+    fused = optimize_onnx(raw, tmp_path / "fused.onnx", expected_heads=ONNX_PLAN.kept_counts if fusable else None)
+    assert fused_attention_heads(fused) == ([3, 1, 4] if fusable else [])
     assert check_parity(model, raw) < FP32_ATOL
     assert check_parity(model, fused) < FP32_ATOL
     int8 = quantize_onnx(fused, tmp_path / "int8.onnx")

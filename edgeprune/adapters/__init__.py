@@ -13,6 +13,14 @@ from __future__ import annotations
 from ..errors import UnsupportedModelError
 
 _REGISTRY: dict[str, "object"] = {}
+#: Families whose structure cannot be pruned per layer: ``model_type`` -> the reason, given instead of the generic
+#: "not supported" so the user knows it is a property of the architecture, not a missing adapter.
+_REFUSED: dict[str, str] = {}
+
+
+def refuse_family(model_type: str, reason: str) -> None:
+    """Register a family that is refused with ``reason`` (e.g. ALBERT's cross-layer weight sharing)."""
+    _REFUSED[model_type] = reason
 
 
 def register_adapter(*model_types: str):
@@ -37,19 +45,27 @@ def get_adapter(model_or_type):
     """The adapter for a model, a config or a ``model_type`` string.
 
     Raises:
-        UnsupportedModelError: naming the model type and the supported ones.
+        UnsupportedModelError: naming the model type and the supported ones; for a refused family (ALBERT) or a
+            config variant the adapter cannot handle, naming the reason.
     """
+    config = None
     if isinstance(model_or_type, str):
         model_type = model_or_type
     else:
         config = getattr(model_or_type, "config", model_or_type)
         model_type = getattr(config, "model_type", None)
+    if model_type in _REFUSED:
+        raise UnsupportedModelError(f"model type {model_type!r} cannot be pruned per layer: {_REFUSED[model_type]}")
     try:
-        return _REGISTRY[model_type]
+        adapter = _REGISTRY[model_type]
     except KeyError:
         raise UnsupportedModelError(
             f"model type {model_type!r} is not supported; supported model types: {', '.join(supported_model_types())}"
         ) from None
+    reason = adapter.unsupported_reason(config) if config is not None else None
+    if reason:
+        raise UnsupportedModelError(f"this {model_type!r} model is not supported: {reason}")
+    return adapter
 
 
-from . import bert, distilbert  # noqa: E402,F401  (registration side effect)
+from . import bert, deberta_v2, distilbert, modernbert, mpnet, refused  # noqa: E402,F401  (registration side effect)

@@ -35,6 +35,10 @@ class Adapter(ABC):
 
     #: ``config.model_type`` values this adapter serves (filled by ``register_adapter``).
     model_types: tuple[str, ...] = ()
+    #: Whether ONNX Runtime's offline BERT optimizer fuses this family's attention (``graph = "fused"``). Families
+    #: with relative-position or rotary terms in the scores (DeBERTa, MPNet, ModernBERT) are not matched by its
+    #: Attention pattern; they ship the plain graph (ORT still fuses MatMul/LayerNorm/Gelu at session load).
+    ort_attention_fusion: bool = True
 
     # ---- family specifics (implemented by subclasses) -------------------------------------------------------------
     @abstractmethod
@@ -82,8 +86,16 @@ class Adapter(ABC):
         """Embeddings and the mask every layer takes: ``(hidden (B, S, D), layer_mask (B, 1, 1, S) additive)``."""
 
     @abstractmethod
-    def classify(self, model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
-        """Logits from the last layer's hidden states (pooler / pre-classifier + classifier)."""
+    def classify(self, model: nn.Module, hidden: torch.Tensor, layer_mask=None) -> torch.Tensor:
+        """Logits from the last layer's hidden states (pooler / pre-classifier + classifier).
+
+        ``layer_mask`` is what :meth:`embed` returned; heads that pool over the real tokens (ModernBERT's
+        ``classifier_pooling="mean"``) need it, first-token heads ignore it.
+        """
+
+    def unsupported_reason(self, config) -> str | None:
+        """Why a config of this family cannot be pruned by this adapter (None = it can)."""
+        return None
 
     # ---- shared behaviour ----------------------------------------------------------------------------------------
     def current_plan(self, model: nn.Module) -> HeadPlan:
@@ -115,6 +127,14 @@ class Adapter(ABC):
     def ffn_output(self, model: nn.Module, i: int) -> nn.Linear | None:
         """Layer ``i``'s FFN output projection: its input is the activated intermediate (None without FFN)."""
         return self._ffn_out(self.layers(model)[i])
+
+    def ffn_residual(self, model: nn.Module, i: int) -> nn.Module | None:
+        """A module of layer ``i`` whose first input is the FFN sublayer's residual stream.
+
+        Post-LayerNorm families (BERT, DeBERTa, MPNet) add the FFN output to the FFN input itself, so this is the
+        FFN input projection; pre-LayerNorm families (ModernBERT) override it with the norm in front of the FFN.
+        """
+        return self.ffn_input(model, i)
 
     # ---- FFN geometry --------------------------------------------------------------------------------------------
     def ffn_sizes(self, model: nn.Module) -> tuple[int, ...]:

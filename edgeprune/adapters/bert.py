@@ -85,7 +85,7 @@ class BertFamilyAdapter(Adapter):
             hidden = base.embeddings_project(hidden)
         return hidden, self.additive_mask(attention_mask, hidden.dtype)
 
-    def classify(self, model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    def classify(self, model: nn.Module, hidden: torch.Tensor, layer_mask=None) -> torch.Tensor:
         pooler = getattr(model.base_model, "pooler", None)
         if pooler is not None:  # BertForSequenceClassification: pooler -> dropout -> linear
             return model.classifier(model.dropout(pooler(hidden)))

@@ -74,7 +74,7 @@ class DistilBertAdapter(Adapter):
         hidden = model.base_model.embeddings(input_ids)
         return hidden, self.additive_mask(attention_mask, hidden.dtype)
 
-    def classify(self, model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    def classify(self, model: nn.Module, hidden: torch.Tensor, layer_mask=None) -> torch.Tensor:
         pooled = hidden[:, 0]  # (B, D): the [CLS] token
         pooled = model.dropout(nn.functional.relu(model.pre_classifier(pooled)))
         return model.classifier(pooled)

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 
-def _additive_mask(mask: torch.Tensor | None, scores: torch.Tensor) -> torch.Tensor | None:
+def additive_mask(mask: torch.Tensor | None, scores: torch.Tensor) -> torch.Tensor | None:
     """Return ``mask`` as an additive float mask broadcastable to ``scores`` (B, H, S, S), or None."""
     if mask is None:
         return None
@@ -48,7 +48,7 @@ def multi_head_attention(
     k = k_proj(hidden).view(batch, seq, num_heads, head_size).transpose(1, 2)  # (B, H, S, d)
     v = v_proj(hidden).view(batch, seq, num_heads, head_size).transpose(1, 2)  # (B, H, S, d)
     scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(head_size)  # (B, H, S, S)
-    add = _additive_mask(mask, scores)
+    add = additive_mask(mask, scores)
     if add is not None:
         scores = scores + add
     probs = dropout(torch.softmax(scores, dim=-1))

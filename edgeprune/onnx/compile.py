@@ -88,7 +88,9 @@ def compile_plan(
         adapter.check_plan(pruned, plan)
         checks["surgery_max_abs_diff"] = prune_and_verify_(pruned, plan, atol=SURGERY_ATOL)
     adapter.make_fusable_(pruned)
-    kept = list(adapter.current_plan(pruned).kept_counts)
+    # Families whose attention ORT's optimizer cannot fuse (relative/rotary score terms) get its other fusions only;
+    # the fused graph's parity check still runs.
+    kept = list(adapter.current_plan(pruned).kept_counts) if adapter.ort_attention_fusion else None
     step("export")
     fp32 = export_onnx(pruned, work / "model.fp32.onnx")
     if parity_shapes:
@@ -97,6 +99,8 @@ def compile_plan(
     graph = preset.graph
     checks["graph"] = graph
     prepared = prepare_graph(fp32, work / "model.fused.onnx", graph=graph, expected_heads=kept)
+    if graph == "fused" and kept is None:
+        checks["attention_fusion"] = "not available for this family (ORT's optimizer has no pattern for it)"
     if graph == "fused":
         checks["fused_attention_num_heads"] = fused_attention_heads(prepared)
         if parity_shapes:

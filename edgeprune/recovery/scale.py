@@ -340,7 +340,7 @@ def fit_recovery(model, tokenizer, dataset, plan: HeadPlan, *, max_examples: int
                 cap: dict[str, torch.Tensor] = {}
                 if teacher:  # the unpruned layer on its own input: attention target, FFN target, next input
                     with _capture(adapter.attention_output(model, i), cap, "ctx"), \
-                            _capture(adapter.ffn_input(model, i), cap, "z"), \
+                            _capture(adapter.ffn_residual(model, i), cap, "z"), \
                             _capture(adapter.ffn_output(model, i), cap, "a"):
                         out_t = adapter.layer_forward(model, i, xt[bi], masks[bi])
                     y_full_t = cap["ctx"] @ w_o.T  # (B, S, D): all heads, no bias (it cancels)
@@ -377,7 +377,7 @@ def fit_recovery(model, tokenizer, dataset, plan: HeadPlan, *, max_examples: int
                 for bi in range(len(batches)):
                     cap = {}
                     _scaled_layer_until(model, adapter, i, xs[bi], masks[bi], head_s, ffn_s,
-                                        _capture(adapter.ffn_input(model, i), cap, "z"),
+                                        _capture(adapter.ffn_residual(model, i), cap, "z"),
                                         _capture(adapter.ffn_output(model, i), cap, "a", stop=True))
                     m = tok[bi]
                     a = cap["a"][m]  # (T, N) raw activated intermediate

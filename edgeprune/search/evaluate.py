@@ -202,7 +202,7 @@ class MaskedEvaluator:
                 if i in self.cached_layers:
                     cache[i] = hidden
                 hidden = self.adapter.layer_forward(self.model, i, hidden, layer_mask)
-            logits = self.adapter.classify(self.model, hidden)
+            logits = self.adapter.classify(self.model, hidden, layer_mask)
             self._cache.append(cache)
             self._base_logp.append(torch.log_softmax(logits.float(), dim=-1))
             base_pred[b.index] = logits.argmax(-1)
@@ -261,7 +261,8 @@ class MaskedEvaluator:
             memo[key] = out
             return out
 
-        return [self.adapter.classify(self.model, layer_input(self.num_layers, c)) for c in range(len(states))]
+        return [self.adapter.classify(self.model, layer_input(self.num_layers, c), layer_mask)
+                for c in range(len(states))]
 
     @torch.inference_mode()
     def evaluate(self, states: Sequence[frozenset]) -> list[EvalResult]:

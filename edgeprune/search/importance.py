@@ -101,7 +101,7 @@ def gate_gradients(evaluator: MaskedEvaluator, head_gates: torch.Tensor, *, bloc
                 hidden, layer_mask = ev._embed(b)
                 for i in range(ev.num_layers):
                     hidden = adapter.layer_forward(model, i, hidden, layer_mask)
-                logits = adapter.classify(model, hidden)
+                logits = adapter.classify(model, hidden, layer_mask)
                 y = b.labels if target == "labels" else ev.base_pred[b.index]
                 loss = F.cross_entropy(logits.float(), y, reduction="sum")
                 for total, grad in zip(totals, torch.autograd.grad(loss, gates)):
