@@ -24,7 +24,7 @@ Plus the machine's FP32 and INT8 GEMM throughput (the roofline ceiling) and ORT'
 INT8, the heads-only A* and the heads+FFN A* models into attention / FFN / embeddings+classifier / other.
 
 Searches: each algorithm is one ``edgeprune.search.run.run_search`` call with the arguments ``edgeprune build`` passes
-(``pipeline._stage_search``): per-look confidence ``bounds.corrected_confidence(confidence, 1 + fallbacks)``, the
+(``pipeline._stage_search``): certification's test level (``certify.policy.search_confidence``), the
 dense shipped-INT8 file's search-split predictions as ``shipped_predictions`` (int8-aware offsets), rescore every 4,
 importance on 512 examples, 80 evaluations (600 s safety cap) per algorithm (A* pays for its own greedy seed), the LUT with its
 FFN axis (``build_lut(..., ffn=True)``; the heads-only searches read the same table), FFN blocks of 128 neurons.
@@ -224,7 +224,7 @@ def search_data_of(search_data: Any, args: argparse.Namespace) -> Any:
 def search_settings_of(args: argparse.Namespace):
     """The benchmark's search settings: `edgeprune build`'s (edgeprune.config.DEFAULT_SEARCH) with its options."""
     return DEFAULT_SEARCH.replace(correction=args.correction, max_evaluations=args.max_evals, seed=0,
-                                  fallbacks=args.fallbacks, rescore_every=args.rescore_every,
+                                  rescore_every=args.rescore_every,
                                   importance_examples=args.importance_examples or None)
 
 
@@ -234,7 +234,7 @@ def run_searches(model_dir: Path, search_data: Any, lut_path: Path, prof: Any, a
     """Every search of the benchmark through ``edgeprune.search.run.run_search``, configured as `edgeprune build` does.
 
     Same call as ``edgeprune.pipeline._stage_search``: the certification's per-look confidence
-    (``bounds.corrected_confidence(confidence, 1 + fallbacks)``), the dense shipped-INT8 model's search-split
+    (``certify.policy.search_confidence``), the dense shipped-INT8 model's search-split
     predictions as ``shipped_predictions`` (int8-aware offsets), ``rescore_every``, ``importance_examples``, the
     wall-time cap, the LUT (with its FFN axis for the joint search). Each algorithm runs stand-alone (its own
     evaluator and importance pass, A* pays for its own greedy seed), exactly as a build would run it.
@@ -250,13 +250,13 @@ def run_searches(model_dir: Path, search_data: Any, lut_path: Path, prof: Any, a
     from edgeprune.search.run import run_search
 
     data = search_data_of(search_data, args)
-    search_conf = search_confidence(args.confidence, args.fallbacks)
+    search_conf = search_confidence(args.confidence)
     settings = search_settings_of(args)
-    # run_search applies the per-look level itself (certify.policy.search_confidence over 1 + fallbacks looks).
+    # run_search applies certification's level itself (certify.policy.search_confidence).
     common_kw = dict(profile=prof, latency_table=lut_path, max_drop_pts=args.max_drop, confidence=args.confidence,
                      max_length=prof.seq_len, shipped_predictions=shipped_predictions)
     common = {"model_dir": str(model_dir), "n": len(data), "max_drop_pts": args.max_drop,
-              "family_confidence": args.confidence, "search_confidence": search_conf, "fallbacks": args.fallbacks,
+              "family_confidence": args.confidence, "search_confidence": search_conf,
               "int8_aware": shipped_predictions is not None, "importance_n": args.importance_examples or "all",
               "rescore_every": args.rescore_every, "max_evaluations": args.max_evals,
               "max_seconds": args.search_seconds, "astar_max_seconds": args.astar_seconds,
@@ -586,16 +586,15 @@ def bench_task(args: argparse.Namespace, prof: Any, work: Path, gemm: dict, log:
     for r in rows:
         r["runtime"] = "onnxruntime"
 
-    looks = 1 + args.fallbacks
+    looks = 1  # fixed-sequence certification: each test at the full confidence
     log(f"certify: every file on the certify split ({len(task['certify'])} examples), paired against PyTorch, "
-        f"at the build's per-look confidence ({looks} looks)")
+        f"at the build's test level ({args.confidence:.0%}, one test each)")
     base_preds = torch_predictions(base, tok, task["certify"], max_length=seq)
     labels = task["certify"].labels
     src = str(getattr(task["certify"], "source", "certify split"))
 
     def cert(preds: list[int]) -> dict[str, Any]:
-        # As `edgeprune build` certifies its first look: Bonferroni over 1 + fallbacks planned looks. The single-look
-        # bound (session 1's column) is kept in the JSON for comparison.
+        # As `edgeprune build` tests each plan of its sequence: at the full confidence (fixed-sequence testing).
         c = certify(base_preds, preds, labels, max_drop=args.max_drop / 100.0, confidence=args.confidence,
                     looks=looks, data_source=src)
         one = certify(base_preds, preds, labels, max_drop=args.max_drop / 100.0, confidence=args.confidence,
@@ -845,10 +844,9 @@ def render_markdown(res: dict[str, Any]) -> str:
          "round, a round's value is the best of its reps, p50 = median over rounds; p10-p90 is the spread over "
          "rounds). `x vs ORT FP32` is the median of per-round ratios (paired in time). Accuracy: each file is run "
          "on the certify split and paired against the unpruned PyTorch model; the bound is the one-sided paired "
-         f"upper bound on the drop (`edgeprune.certify.core.certify`) at the per-look confidence `edgeprune build` uses "
-         f"for its first look ({st['confidence']:.0%} family-wise over 1 + {st.get('fallbacks', 0)} planned looks, "
-         "Bonferroni), so ✓ means the build would certify this file (the single-look bound is in the JSON as "
-         f"`drop_bound_1look_pts`). ✓ = bound within {st['max_drop_pts']} pt.", ""]
+         f"upper bound on the drop (`edgeprune.certify.core.certify`) at the level `edgeprune build` tests each plan of "
+         f"its certification sequence ({st['confidence']:.0%}, fixed-sequence testing), so ✓ means the file passes "
+         f"such a test. ✓ = bound within {st['max_drop_pts']} pt.", ""]
     task = res.get("default_task")
     if task:
         ss = task["search_setup"]
@@ -857,7 +855,7 @@ def render_markdown(res: dict[str, Any]) -> str:
               f"Search split {ss['n']} examples (base accuracy {_f(ss.get('base_accuracy') and 100 * ss['base_accuracy'], '{:.2f}%')}), "
               f"certify split {task['task']['certify_n']}. Every search is `edgeprune.search.run.run_search` called "
               f"as `edgeprune build` calls it: bound {st['max_drop_pts']} pt at the per-look confidence "
-              f"{ss['search_confidence']:.4f} ({st['confidence']:.0%} over 1 + {ss['fallbacks']} looks), correction "
+              f"{ss['search_confidence']:.4f} (the level of certification's tests), correction "
               f"`{st['correction']}`, budget {st['max_evals']} evaluations"
               + (f", {st['search_seconds']} s per algorithm (A* {st['astar_seconds']} s, its greedy seed included)"
                  if st.get("search_seconds") else "")
@@ -1089,9 +1087,6 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     ap.add_argument("--search-threads", type=int, default=0,
                     help="torch threads of the search's evaluator (default 0 = edgeprune's choice, the free "
                          "physical cores, as `edgeprune build`)")
-    ap.add_argument("--fallbacks", type=int, default=DEFAULT_SEARCH.fallbacks,
-                    help="certification looks beyond the first, as `edgeprune build --fallbacks` (default 2): the "
-                         "search and the certified column use the per-look confidence over 1 + fallbacks looks")
     ap.add_argument("--ffn-block-size", type=int, default=None,
                     help="FFN neurons per block of the heads+FFN search (default 128 as `edgeprune build`; 16 with "
                          "--quick)")
@@ -1128,8 +1123,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     if args.importance_examples is None:
         args.importance_examples = 0 if q else DEFAULT_SEARCH.importance_examples
     args.ffn_block_size = args.ffn_block_size or (16 if q else 128)
-    if args.ffn_block_size <= 0 or args.fallbacks < 0 or args.recovery_examples <= 0:
-        ap.error("--ffn-block-size and --recovery-examples must be positive, --fallbacks >= 0")
+    if args.ffn_block_size <= 0 or args.recovery_examples <= 0:
+        ap.error("--ffn-block-size and --recovery-examples must be positive")
     args.rounds = args.rounds or (4 if q else 25)
     args.reps = args.reps or (2 if q else 5)
     args.memory_processes = args.memory_processes or (1 if q else 3)
@@ -1181,7 +1176,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
                      "importance_examples": args.importance_examples or "all",
                      "search_threads": args.search_threads or "edgeprune default (free cores)",
                      "int8_aware": args.int8_aware, "rescore_every": args.rescore_every,
-                     "fallbacks": args.fallbacks, "ffn_block_size": args.ffn_block_size,
+                     "ffn_block_size": args.ffn_block_size,
                      "recovery_examples": args.recovery_examples,
                      "rounds": args.rounds, "reps": args.reps, "memory_processes": args.memory_processes,
                      "gemm_sizes": args.gemm_sizes},

@@ -12,6 +12,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from .certify.policy import DEFAULT_SEQUENCE_PLANS
 from .config import DEFAULT_SEARCH as _S
 from .errors import EdgepruneError
 
@@ -93,7 +94,7 @@ def export(
     text_column: Annotated[Optional[str], typer.Option(help="Text column of --data (auto-detected).")] = None,
     text_pair_column: Annotated[Optional[str], typer.Option(help="Second-text column of --data for pair tasks.")] = None,
     label_column: Annotated[Optional[str], typer.Option(help="Label column of --data (auto-detected).")] = None,
-    frontier: Annotated[Optional[Path], typer.Option(help="JSON list of fallback plans, tried in order if the bound breaks (Bonferroni-corrected).")] = None,
+    frontier: Annotated[Optional[Path], typer.Option(help="JSON list of less compressed plans certified before --plan, least compressed first (fixed-sequence testing: each at the full confidence, stop at the first failure, ship the most compressed that passed).")] = None,
     max_drop: Annotated[float, typer.Option(help="Allowed accuracy drop vs the unpruned model, in points.")] = 1.0,
     confidence: Annotated[float, typer.Option(help="Confidence of the one-sided bound.")] = 0.95,
     force: Annotated[bool, typer.Option(help="Ship even if no plan meets the bound (marked NOT CERTIFIED, non-zero exit).")] = False,
@@ -226,7 +227,6 @@ def search_cmd(
     max_evals: Annotated[int, typer.Option(help="Evaluation budget (passes over the search split).")] = _S.max_evaluations,
     max_seconds: Annotated[Optional[float], typer.Option(help="Wall-time safety cap in seconds (0 = none).")] = _S.max_seconds,
     correction: Annotated[str, typer.Option(help="none | bonferroni (over the evaluation budget)")] = _S.correction,
-    fallbacks: Annotated[int, typer.Option(help="Certification fallbacks the search leaves room for (per-look confidence over 1 + this many looks).")] = _S.fallbacks,
     int8_aware: Annotated[bool, typer.Option("--int8-aware/--no-int8-aware", help="Keep room for the flips of the dense model in its shipped INT8 form.")] = _S.int8_aware,
     seed: Annotated[int, typer.Option(help="Seed (random baseline).")] = _S.seed,
     journal: Annotated[Optional[Path], typer.Option(help="Evaluation journal (default: <out>.journal.jsonl).")] = None,
@@ -243,7 +243,7 @@ def search_cmd(
     from .search.run import run_search, write_plan
 
     settings = search_settings(algorithm=algorithm, max_evaluations=max_evals, max_seconds=max_seconds or None,
-                               correction=correction, fallbacks=fallbacks, int8_aware=int8_aware, seed=seed,
+                               correction=correction, int8_aware=int8_aware, seed=seed,
                                structures=structures, ffn_block_size=ffn_block_size)
     journal = journal or out.with_name(out.name + ".journal.jsonl")
     with Progress(TextColumn("[bold]{task.fields[phase]}"), BarColumn(), MofNCompleteColumn(), TextColumn("evals"),
@@ -298,6 +298,8 @@ def build(
     allow_pickle: Annotated[bool, typer.Option(help="Allow pickle checkpoints (runs code from the file: trusted files only).")] = False,
     structures: Annotated[str, typer.Option(help="heads+ffn (default: attention heads and FFN neuron blocks) | heads (heads only).")] = _S.structures,
     ffn_block_size: Annotated[Optional[int], typer.Option(help="Neurons per FFN block with --structures heads+ffn (default 128).")] = None,
+    certify_fraction: Annotated[float, typer.Option(help="Share of --data that certifies (the rest is the search split); ignored with --certify-data.")] = 0.5,
+    certify_plans: Annotated[int, typer.Option(help="Most plans the fixed-sequence certification tests (the unpruned one included).")] = DEFAULT_SEQUENCE_PLANS,
     recovery: Annotated[bool, typer.Option("--recovery/--no-recovery", help="Least-squares rescaling of the kept heads/neurons, fitted on the search split, before export (default on: it helped on the benchmark; docs/recovery.md).")] = True,
 ) -> None:
     """Search, prune, export, quantize, certify and measure: the whole job in one command."""
@@ -311,9 +313,15 @@ def build(
         text_column=text_column, text_pair_column=text_pair_column,
         label_column=label_column, seed=seed, force=force, allow_pickle=allow_pickle,
         structures=structures, ffn_block_size=ffn_block_size, recovery=recovery,
+        certify_fraction=certify_fraction, certify_plans=certify_plans,
     )
     report = run_build(cfg)
     acc, lat, heads = report["accuracy"], report["latency_ms"], report["heads"]
+    cert = report.get("certification") or {}
+    for t in cert.get("tests") or []:
+        typer.echo(f"certification {t['name']}: {t['heads_removed']} heads and {t['ffn_blocks_removed']} FFN blocks "
+                   f"removed, bound {t['drop_upper_bound_pts']:.2f} pts -> {'pass' if t['passed'] else 'FAIL'}"
+                   + ("  <- shipped" if t["name"] == cert.get("shipped") else ""))
     typer.echo(
         f"\n{heads['removed']} of {heads['total']} heads removed{_ffn_summary(report)} | certify accuracy {100 * acc['baseline']:.2f}% -> "
         f"{100 * acc['final']:.2f}% (drop <= {acc['drop_upper_bound_pts']:.2f} pts at {100 * acc['confidence']:.0f}%)\n"

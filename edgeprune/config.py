@@ -29,8 +29,6 @@ class SearchSettings:
         max_seconds: wall-time safety cap (None = none); hitting it makes the result depend on machine speed.
         correction: multiple-comparison correction of the search bound (``none`` or ``bonferroni`` over the
             budget; docs/search.md).
-        fallbacks: frontier plans certification may fall back to; the search accepts plans at the per-look
-            confidence of those ``1 + fallbacks`` looks (:func:`edgeprune.certify.policy.search_confidence`).
         int8_aware: add the dense model's flips in its shipped form (INT8 file) on the search split to every
             candidate's counts, so the search keeps room for quantization (needs a device profile).
         credit_improvement: False = no credit for an observed net accuracy gain of a pruned candidate.
@@ -48,7 +46,6 @@ class SearchSettings:
     max_evaluations: int = 80
     max_seconds: Optional[float] = 600.0
     correction: str = "none"
-    fallbacks: int = 2
     int8_aware: bool = True
     credit_improvement: bool = False
     rescore_every: int = 4
@@ -70,8 +67,8 @@ class SearchSettings:
             raise EdgepruneError(f"unknown correction {self.correction!r}; choose one of {', '.join(CORRECTIONS)}")
         if self.max_seconds is not None and self.max_seconds <= 0:
             raise EdgepruneError(f"--search-seconds must be > 0, got {self.max_seconds}")
-        if self.max_evaluations < 1 or self.fallbacks < 0:
-            raise EdgepruneError("max_evaluations >= 1 and fallbacks >= 0 are required")
+        if self.max_evaluations < 1:
+            raise EdgepruneError(f"max_evaluations must be >= 1, got {self.max_evaluations}")
         for name in ("rescore_every", "branching", "batch_size", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise EdgepruneError(f"{name} must be >= 1, got {getattr(self, name)}")

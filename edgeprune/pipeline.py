@@ -1,6 +1,6 @@
 """``edgeprune build``: the only place that chains the stages.
 
-    task -> latency table -> search -> export (+ quantize + certify) -> measure -> report
+    task -> pre-flight -> latency table -> search -> export (+ quantize + certify) -> measure -> report
 
 Every stage writes its result under ``OUT/.edgeprune/`` when it completes; ``resume=True`` reuses completed stages
 (and the search journal), so an interrupted build continues where it stopped. A finished build leaves::
@@ -25,13 +25,14 @@ from typing import Any, Optional
 
 from .config import DEFAULT_SEARCH as _S
 from .config import SearchSettings
+from .certify.policy import DEFAULT_SEQUENCE_PLANS
 from .errors import EdgepruneError
 from .versions import versions
 
 STATE_DIR = ".edgeprune"
-STAGES = ("task", "lut", "search", "export", "measure", "report")
+STAGES = ("task", "preflight", "lut", "search", "export", "measure", "report")
 # Relative cost of the stages on the default task (used for the overall progress bar and its ETA).
-STAGE_WEIGHTS = {"task": 3, "lut": 12, "search": 55, "export": 15, "measure": 12, "report": 3}
+STAGE_WEIGHTS = {"task": 3, "preflight": 3, "lut": 12, "search": 50, "export": 20, "measure": 10, "report": 2}
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,10 @@ class BuildConfig:
         model: model folder or hub id; None = the embedded default task (fine-tuned MiniLM).
         data: labelled dataset (CSV/TSV/JSONL, or a datasets name/folder); None = the default task's data.
         certify_data: separate held-out dataset for certification; None = split ``data``.
-        search_fraction: share of ``data`` used by the search when ``certify_data`` is not given (the rest certifies).
+        certify_fraction: share of ``data`` that certifies when ``certify_data`` is not given (the rest is the
+            search split). 0.5: the search accepts plans by the same bound on its own split, so a split much smaller
+            than the certify split makes it timid, one much larger leaves certification no room (the pre-flight
+            arithmetic of both sides is symmetric; docs/certification.md).
         text_column, text_pair_column, label_column: dataset columns (None = loader defaults).
         max_drop_pts: allowed accuracy drop in percentage points (certified at ``confidence``).
         confidence: one-sided confidence of the certified bound.
@@ -60,7 +64,8 @@ class BuildConfig:
         search_seconds: wall-time safety cap of the search (None = none); when it is hit the best plan so far is
             used (recorded as ``search.stopped_by``) and the result depends on machine speed.
         correction: multiple-comparison correction of the search bound ("bonferroni" or "none"; docs/search.md).
-        fallbacks: frontier plans certification may fall back to (Bonferroni-corrected looks).
+        certify_plans: most plans the fixed-sequence certification tests, the unpruned one included
+            (edgeprune.certify.policy.certification_sequence).
         seed: seed for splits and the search.
         force: write the bundle even when certification fails (marked, non-zero exit).
         allow_pickle: allow pickle checkpoints of the user's model (only for trusted files).
@@ -82,7 +87,7 @@ class BuildConfig:
     model: Optional[str] = None
     data: Optional[str] = None
     certify_data: Optional[str] = None
-    search_fraction: float = 0.5
+    certify_fraction: float = 0.5
     text_column: Optional[str] = None
     text_pair_column: Optional[str] = None
     label_column: Optional[str] = None
@@ -96,7 +101,7 @@ class BuildConfig:
     max_evaluations: int = _S.max_evaluations
     search_seconds: Optional[float] = _S.max_seconds
     correction: str = _S.correction
-    fallbacks: int = _S.fallbacks
+    certify_plans: int = DEFAULT_SEQUENCE_PLANS
     seed: int = _S.seed
     force: bool = False
     allow_pickle: bool = False
@@ -118,8 +123,10 @@ class BuildConfig:
             raise EdgepruneError(f"--max-drop is in accuracy points and must be in [0, 100], got {self.max_drop_pts}")
         if not 0.5 <= self.confidence < 1.0:
             raise EdgepruneError(f"--confidence must be in [0.5, 1), got {self.confidence}")
-        if not 0.05 <= self.search_fraction <= 0.95:
-            raise EdgepruneError(f"search_fraction must be in [0.05, 0.95], got {self.search_fraction}")
+        if not 0.05 <= self.certify_fraction <= 0.95:
+            raise EdgepruneError(f"--certify-fraction must be in [0.05, 0.95], got {self.certify_fraction}")
+        if self.certify_plans < 1:
+            raise EdgepruneError(f"--certify-plans must be >= 1, got {self.certify_plans}")
         self.search_settings()  # validates the search settings (one place: edgeprune.config.SearchSettings)
         if self.measure_rounds < 5:
             raise EdgepruneError("measure_rounds >= 5 is required")
@@ -137,7 +144,7 @@ class BuildConfig:
         return SearchSettings(
             algorithm=self.algorithm, structures=self.structures, ffn_block_size=self.ffn_block_size,
             max_evaluations=self.max_evaluations, max_seconds=self.search_seconds, correction=self.correction,
-            fallbacks=self.fallbacks, int8_aware=self.int8_aware, rescore_every=self.rescore_every,
+            int8_aware=self.int8_aware, rescore_every=self.rescore_every,
             importance_examples=self.importance_examples, seed=self.seed)
 
     def to_dict(self) -> dict[str, Any]:
@@ -291,13 +298,13 @@ def _split_user_data(cfg: BuildConfig, label2id: dict) -> tuple[Any, Any, dict]:
     # Ids from position + content: the split is deterministic for a file and seed, and disjoint by construction.
     ids = [f"{i}:{hashlib.sha1((t + '|' + (p or '')).encode()).hexdigest()[:12]}"
            for i, (t, p, _) in enumerate(data)]
-    parts = split_indices(ids, data.labels, cfg.seed, (0.0, cfg.search_fraction, 1.0 - cfg.search_fraction))
+    parts = split_indices(ids, data.labels, cfg.seed, (0.0, 1.0 - cfg.certify_fraction, cfg.certify_fraction))
     search = data.subset(parts["search"], source=f"{cfg.data} [search split]")
     certify = data.subset(parts["certify"], source=f"{cfg.data} [certify split]")
     if len(search) < 50 or len(certify) < 50:
         raise EdgepruneError(f"{cfg.data}: {len(data)} examples are too few to search and certify "
                              "(need >= 100; a 1-point certified bound needs thousands)")
-    info = {"source": str(cfg.data), "seed": cfg.seed, "search_fraction": cfg.search_fraction,
+    info = {"source": str(cfg.data), "seed": cfg.seed, "certify_fraction": cfg.certify_fraction,
             "search": {"size": len(search)}, "certify": {"size": len(certify)}}
     return search, certify, info
 
@@ -340,8 +347,36 @@ def _stage_lut(cfg: BuildConfig, state: _State, model, display: _Display) -> dic
     return {"path": str(path), "source": source, "where": lut.get("provenance", {}).get("where", "")}
 
 
+def _stage_preflight(cfg: BuildConfig, state: _State, model, tokenizer, task: _Task, display: _Display) -> dict:
+    """Before any search: what the certify split can certify, from the dense INT8 file's flips on the search split.
+
+    Stops the build (exit code 2) when even an exact copy of the dense INT8 model cannot be certified; warns when
+    little room is left for pruning. The dense INT8 predictions are kept for the search's INT8 allowance.
+    """
+    from .certify.sequence import preflight
+    from .profiles import load_profile
+    from .search.run import shipped_dense_predictions
+    from .task.predict import torch_predictions
+
+    prof = load_profile(cfg.profile)
+    display.fraction("preflight", 0.1, "dense INT8 file on the search split")
+    shipped = shipped_dense_predictions(model, tokenizer, task.search, prof, state.dir / "dense-int8-preset")
+    display.fraction("preflight", 0.6, "dense FP32 model on the search split")
+    base = torch_predictions(model, tokenizer, task.search, max_length=prof.seq_len)
+    labels = list(task.search.labels)
+    worse = sum(1 for b, q, y in zip(base, shipped, labels) if b == y and q != y)
+    better = sum(1 for b, q, y in zip(base, shipped, labels) if b != y and q == y)
+    n = len(labels)
+    check = preflight(len(task.certify), cfg.max_drop_pts, cfg.confidence, (worse + better) / n,
+                      100.0 * (worse - better) / n)
+    check["search_split"] = {"n": n, "dense_int8_worse": worse, "dense_int8_better": better}
+    if check["status"] == "fail":
+        raise EdgepruneError("pre-flight: " + check["message"])
+    return {"preflight": check, "shipped_predictions": shipped if cfg.int8_aware else None}
+
+
 def _stage_search(cfg: BuildConfig, state: _State, model, tokenizer, task: _Task, lut_path: str,
-                  display: _Display) -> dict:
+                  shipped: Optional[list], display: _Display) -> dict:
     from .search.run import run_search, write_plan
 
     def on_progress(p) -> None:
@@ -351,12 +386,11 @@ def _stage_search(cfg: BuildConfig, state: _State, model, tokenizer, task: _Task
                          f"{p.best_latency_ms:.1f} ms")
 
     t0 = time.perf_counter()
-    display.fraction("search", 0.0, "dense INT8 predictions on the search split")
     result = run_search(
         model, task.search, settings=cfg.search_settings(), profile=cfg.profile, latency_table=lut_path,
         max_drop_pts=cfg.max_drop_pts, confidence=cfg.confidence, tokenizer=tokenizer,
         journal=state.dir / "search.journal.jsonl", resume=True, on_progress=on_progress,
-        work_dir=state.dir / "dense-int8-preset",
+        shipped_predictions=shipped,
     )
     plan_path = write_plan(result, state.out / "plan.json")
     data = json.loads(Path(plan_path).read_text())
@@ -366,30 +400,54 @@ def _stage_search(cfg: BuildConfig, state: _State, model, tokenizer, task: _Task
 
 def _stage_export(cfg: BuildConfig, state: _State, model_dir: str, task: _Task, plan_json: dict,
                   display: _Display) -> dict:
-    from .output.bundle import export_bundle
-    from .plan import HeadPlan
+    from .certify.ledger import earlier_builds, record_build, split_key
+    from .certify.policy import certification_sequence
+    from .output.bundle import export_bundle, sequence_lines
+    from .task.default import cache_root
 
-    plan = HeadPlan.from_dict(plan_json)
-    from .certify.policy import frontier_fallbacks
-
-    frontier = frontier_fallbacks(plan_json, cfg.fallbacks, cfg.max_drop_pts)
+    # The order is frozen here, from the search's results alone, before the certify split is read.
+    sequence = certification_sequence(plan_json, cfg.max_drop_pts, cfg.certify_plans)
+    names = [name for name, _, _ in sequence]
+    plans = [plan for _, plan, _ in sequence]
     steps = ["surgery", "export", "optimize", "quantize", "certify", "ort", "write"]
 
     def hook(step: str) -> None:
         if step in steps:
             display.fraction("export", steps.index(step) / len(steps), step)
 
+    record_path = state.dir / "certify.sequence.json"
+    recorded = json.loads(record_path.read_text()) if record_path.is_file() else None
+
+    def on_record(record: dict) -> None:  # every test is persisted: a resumed build never looks twice
+        tmp = record_path.with_name(record_path.name + ".tmp")
+        tmp.write_text(json.dumps(record, indent=2, default=str) + "\n")
+        tmp.replace(record_path)
+
+    key, build_id = split_key(task.certify), str(state.out.resolve())
+    earlier = earlier_builds(cache_root(), key, build_id)
+    if earlier:
+        display.log(f"this certify split was already used by {len(earlier)} earlier build(s); the "
+                    f"{cfg.confidence:.0%} holds for one build only, or pass fresh --certify-data")
     bundle_dir = state.out / "bundle"
     result = export_bundle(
-        model_dir, plan, cfg.profile, bundle_dir, certify_data=task.certify, max_drop_pts=cfg.max_drop_pts,
-        confidence=cfg.confidence, frontier=frontier, force=cfg.force,
+        model_dir, plans[-1], cfg.profile, bundle_dir, certify_data=task.certify, max_drop_pts=cfg.max_drop_pts,
+        confidence=cfg.confidence, frontier=plans[:-1], names=names, force=cfg.force,
         overwrite=True, hook=hook, recovery_data=task.search if cfg.recovery else None,
-        recovery_examples=cfg.recovery_examples,
+        recovery_examples=cfg.recovery_examples, recorded=recorded, on_record=on_record,
     )
+    record_build(cache_root(), key, build_id, n=len(task.certify), tests=len(result.attempts))
+    for line in sequence_lines(result.attempts, result.plan_index, (result.sequence or {}).get("stop_reason")):
+        display.log(line.strip() if line.startswith("  certification") else line)
     cert = result.certification.to_dict() if result.certification else None
     return {"bundle": str(result.out_dir), "plan": result.plan.to_dict(), "plan_index": result.plan_index,
-            "certified": result.certified, "forced": result.forced, "certification": cert,
-            "attempts": result.attempts, "checks": result.checks,
+            "plan_name": names[result.plan_index], "certified": result.certified, "forced": result.forced,
+            "certification": cert, "attempts": result.attempts, "sequence": result.sequence,
+            "order": [{"name": n, "heads_removed": p.num_removed, "ffn_blocks_removed": p.ffn_num_removed,
+                       "predicted_latency_ms": (pt or {}).get("latency_ms"),
+                       "search_split_drop_pts": (pt or {}).get("drop_pts"),
+                       "search_split_drop_bound_pts": (pt or {}).get("drop_bound_pts")}
+                      for n, p, pt in sequence],
+            "earlier_builds_on_certify_split": len(earlier), "checks": result.checks,
             "recovery": result.recovery}
 
 
@@ -455,8 +513,21 @@ def _assemble(cfg: BuildConfig, state: _State, model, task_info: dict) -> dict:
     warnings = []
     if export.get("forced"):
         warnings.append("CERTIFICATION FAILED: this bundle was written with --force and breaks the accuracy bound")
-    if export.get("plan_index", 0):
-        warnings.append(f"the searched plan failed certification; shipped frontier fallback #{export['plan_index']}")
+    attempts, order = export.get("attempts") or [], export.get("order") or []
+    seq = export.get("sequence") or {}
+    if not export.get("forced") and len(order) > 1 and export.get("plan_index") != len(order) - 1:
+        shipped = order[export.get("plan_index", 0)]
+        what = ("the unpruned model quantized as it ships" if export.get("plan_index", 0) == 0
+                else f"{shipped['name']} ({shipped['heads_removed']} heads and {shipped['ffn_blocks_removed']} FFN "
+                     "blocks removed)")
+        warnings.append(f"certification stopped before the searched plan ({seq.get('stop_reason', 'a test failed')}); "
+                        f"shipped {what}, the most compressed plan that passed")
+    if export.get("earlier_builds_on_certify_split"):
+        warnings.append(f"this certify split was already used by {export['earlier_builds_on_certify_split']} earlier "
+                        f"build(s); the {cfg.confidence:.0%} holds for one build only, or pass fresh --certify-data")
+    pre = (state.done.get("preflight") or {}).get("preflight") or {}
+    if pre.get("status") == "warn":
+        warnings.append("pre-flight: " + pre["message"])
     return {
         "profile": {"name": _profile_name(cfg.profile)},
         "model": {"family": model.config.model_type, "source": task_info.get("model_dir"),
@@ -477,7 +548,7 @@ def _assemble(cfg: BuildConfig, state: _State, model, task_info: dict) -> dict:
             "drop_upper_bound_pts": None if cert.get("drop_upper_bound") is None else 100 * cert["drop_upper_bound"],
             "max_drop_pts": cfg.max_drop_pts, "confidence": cfg.confidence, "certify_examples": cert.get("n"),
             "certified": export.get("certified"), "per_look_confidence": cert.get("per_look_confidence"),
-            "looks_planned": cert.get("looks_planned"),
+            "looks_planned": len(order) or cert.get("looks_planned"),
             "search_split_drop_upper_bound_pts": s.get("search_split_drop_bound_pts"),
             "search_int8_allowance": s.get("shipped_model_flips"),
             "note": "baseline = the unpruned FP32 PyTorch model; final = the shipped INT8 ONNX file; both on the "
@@ -501,6 +572,23 @@ def _assemble(cfg: BuildConfig, state: _State, model, task_info: dict) -> dict:
                    "wall_s": s.get("pipeline_wall_s", s.get("wall_time_s")), "nodes_expanded": s.get("nodes_expanded"),
                    "stopped_by": s.get("stopped_by"), "max_evaluations": cfg.max_evaluations,
                    "correction": cfg.correction, "max_seconds": cfg.search_seconds},
+        "certification": {
+            "procedure": "fixed sequence: the unpruned model quantized as it ships, then frontier plans from the "
+                         "least to the most compressed, each tested at the full confidence; stop at the first "
+                         "failure; ship the most compressed plan that passed",
+            "order": order, "shipped": export.get("plan_name"), "shipped_index": export.get("plan_index"),
+            "tests": [{"name": a.get("name"), "heads_removed": a.get("heads_removed"),
+                       "ffn_blocks_removed": a.get("ffn_blocks_removed"),
+                       "n_worse": (a.get("certification") or {}).get("n_worse"),
+                       "n_better": (a.get("certification") or {}).get("n_better"),
+                       "accuracy": (a.get("certification") or {}).get("accuracy"),
+                       "drop_upper_bound_pts": 100 * (a.get("certification") or {}).get("drop_upper_bound", 0.0),
+                       "passed": (a.get("certification") or {}).get("passed"), "reused": bool(a.get("reused"))}
+                      for a in attempts],
+            "stop_reason": seq.get("stop_reason"),
+            "earlier_builds_on_certify_split": export.get("earlier_builds_on_certify_split", 0),
+            "preflight": pre or None,
+        },
         "data": task_info,
         "settings": cfg.to_dict(),
         "warnings": warnings,
@@ -519,11 +607,22 @@ def _plot(state: _State, report: dict) -> None:
 
     s = state.done["search"]["plan"].get("search", {})
     frontier = [{"latency_ms": p["latency_ms"], "drop_pts": p["drop_bound_pts"]} for p in s.get("frontier", [])]
-    chosen = {"latency_ms": s.get("predicted_latency_ms", report["latency_ms"]["predicted_final"]),
-              "drop_pts": s.get("search_split_drop_bound_pts", 0.0)}
+    export = state.done["export"]
+    order = export.get("order") or []
+    tested = {a.get("name"): (a.get("certification") or {}).get("passed") for a in export.get("attempts") or []}
+    sequence = []  # the certification sequence: each tested plan at its search-split point, pass or fail
+    for o in order:
+        if o["name"] in tested:
+            lat = o.get("predicted_latency_ms")
+            sequence.append({"latency_ms": lat if lat is not None else s.get("base_predicted_latency_ms"),
+                             "drop_pts": o.get("search_split_drop_bound_pts") or 0.0, "passed": tested[o["name"]]})
+    shipped = {"latency_ms": report["latency_ms"]["predicted_final"],
+               "drop_pts": (order[export["plan_index"]].get("search_split_drop_bound_pts") or 0.0) if order else
+               s.get("search_split_drop_bound_pts", 0.0)}
     baselines = {name: [{"latency_ms": p["latency_ms"], "drop_pts": p["drop_bound_pts"]} for p in pts]
                  for name, pts in (s.get("baselines") or {}).items()}
-    plot_pareto(state.out / "pareto.png", frontier, chosen, baselines, report["accuracy"]["max_drop_pts"])
+    plot_pareto(state.out / "pareto.png", frontier, shipped, baselines, report["accuracy"]["max_drop_pts"],
+                sequence=sequence)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -552,19 +651,24 @@ def build(config: BuildConfig | None = None, *, progress: bool = True, **kwargs)
         state.save("task", task.info)
     model, tokenizer = _load(cfg, task.model_dir)
     with _Display(progress) as display:
-        display.stage("lut", 1)
+        display.stage("preflight", 1)
+        pre = state.done.get("preflight") or state.save(
+            "preflight", _stage_preflight(cfg, state, model, tokenizer, task, display))
+        display.log("pre-flight: " + pre["preflight"]["message"])
+        display.stage("lut", 2)
         lut = state.done.get("lut") or state.save("lut", _stage_lut(cfg, state, model, display))
-        display.stage("search", 2)
+        display.stage("search", 3)
         search = state.done.get("search") or state.save(
-            "search", _stage_search(cfg, state, model, tokenizer, task, lut["path"], display))
-        display.stage("export", 3)
+            "search", _stage_search(cfg, state, model, tokenizer, task, lut["path"], pre["shipped_predictions"],
+                                    display))
+        display.stage("export", 4)
         export = state.done.get("export") or state.save(
             "export", _stage_export(cfg, state, task.model_dir, task, search["plan"], display))
-        display.stage("measure", 4)
+        display.stage("measure", 5)
         model, _ = _load(cfg, task.model_dir)  # the search made the model's attention fusable: start clean
         if "measure" not in state.done:
             state.save("measure", _stage_measure(cfg, state, model, export, display))
-        display.stage("report", 5)
+        display.stage("report", 6)
         report = _assemble(cfg, state, model, state.done["task"])
         report["wall_s"] = round(time.perf_counter() - t0, 1)
         write_report(report, state.out)

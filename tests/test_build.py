@@ -138,59 +138,115 @@ def _frontier(n_points, removed_of, sd=0.35, z=2.13):
              **removed_of(i)} for i in range(n_points)]
 
 
-def test_certification_fallbacks_target_pass_probability_and_end_unpruned():
-    from edgeprune.certify.policy import frontier_fallbacks, pass_probability
+def test_certification_sequence_is_least_to_most_compressed_dense_first():
+    from edgeprune.certify.policy import certification_sequence
     from edgeprune.plan import HeadPlan
 
     frontier = _frontier(9, lambda i: {"removed": [[0, h] for h in range(i)]})
     frontier[0]["drop_pts"] = frontier[0]["drop_bound_pts"] = 0.0  # the unpruned root
-    plan_json = {"num_heads": [8, 8], "removed": [[0, h] for h in range(5)],
-                 "search": {"frontier": frontier, "bound": {"per_candidate_confidence": 0.9833}}}
-    plans = frontier_fallbacks(plan_json, 2, max_drop_pts=1.0)
-    assert len(plans) == 2 and plans[-1] == HeadPlan.full([8, 8])  # finally: the dense model as shipped
-    mid = plans[0]
-    assert 0 < mid.num_removed < 5
-    probs = {i: pass_probability(p, 1.0, 2.13) for i, p in enumerate(frontier)}
-    assert probs[mid.num_removed] >= 0.75 > probs[mid.num_removed + 1]  # the fastest plan reaching the target
-    # Three fallbacks: two middle plans (targets 2/3 and 5/6), the safer one removing less, then the unpruned plan.
-    three = frontier_fallbacks(plan_json, 3, max_drop_pts=1.0)
-    assert len(three) == 3 and three[0].num_removed > three[1].num_removed > 0 and three[2].is_full
-    assert frontier_fallbacks(plan_json, 0, 1.0) == []
-    assert frontier_fallbacks(dict(plan_json, removed=[]), 2, 1.0)[-1] != HeadPlan.full([8, 8])
+    frontier[6]["drop_pts"] = 1.5  # its point estimate already breaks the promise: never tested
+    plan_json = {"num_heads": [8, 8], "removed": [[0, h] for h in range(8)],
+                 "search": {"frontier": frontier, "predicted_latency_ms": 2.0, "search_split_drop_pts": 0.5,
+                            "search_split_drop_bound_pts": 0.9}}
+    seq = certification_sequence(plan_json, 1.0, max_plans=20)
+    names = [n for n, _, _ in seq]
+    assert names[0] == "dense" and seq[0][1] == HeadPlan.full([8, 8])
+    removed = [p.num_removed for _, p, _ in seq]
+    assert removed == sorted(removed) and removed[-1] == 8  # least to most compressed, the searched plan last
+    assert 6 not in removed and 0 not in removed[1:]  # the plan above the promise and the root are skipped
+    assert seq[-1][2]["searched"] is True
+    # Thinned to max_plans, spread over the order, the searched plan kept.
+    four = certification_sequence(plan_json, 1.0, max_plans=4)
+    assert len(four) == 4 and four[0][0] == "dense" and four[-1][1].num_removed == 8
+    assert [p.num_removed for _, p, _ in four] == sorted(p.num_removed for _, p, _ in four)
+    assert not any((pt or {}).get("searched") for _, _, pt in certification_sequence(dict(plan_json, removed=[]), 1.0, 4))
+    assert [n for n, _, _ in certification_sequence(plan_json, 1.0, max_plans=1)] == ["dense"]
 
 
-def test_pass_probability_formula():
-    """Phi((max_drop - bound) / (s * sqrt(2))) for equal splits: one half at the limit, monotone, exact at the root."""
-    import math
-    from statistics import NormalDist
-
-    from edgeprune.certify.policy import pass_probability
-
-    z = 2.128
-    at_limit = {"drop_pts": 1.0 - z * 0.4, "drop_bound_pts": 1.0}
-    assert pass_probability(at_limit, 1.0, z) == 0.5
-    p = {"drop_pts": -0.2, "drop_bound_pts": -0.2 + z * 0.4}
-    assert pass_probability(p, 1.0, z) == NormalDist().cdf((1.0 - p["drop_bound_pts"]) / (0.4 * math.sqrt(2)))
-    safer = {"drop_pts": -0.4, "drop_bound_pts": -0.4 + z * 0.4}
-    assert pass_probability(safer, 1.0, z) > pass_probability(p, 1.0, z) > pass_probability(at_limit, 1.0, z)
-    # A certify split 4x the search split: certification's own width shrinks, so the chance rises.
-    assert pass_probability(p, 1.0, z, n_ratio=0.25) > pass_probability(p, 1.0, z)
-    assert pass_probability({"drop_pts": 0.0, "drop_bound_pts": 0.0}, 1.0, z) == 1.0
-
-
-def test_fallbacks_of_a_joint_search_keep_their_ffn_part():
-    from edgeprune.certify.policy import frontier_fallbacks
-    from edgeprune.plan import HeadPlan
+def test_certification_sequence_of_a_joint_search_keeps_the_ffn_part():
+    from edgeprune.certify.policy import certification_sequence
 
     frontier = _frontier(9, lambda i: {"removed": [[0, h] for h in range(i // 2)],
                                        "ffn_removed": [[1, b] for b in range(i - i // 2)]})
     plan_json = {"num_heads": [8, 8], "removed": [[0, h] for h in range(4)],
                  "ffn": {"block_size": 4, "num_blocks": [6, 6], "kept_blocks": [list(range(6)), [4, 5]]},
                  "ffn_removed": [[1, b] for b in range(4)], "search": {"frontier": frontier}}
-    plans = frontier_fallbacks(plan_json, 2, max_drop_pts=1.0)
-    mid = plans[0]
-    assert mid.has_ffn and mid.ffn_num_removed > 0 and 0 < mid.num_removed + mid.ffn_num_removed < 8
-    assert plans[-1] == HeadPlan.full([8, 8]) and plans[-1].is_full
+    seq = certification_sequence(plan_json, 1.0, max_plans=4)
+    dense = seq[0][1]
+    assert dense.has_ffn and dense.is_full  # "0 of 12 FFN blocks removed", not a heads-only report
+    assert all(p.has_ffn for _, p, _ in seq) and seq[-1][1].ffn_num_removed == 4
+
+
+def test_certify_sequence_ships_the_last_pass_and_never_looks_twice():
+    from edgeprune.certify.core import certify_sequence
+    from edgeprune.errors import CertificationError
+    from edgeprune.plan import HeadPlan
+
+    rng = random.Random(1)
+    n = 2000
+    labels = [rng.randint(0, 1) for _ in range(n)]
+    base = list(labels)  # the base model is right everywhere
+    flips = [0, 4, 8, 200, 10]  # plan 3 breaks the bound; plan 4 would pass but comes after the failure
+
+    def preds_with(k):
+        return [1 - y if i < k else y for i, y in enumerate(labels)]
+
+    plans = [HeadPlan.from_removed([4], [(0, h) for h in range(i)]) for i in range(5)]
+    built = []
+
+    def build(index, plan):
+        built.append(index)
+        return index
+
+    records = []
+    result, art = certify_sequence(plans, build, lambda i: preds_with(flips[i]), base, labels, max_drop_pts=1.0,
+                                   confidence=0.95, names=[f"p{i}" for i in range(5)], on_record=records.append)
+    assert result.shipped_index == 2 and art == 2 and result.certified
+    assert [a["name"] for a in result.attempts] == ["p0", "p1", "p2", "p3"]  # stopped at the first failure
+    assert not result.attempts[3]["certification"]["passed"] and 4 not in built
+    assert result.sequence["stopped_at"] == 3 and len(records) == 4
+    # Resumed after the third test: its tests are reused, the shipped file rebuilt without a new look.
+    built.clear()
+    looks = []
+
+    def counting_predict(i):
+        looks.append(i)
+        return preds_with(flips[i])
+
+    again, art2 = certify_sequence(plans, build, counting_predict, base, labels, max_drop_pts=1.0, confidence=0.95,
+                                   names=[f"p{i}" for i in range(5)], recorded=records[2])
+    assert looks == [3] and again.shipped_index == 2 and art2 == 2
+    assert [a.get("reused", False) for a in again.attempts] == [True, True, True, False]
+    # Nothing certifiable: a clear error naming the unpruned model, unless forced.
+    with pytest.raises(CertificationError, match="first plan"):
+        certify_sequence(plans, build, lambda i: preds_with(300), base, labels, max_drop_pts=1.0, confidence=0.95)
+    forced, _ = certify_sequence(plans, build, lambda i: preds_with(300), base, labels, max_drop_pts=1.0,
+                                 confidence=0.95, force=True)
+    assert forced.forced and forced.certified is False and forced.shipped_index == 0
+
+
+def test_preflight_stops_a_300_row_dataset_and_lets_a_large_one_through(tmp_path):
+    """Pure arithmetic (edgeprune.certify.sequence.preflight) at the sizes the build would split."""
+    from edgeprune.certify.sequence import preflight
+
+    rate, drop = 47 / 2113, 0.05  # the default task's dense INT8 file on its search split
+    small = preflight(150, 1.0, 0.95, rate, drop)  # 300 rows, half certify
+    assert small["status"] == "fail" and "even an exact copy of the dense INT8 model" in small["message"]
+    assert small["certify_n_needed_for_dense_copy"] > 150
+    big = preflight(4226, 1.0, 0.95, rate, drop)
+    assert big["status"] == "ok" and big["room_for_pruning_pts"] > 0.3 and big["max_discordance_at_zero_drop"] > 400
+
+
+def test_a_build_on_300_rows_stops_in_the_preflight_with_exit_2(tiny_task, tmp_path):
+    rng = random.Random(3)
+    rows = ["text,label"] + [f"{' '.join(rng.choices(WORDS, k=rng.randint(3, 9)))},"
+                             f"{'positive' if rng.random() < 0.5 else 'negative'}" for _ in range(300)]
+    (tmp_path / "small.csv").write_text("\n".join(rows) + "\n")
+    out = tmp_path / "o"
+    with pytest.raises(EdgepruneError, match="pre-flight: with 150 certify examples even an exact copy") as err:
+        build(_cfg(tiny_task, out, data=str(tmp_path / "small.csv"), max_drop_pts=1.0), progress=False)
+    assert err.value.exit_code == 2
+    assert not (out / "bundle").exists() and not (out / "plan.json").exists()  # stopped before the search
 
 
 def test_build_joint_structures_end_to_end(tiny_task, tmp_path):

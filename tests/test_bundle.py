@@ -116,22 +116,29 @@ def test_bundle_files_and_metadata(tmp_path, tok, model_type, graph):
     del torch_predictions
 
 
-def test_certification_fallback_with_bonferroni(tmp_path, tok):
+def test_fixed_sequence_ships_the_most_compressed_plan_that_passed(tmp_path, tok):
     from edgeprune.output.bundle import export_bundle
 
     model = tiny_model("distilbert")  # its random head gives balanced predictions (tiny BERT's are one class)
     data = certify_set(model, tok)
     out = tmp_path / "b"
     res = export_bundle(model, HEAVY, None, out, tokenizer=tok, certify_data=data, max_drop_pts=10,
-                        confidence=0.9, frontier=[FULL])
-    # The heavy plan breaks the bound; the full plan (only INT8 noise) meets it and is shipped.
-    assert res.plan_index == 1 and res.plan == FULL and res.certified is True
+                        confidence=0.9, frontier=[FULL], names=["dense", "heavy"])
+    # Sequence [FULL, HEAVY]: the full plan (only INT8 noise) passes, the heavy one breaks the bound; the sequence
+    # stops there and the last plan that passed ships.
+    assert res.plan_index == 0 and res.plan == FULL and res.certified is True
     first, second = res.attempts
-    assert first["certification"]["passed"] is False and first["certification"]["drop_upper_bound"] > 0.10
-    # Two planned looks: each uses confidence 1 - 0.1/2.
-    assert second["certification"]["per_look_confidence"] == pytest.approx(0.95)
+    assert first["certification"]["passed"] is True and second["certification"]["passed"] is False
+    assert second["certification"]["drop_upper_bound"] > 0.10
+    # Fixed sequence: every test at the full confidence (no Bonferroni split over the looks).
+    assert first["certification"]["per_look_confidence"] == pytest.approx(0.9)
     meta = json.loads((out / "edgeprune.json").read_text())
-    assert meta["plan_index"] == 1 and meta["certification"]["looks_planned"] == 2
+    assert meta["plan_index"] == 0 and meta["sequence"]["stopped_at"] == 1
+    assert meta["sequence"]["order"] == ["dense", "heavy"] and meta["sequence"]["certified"] == ["dense"]
+    # The other way round (heavy first): its failure ends the sequence before the full plan is looked at.
+    with pytest.raises(CertificationError, match="first plan"):
+        export_bundle(model, FULL, None, tmp_path / "c", tokenizer=tok, certify_data=data, max_drop_pts=10,
+                      confidence=0.9, frontier=[HEAVY])
 
 
 def test_certification_failure_leaves_no_bundle(tmp_path, tok):

@@ -50,7 +50,7 @@ def test_fixed_sequence_all_pass_and_first_fails():
     res = fixed_sequence_certify([], N, 0.01, 0.95)
     assert res.tests == () and res.last_passed is None and "empty" in res.stop_reason
     with pytest.raises(ValueError):
-        fixed_sequence_certify([(1, 1)], N, 1.0, 0.95)  # max_drop is a fraction, not points
+        fixed_sequence_certify([(1, 1)], N, 1.5, 0.95)  # max_drop is a fraction (at most 1 = 100 points), not points
 
 
 def test_lazy_sequence_refuses_after_a_failure_and_follows_the_frozen_order():

@@ -72,7 +72,7 @@ def test_search_and_build_share_their_search_defaults():
     from_cli = cli.search_settings(
         algorithm=defaults["algorithm"], max_evaluations=defaults["max_evals"],
         max_seconds=defaults["max_seconds"] or None, correction=defaults["correction"],
-        fallbacks=defaults["fallbacks"], int8_aware=defaults["int8_aware"], seed=defaults["seed"],
+        int8_aware=defaults["int8_aware"], seed=defaults["seed"],
         structures=defaults["structures"], ffn_block_size=defaults["ffn_block_size"])
     assert from_cli == DEFAULT_SEARCH
     assert defaults["profile"] == inspect.signature(cli.build).parameters["profile"].default

@@ -1,23 +1,93 @@
 """Which plans certification tests, in which order, and at what level the search must accept plans for them.
 
-Everything here is decided before the certify split is read: the searched plan, then the fallbacks picked from the
-search's frontier by their predicted chance to pass (:func:`pass_probability`), then the unpruned model quantized
-as shipped. Certification looks at each at the Bonferroni-corrected level over that fixed number of looks, and the
-search accepts plans by that same per-look test (:func:`search_confidence`).
+Fixed-sequence testing (Bauer 1991; Learn-then-Test, Angelopoulos et al. 2021; docs/certification.md): the order is
+frozen from the search's results alone, before the certify split is read: the unpruned model quantized as shipped
+first, then the search's frontier from the least to the most compressed plan. Each is tested at the user's full
+confidence; the sequence stops at the first failure and the most compressed plan that passed ships. Any false
+certification must pass through the first truly bad plan of the order, whose own test is a valid test at that
+level, so the family-wise error stays within ``1 - confidence`` under any dependence between the tests. There is no
+Bonferroni split, so the search accepts plans at the full confidence too (:func:`search_confidence`).
 """
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
-
-from edgeprune.certify import stats
+from typing import Sequence
 
 
-def search_confidence(confidence: float, fallbacks: int) -> float:
-    """The per-look confidence certification will use for ``1 + fallbacks`` planned looks; the search accepts plans
-    at this level, not the laxer family-wise one (which made it pick plans certification then rejected:
-    docs/search.md, "What certification can promise")."""
-    return float(stats.corrected_confidence(confidence, 1 + fallbacks))
+
+#: Most plans a certification sequence tests (the dense INT8 file included): each costs a recovery fit, a compile
+#: and a pass over the certify split (~30-40 s on the default task on this project's 2-core host).
+DEFAULT_SEQUENCE_PLANS = 6
+
+
+def search_confidence(confidence: float) -> float:
+    """The level each certification test uses, which is the level the search accepts plans at: with fixed-sequence
+    testing every test runs at the full ``confidence`` (no Bonferroni split over looks)."""
+    return float(confidence)
+
+
+def certification_sequence(plan_json: dict, max_drop_pts: float, max_plans: int = DEFAULT_SEQUENCE_PLANS) -> list:
+    """The frozen test order: ``[(name, HeadPlan, frontier point or None), ...]``, least to most compressed.
+
+    The unpruned model (quantized as it ships) comes first; then frontier plans by decreasing predicted latency,
+    skipping those whose search-split point estimate already exceeds ``max_drop_pts`` (they would fail, and a failure
+    ends the sequence); the searched plan (the most compressed acceptable one) is always last. With more candidates
+    than ``max_plans``, the kept ones are spread evenly over the candidates' order (the most compressed always
+    kept). Only search-split numbers are read: the order is fixed before the certify split is.
+
+    Args:
+        plan_json: the search's plan.json (``num_heads``, ``ffn``, ``removed``/``ffn_removed``, ``search.frontier``).
+        max_drop_pts: the promise, in points.
+        max_plans: most plans in the sequence, the unpruned one included (>= 1).
+
+    Returns:
+        The sequence; its names are ``dense`` and ``plan-<k>`` (k = frontier rank, 1 = least compressed).
+    """
+    from edgeprune.plan import HeadPlan
+
+    if max_plans < 1:
+        raise ValueError(f"max_plans must be >= 1, got {max_plans}")
+    ffn = plan_json.get("ffn")
+
+    def units(p: dict) -> tuple:
+        return tuple(sorted(map(tuple, p.get("removed", [])))), tuple(sorted(map(tuple, p.get("ffn_removed", []))))
+
+    def as_plan(p: dict) -> HeadPlan:
+        plan = HeadPlan.from_removed(plan_json["num_heads"], [tuple(h) for h in p.get("removed", [])])
+        if ffn is not None:
+            plan = plan.with_ffn_removed(ffn["block_size"], ffn["num_blocks"],
+                                         [tuple(b) for b in p.get("ffn_removed", [])])
+        return plan
+
+    chosen = units(plan_json)
+    search = plan_json.get("search", {})
+    points, seen = [], set()
+    for p in sorted(search.get("frontier", []), key=lambda q: (-q["latency_ms"], q["drop_bound_pts"])):
+        key = units(p)
+        if not any(key) or key in seen or key == chosen or float(p["drop_pts"]) > max_drop_pts:
+            continue
+        seen.add(key)
+        points.append(p)
+    if any(chosen):
+        points.append({"removed": plan_json.get("removed", []), "ffn_removed": plan_json.get("ffn_removed", []),
+                       "latency_ms": search.get("predicted_latency_ms"),
+                       "drop_pts": search.get("search_split_drop_pts"),
+                       "drop_bound_pts": search.get("search_split_drop_bound_pts"), "searched": True})
+    room = max_plans - 1
+    if len(points) > room:
+        if room <= 0:
+            points = []
+        elif room == 1:
+            points = points[-1:]
+        else:  # evenly spread over the order, the most compressed (last) always kept
+            step = (len(points) - 1) / (room - 1)
+            points = [points[round(i * step)] for i in range(room)]
+    dense = HeadPlan.full(plan_json["num_heads"])
+    if ffn is not None:  # a joint search: the unpruned plan says so (0 of N FFN blocks removed)
+        dense = dense.with_ffn_removed(ffn["block_size"], ffn["num_blocks"], [])
+    seq = [("dense", dense, None)]
+    seq += [(f"plan-{k}", as_plan(p), p) for k, p in enumerate(points, start=1)]
+    return seq
 
 
 def int8_allowance(base_correct: Sequence[bool], shipped_correct: Sequence[bool]) -> dict[str, int]:
@@ -41,71 +111,3 @@ def int8_allowance(base_correct: Sequence[bool], shipped_correct: Sequence[bool]
             "offset_worse": (discordant + 1) // 2, "offset_better": discordant // 2}
 
 
-def pass_probability(point: dict, max_drop_pts: float, z_search: float, n_ratio: float = 1.0) -> float:
-    """Predicted chance that a frontier plan's certification passes, from its search-split numbers alone.
-
-    The search bound is ``b = d + z * s`` (observed drop d, standard error s of the paired difference, both in
-    points), so ``s = (b - d) / z``. Certification computes the same kind of bound on an independent split of
-    ``n_certify = n_search / n_ratio`` examples at the same per-look level; it passes when the certify drop lands
-    below ``max_drop - z * s_c``. With both drops centred on the true drop, that happens with probability
-    ``Phi((max_drop - b) / (s * sqrt(1 + n_ratio)))`` (normal approximation, ``s_c = s * sqrt(n_ratio)``). Selection
-    on the search split makes the real chance lower for the search's own pick; the fallbacks use this only to
-    *rank* plans, not as a promise.
-    """
-    import math
-    from statistics import NormalDist
-
-    b, d = float(point["drop_bound_pts"]), float(point["drop_pts"])
-    if b <= 0.0:
-        return 1.0  # the unpruned reference: nothing to lose on the search split
-    s = max((b - d) / max(z_search, 1e-9), 1e-9)
-    z_gap = (max_drop_pts - b) + z_search * s * (1.0 - math.sqrt(n_ratio))
-    return NormalDist().cdf(z_gap / (s * math.sqrt(1.0 + n_ratio)))
-
-
-def frontier_fallbacks(plan_json: dict, k: int, max_drop_pts: float) -> list:
-    """Certification fallbacks, fixed before the certify split is seen (so Bonferroni over the looks is valid).
-
-    The search's pick is its fastest acceptable plan, the one most exposed to the winner's curse of selecting on
-    the search split: its predicted chance to certify is about one half (measured: picks at 0.09 and -0.14 points on
-    the search split certified at 0.94 and 0.47). Its frontier neighbours are nearly as aggressive and fail together
-    (three neighbouring plans, 17-19 heads removed, all at 1.8-2.1 pts). So the ``k - 1`` middle fallbacks are the
-    fastest frontier plans whose predicted pass probability (:func:`pass_probability`) reaches targets spread
-    evenly between one half and one (0.75 for the default single middle fallback), and the last fallback removes
-    nothing: the dense model quantized as shipped, which certifies whenever quantization alone keeps the bound.
-    """
-    from statistics import NormalDist
-
-    from edgeprune.plan import HeadPlan
-
-    if k <= 0:
-        return []
-
-    def units(p: dict) -> tuple:
-        return tuple(sorted(map(tuple, p.get("removed", [])))), tuple(sorted(map(tuple, p.get("ffn_removed", []))))
-
-    search = plan_json.get("search", {})
-    level = float(search.get("bound", {}).get("per_candidate_confidence", 0.95))
-    z = NormalDist().inv_cdf(min(max(level, 0.5 + 1e-9), 1 - 1e-12))
-    chosen = units(plan_json)
-    pts = [p for p in search.get("frontier", [])
-           if p["drop_bound_pts"] <= max_drop_pts and any(units(p)) and units(p) != chosen]
-    pts.sort(key=lambda p: (p["latency_ms"], p["drop_bound_pts"]))  # most aggressive first
-    picks: list[dict] = []
-    for j in range(1, k):  # k - 1 middle plans, then the unpruned plan
-        target = 0.5 + 0.5 * j / k
-        for p in pts:
-            if p not in picks and pass_probability(p, max_drop_pts, z) >= target:
-                picks.append(p)
-                break
-    ffn = plan_json.get("ffn")
-    plans = []
-    for p in picks:
-        plan = HeadPlan.from_removed(plan_json["num_heads"], [tuple(h) for h in p["removed"]])
-        if ffn is not None:  # a joint search's frontier point: keep its FFN part
-            plan = plan.with_ffn_removed(ffn["block_size"], ffn["num_blocks"],
-                                         [tuple(b) for b in p.get("ffn_removed", [])])
-        plans.append(plan)
-    if any(chosen):
-        plans.append(HeadPlan.full(plan_json["num_heads"]))
-    return plans

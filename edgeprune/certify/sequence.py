@@ -105,8 +105,8 @@ class SequenceResult:
 def _check(max_drop: float, confidence: float) -> None:
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
-    if not -1.0 < max_drop < 1.0:
-        raise ValueError(f"max_drop is a fraction (0.01 = one point), got {max_drop}")
+    if not -1.0 < max_drop <= 1.0:
+        raise ValueError(f"max_drop is a fraction (0.01 = one point, 1.0 = all 100), got {max_drop}")
 
 
 class FixedSequence:

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from edgeprune.certify.core import Certification, CertificationResult, certify, certify_in_order  # noqa: F401 (re-exported)
+from edgeprune.certify.core import Certification, certify_sequence
 from edgeprune.errors import EdgepruneError, VerificationError
 from edgeprune.plan import HeadPlan
 from edgeprune.versions import versions
@@ -87,6 +87,7 @@ class BundleResult:
     attempts: list[dict[str, Any]] = field(default_factory=list)
     checks: dict[str, Any] = field(default_factory=dict)
     recovery: dict[str, Any] | None = None
+    sequence: dict[str, Any] | None = None
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -137,6 +138,9 @@ def export_bundle(
     max_drop_pts: float = 1.0,
     confidence: float = 0.95,
     frontier: Sequence[HeadPlan | dict] | None = None,
+    names: Sequence[str] | None = None,
+    recorded: dict[str, Any] | None = None,
+    on_record: Callable[[dict[str, Any]], None] | None = None,
     force: bool = False,
     overwrite: bool = False,
     max_length: int | None = None,
@@ -162,10 +166,15 @@ def export_bundle(
             ``None`` to ship uncertified (recorded as such).
         max_drop_pts: allowed accuracy drop in points (1.0 = one percentage point).
         confidence: family-wise confidence of the promise (e.g. 0.95).
-        frontier: fallback plans, best first, tried in order when the plan's bound is broken. The number of looks is
-            ``1 + len(frontier)`` and is used for the Bonferroni correction of *every* look.
-        force: when no plan certifies, ship the requested plan anyway, marked ``"forced": true`` (the CLI then
-            prints a large warning and exits non-zero). Without it, :class:`CertificationError` is raised.
+        frontier: less compressed plans tested *before* ``plan``, least compressed first (e.g. the unpruned model,
+            then frontier plans). The sequence ``frontier + [plan]`` is certified by fixed-sequence testing
+            (:func:`edgeprune.certify.core.certify_sequence`): each test at the full ``confidence``, stop at the
+            first failure, ship the most compressed plan that passed. The order must be fixed before the certify
+            split is read.
+        names: names of the sequence's plans (for the record; default ``"0"``, ``"1"``, ...).
+        recorded, on_record: resume support (see :func:`~edgeprune.certify.core.certify_sequence`).
+        force: when even the first plan fails, ship it anyway, marked ``"forced": true`` (the CLI then prints a
+            large warning and exits non-zero). Without it, :class:`CertificationError` is raised.
         overwrite: replace an existing ``out_dir``.
         max_length: tokenizer truncation for certification (default: the profile's ``seq_len`` or 128).
         batch_size: certification batch size.
@@ -203,11 +212,10 @@ def export_bundle(
         model, model_source = model_dir_or_model.eval(), getattr(model_dir_or_model, "name_or_path", "<object>")
     if tokenizer is None:
         raise EdgepruneError("a tokenizer is needed for the bundle (pass tokenizer=...)")
-    plans = [_as_plan(plan, load_plan)] + [_as_plan(p, load_plan) for p in (frontier or [])]
+    plans = [_as_plan(p, load_plan) for p in (frontier or [])] + [_as_plan(plan, load_plan)]
     prof = _load_profile(profile)
     quant = _quant_of(prof)
     seq_len = int(max_length or getattr(prof, "seq_len", None) or 128)
-    looks = len(plans)
     step = hook or (lambda name: None)
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -235,13 +243,14 @@ def export_bundle(
             check_int8_tolerance(compiled, int8_atol)
             return compiled
 
-        result, compiled = certify_in_order(
+        result, compiled = certify_sequence(
             plans, build,
             lambda c: onnx_predictions(c.onnx, tokenizer, certify_data, max_length=seq_len, batch_size=batch_size),
             base_preds, certify_data.labels if certify_data is not None else None,
             max_drop_pts=max_drop_pts, confidence=confidence, force=force,
             data_source=str(getattr(certify_data, "source", "<memory>")),
-            describe=lambda c: {"recovery_applied": c.checks["recovery"] is not None}, hook=step)
+            names=names, describe=lambda c: {"recovery_applied": c.checks["recovery"] is not None},
+            recorded=recorded, on_record=on_record, hook=step)
         index, cand, pruned, final, checks = (result.shipped_index, plans[result.shipped_index], compiled.model,
                                               compiled.onnx, compiled.checks)
         cert, forced, attempts = result.certification, result.forced, result.attempts
@@ -282,6 +291,8 @@ def export_bundle(
             "kept_heads": list(cand.kept_counts),
             "heads_removed": cand.num_removed,
             "heads_total": sum(cand.num_heads),
+            "ffn_blocks_removed": cand.ffn_num_removed,
+            "ffn_blocks_total": sum(cand.ffn_num_blocks) if cand.has_ffn else 0,
             "profile": _profile_dict(prof),
             "quant": checks["quant"],
             "checks": checks,
@@ -289,6 +300,7 @@ def export_bundle(
             "forced": forced,
             "certification": cert.to_dict() if cert else None,
             "attempts": attempts,
+            "sequence": result.sequence,
             "recovery_applied": recovery_info is not None,
             "recovery": recovery_info,
             "versions": versions(),
@@ -305,7 +317,7 @@ def export_bundle(
         shutil.rmtree(tmp_root, ignore_errors=True)
     return BundleResult(out_dir=out_dir, plan=cand, plan_index=index,
                         certified=(cert.passed and not forced) if cert else None, forced=forced, certification=cert,
-                        attempts=attempts, checks=checks, recovery=recovery_info)
+                        attempts=attempts, checks=checks, recovery=recovery_info, sequence=result.sequence)
 
 
 def _max_diff_between(a: Path, b: Path, model: Any, shapes: Sequence[tuple[int, int]]) -> float:
@@ -432,7 +444,23 @@ def summary_lines(result: BundleResult) -> list[str]:
         lines.append(
             f"  certify split: n={cert.n}, accuracy {100 * cert.accuracy:.2f}% vs base {100 * cert.base_accuracy:.2f}%"
             f" (worse {cert.n_worse}, better {cert.n_better}); drop upper bound {100 * cert.drop_upper_bound:.2f} "
-            f"pts at {cert.confidence:.0%} (per look {cert.per_look_confidence:.4f}, {cert.looks_planned} look(s)); "
-            f"limit {100 * cert.max_drop:.2f} pts -> {'PASS' if cert.passed else 'FAIL'}"
+            f"pts at {cert.confidence:.0%}; limit {100 * cert.max_drop:.2f} pts -> {'PASS' if cert.passed else 'FAIL'}"
         )
+        lines += sequence_lines(result.attempts, result.plan_index, (result.sequence or {}).get("stop_reason"))
+    return lines
+
+
+def sequence_lines(attempts: Sequence[dict[str, Any]], shipped: int, stop_reason: str | None) -> list[str]:
+    """The certification sequence, one line per tested plan (used by the CLI and the build's console summary)."""
+    lines = ["  certification sequence (fixed order, each test at the full confidence, stop at the first failure):"]
+    for a in attempts:
+        c = a.get("certification") or {}
+        mark = "PASS" if c.get("passed") else "FAIL"
+        lines.append(f"    {a.get('plan_index')}. {a.get('name', a.get('plan_index'))}: {a.get('heads_removed', 0)} "
+                     f"heads and {a.get('ffn_blocks_removed', 0)} FFN blocks removed, worse {c.get('n_worse')} / "
+                     f"better {c.get('n_better')}, bound {100 * c.get('drop_upper_bound', float('nan')):.2f} pts -> "
+                     f"{mark}{'  <- shipped' if a.get('plan_index') == shipped else ''}"
+                     f"{' (reused from the interrupted run)' if a.get('reused') else ''}")
+    if stop_reason:
+        lines.append(f"    stopped: {stop_reason}")
     return lines

@@ -66,6 +66,32 @@ def _ffn_phrase(report: dict) -> str:
             f"({100 * ffn['blocks_removed'] / max(ffn['blocks_total'], 1):.0f}%)")
 
 
+def _certification_lines(report: dict) -> list[str]:
+    """The certification sequence as a table: each tested plan, its counts and bound, pass/fail, the shipped one."""
+    c = report.get("certification") or {}
+    tests = c.get("tests") or []
+    if not tests:
+        return []
+    lines = ["## Certification", "",
+             f"Fixed-sequence testing on the certify split: the unpruned model (quantized as it ships) first, then "
+             f"the search's frontier from the least to the most compressed plan, each tested at "
+             f"{100 * report['accuracy']['confidence']:.0f}%; the sequence stops at the first failure and the most "
+             f"compressed plan that passed ships. Order frozen before the certify split was read: "
+             f"{', '.join(o['name'] for o in c.get('order', []))}.", "",
+             "| plan | heads removed | FFN blocks removed | worse / better | accuracy | drop bound (pts) | result |",
+             "|---|---|---|---|---|---|---|"]
+    for t in tests:
+        shipped = " (shipped)" if t["name"] == c.get("shipped") else ""
+        result = ("pass" if t["passed"] else "FAIL") + shipped + (" (reused)" if t.get("reused") else "")
+        lines.append(f"| {t['name']} | {t['heads_removed']} | {t['ffn_blocks_removed']} | {t['n_worse']} / "
+                     f"{t['n_better']} | {100 * t['accuracy']:.2f}% | {t['drop_upper_bound_pts']:.2f} | {result} |")
+    lines += ["", f"Stopped: {c.get('stop_reason')}.", ""]
+    if c.get("earlier_builds_on_certify_split"):
+        lines += [f"This certify split was already used by {c['earlier_builds_on_certify_split']} earlier build(s): "
+                  "the confidence holds for one build only.", ""]
+    return lines
+
+
 def render_markdown(report: dict) -> str:
     """A short Markdown summary of a report dict."""
     acc, lat, mem, heads = report["accuracy"], report["latency_ms"], report["memory"], report["heads"]
@@ -83,6 +109,7 @@ def render_markdown(report: dict) -> str:
         f"{100 * acc['final']:.2f}%; certified drop <= {acc['drop_upper_bound_pts']:.2f} points at "
         f"{100 * acc['confidence']:.0f}% confidence (your bound: {acc['max_drop_pts']:.2f}).",
         "",
+        *_certification_lines(report),
         "## Latency (ms)",
         "",
         f"Where: {lat['measured_on'][:1].upper() + lat['measured_on'][1:]}.",
@@ -126,8 +153,9 @@ def render_markdown(report: dict) -> str:
 
 
 def plot_pareto(path: str | Path, frontier: list[dict], chosen: dict, baselines: dict[str, list[dict]] | None = None,
-                max_drop_pts: float | None = None) -> Path | None:
-    """Accuracy drop vs predicted latency: the frontier, the baselines and the chosen model.
+                max_drop_pts: float | None = None, sequence: list[dict] | None = None) -> Path | None:
+    """Accuracy drop vs predicted latency: the frontier, the baselines, the certification sequence's tested plans
+    (passed / failed) and the shipped model (the star).
 
     Points are dicts with ``latency_ms`` and ``drop_pts``. Returns None when matplotlib is unavailable.
     """
@@ -146,7 +174,13 @@ def plot_pareto(path: str | Path, frontier: list[dict], chosen: dict, baselines:
         if pts:
             pts = sorted(pts, key=lambda p: p["latency_ms"])
             ax.plot([p["latency_ms"] for p in pts], [p["drop_pts"] for p in pts], "x--", label=name, ms=5, alpha=0.8)
-    ax.plot([chosen["latency_ms"]], [chosen["drop_pts"]], "*", color="crimson", ms=14, label="chosen")
+    for passed, marker, color, label in ((True, "s", "green", "certified (passed)"),
+                                         (False, "X", "black", "failed certification")):
+        pts = [p for p in (sequence or []) if bool(p.get("passed")) is passed and p.get("latency_ms") is not None]
+        if pts:
+            ax.plot([p["latency_ms"] for p in pts], [p["drop_pts"] for p in pts], marker, color=color, ms=8,
+                    mfc="none", mew=1.5, label=label, ls="none")
+    ax.plot([chosen["latency_ms"]], [chosen["drop_pts"]], "*", color="crimson", ms=14, label="shipped")
     if max_drop_pts is not None:
         ax.axhline(max_drop_pts, color="grey", lw=1, ls=":", label=f"max drop {max_drop_pts:g} pts")
     ax.set_xlabel("predicted latency (ms, latency table)")

@@ -146,8 +146,9 @@ def run_search(
             search split).
         settings: how to search (:class:`edgeprune.config.SearchSettings`; default: the build's defaults).
         max_drop_pts: the promise's accuracy bound in points (1.0 = one point).
-        confidence: the promise's confidence; candidates are accepted at the per-look level certification will
-            use (:func:`edgeprune.certify.policy.search_confidence` over ``1 + settings.fallbacks`` looks).
+        confidence: the promise's confidence; candidates are accepted at the level certification's tests
+            use (:func:`edgeprune.certify.policy.search_confidence`: the full confidence with fixed-sequence
+            certification).
         profile: device profile name/path/object (sequence length, its LUT, the INT8 preset for the INT8 allowance).
         latency_table: LUT JSON (``edgeprune lut``); overrides the profile's.
         latency: a latency function to use directly (overrides both; e.g. for tests).
@@ -252,7 +253,7 @@ def run_search(
         rescorer = make_rescorer(evaluator, max_examples=importance_examples)
     importance_s = time.monotonic() - t1
     config = SearchConfig(max_drop_pts=max_drop_pts,
-                          confidence=search_confidence(confidence, settings.fallbacks),
+                          confidence=search_confidence(confidence),
                           correction=Correction(settings.correction), max_evaluations=settings.max_evaluations,
                           max_seconds=settings.max_seconds, branching=settings.branching,
                           batch_size=settings.batch_size, seed=settings.seed, offset_worse=offset_worse,
