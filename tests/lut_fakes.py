@@ -1,10 +1,10 @@
 """Synthetic device-runner timings for the latency-table schema tests (no ONNX files, no onnxruntime).
 
-``patch_runner(monkeypatch_or_None, dr)`` replaces the runner's session, input and timing functions, its clock and
-its host description with deterministic fakes, so ``dr.measure_folder`` runs on a folder that holds only a
-manifest. The same fakes produced ``tests/data/lut_pre_schema.json`` with the runner as it was before the schema
-moved (commit e350d4d, where ``measure_folder`` returned the assembled LUT); the tests feed the same timings through
-today's runner and assembler and expect the same LUT.
+``patch_runner(monkeypatch, dr, host)`` replaces the runner's session, input and timing functions, its clock and its
+host description with deterministic fakes, so ``dr.measure_folder`` runs on a folder that holds only a manifest.
+The same fakes produced ``tests/data/lut_pre_schema.json`` with the runner as it was before the schema moved (commit
+e350d4d, where ``measure_folder`` returned the assembled LUT; the generator is in commit 4472f6e); the tests feed
+the same timings through today's runner and assembler and expect the same LUT.
 """
 
 from __future__ import annotations
