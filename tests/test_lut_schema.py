@@ -11,9 +11,9 @@ import copy
 import json
 from pathlib import Path
 
+import lut_fakes
 import pytest
 
-import lut_fakes
 from edgeprune.errors import MeasureError
 from edgeprune.latency import device_runner as dr
 from edgeprune.latency.schema import (

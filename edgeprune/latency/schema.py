@@ -174,10 +174,12 @@ def measurements_problem(doc: Any) -> Optional[str]:
         heads = [int(h) for h in manifest["model"]["heads_per_layer"]]
         files = manifest["files"]
         rest = files["rest"]
-        layer_files = files["layers"]
-        manifest["settings"]["threads"]
+        layer_files = [list(names) for names in files["layers"]]
+        int(manifest["settings"]["threads"])
     except (KeyError, TypeError, ValueError) as exc:
         return f"the measurements' manifest is malformed ({exc!r})"
+    if len(layer_files) != len(heads):
+        return f"the manifest lists head sub-models for {len(layer_files)} layers, the model has {len(heads)}"
     groups = doc["groups"]
     if not isinstance(groups, list) or len(groups) != len(heads):
         n = len(groups) if isinstance(groups, list) else "no"
@@ -233,7 +235,7 @@ def assemble_lut(measurements: dict[str, Any]) -> dict[str, Any]:
         settings["threads"] = used
     files = manifest["files"]
     ref_name = files.get("ref") or files["rest"]
-    ffn_files = files.get("ffn") or []
+    ffn_files = (files.get("ffn") or []) if manifest.get("ffn") else []
     rest_rounds: list[float] = []
     full_rounds: list[float] = []
     layer_rest_rounds: dict[int, list[float]] = {}
