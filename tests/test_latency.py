@@ -371,6 +371,13 @@ def test_device_runner_standalone_on_exported_folder(built):
     assert "FFN axis" in res.stdout
     assert predict(lut, [0, 1], ffn_widths=[24, 0]) == pytest.approx(
         predict(lut, [0, 1]) + ffn_cost(lut, 0, 24) - ffn_cost(lut, 0, 64) - ffn_cost(lut, 1, 64))
+    # The search takes the device's file as it is (`--latency-table lut.json`): the same predictions.
+    from edgeprune.plan import HeadLayout
+    from edgeprune.search.run import resolve_latency
+
+    lat_fn, source = resolve_latency(HeadLayout((2, 2), 16, 32), 32, 128, latency_table=out)
+    assert source["kind"] == "lut" and source["provenance"] == lut["provenance"]
+    assert lat_fn((0, 1)) == predict(lut, [0, 1])
 
 
 @pytest.mark.slow
