@@ -105,6 +105,7 @@ def run_one(model_name, precision, profile, n_plans, rounds, reps, threads, seed
     from edgeprune.latency import device_runner as dr
 
     from edgeprune.adapters import get_adapter
+    from edgeprune.latency.schema import assemble_lut
     from edgeprune.latency.table import build_lut, compile_submodel, predict
     from edgeprune.latency.measure import measure_alternating
     from edgeprune.task.modeling import clone_model
@@ -129,8 +130,9 @@ def run_one(model_name, precision, profile, n_plans, rounds, reps, threads, seed
         # Re-measure a kept export (benchmark iterations); the LUT build time is then measuring only.
         from edgeprune.latency.measure import effective_threads
 
-        lut = dr.measure_folder(work / "lut", threads=effective_threads(prof, threads)[0], rounds=rounds, reps=reps,
-                                log=log)
+        measurements = dr.measure_folder(work / "lut", threads=effective_threads(prof, threads)[0], rounds=rounds,
+                                         reps=reps, log=log)
+        lut = assemble_lut(measurements)
         lut["method"]["export_seconds"] = json.loads((work / "lut" / dr.MANIFEST_NAME).read_text())["export_seconds"]
     else:
         lut = build_lut(model, prof, precision=precision, threads=threads, rounds=rounds, reps=reps, log_fn=log,

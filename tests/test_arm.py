@@ -145,6 +145,36 @@ def test_pruned_bert_bundle_via_cli(tmp_path):
     assert data["inputs"].startswith("8 tokenised sentences") and data["argmax_total"] == 8
 
 
+@pytest.mark.arm
+@pytest.mark.slow
+def test_device_runner_measures_under_emulation(tmp_path):
+    """The standalone runner, copied into an exported LUT folder, runs on aarch64 onnxruntime + numpy alone and writes
+    measurements that the workstation assembles into a latency table labelled as emulated."""
+    import os
+    import subprocess
+
+    launcher = _emulator_or_skip()
+    from edgeprune.latency import schema
+    from edgeprune.latency.table import export_lut_models, load_lut, predict
+    from edgeprune.testing import tiny_model
+
+    folder = tmp_path / "lut-pi4"
+    export_lut_models(tiny_model("bert", num_layers=1, num_heads=2, hidden=32), "raspberrypi4", folder)
+    out = folder / "lut.json"
+    env = dict(os.environ, QEMU_CPU="cortex-a72")
+    res = subprocess.run([str(launcher), str(folder / "device_runner.py"), str(folder), "--out", str(out),
+                          "--rounds", "2", "--reps", "1", "--threads", "1"],
+                         env=env, capture_output=True, text=True, timeout=1800)
+    assert res.returncode == 0, res.stderr[-2000:]
+    raw = json.loads(out.read_text())
+    assert raw["format"] == schema.MEASUREMENTS_FORMAT
+    assert raw["host"]["arch"] == "aarch64" and raw["host"]["emulated"] and raw["host"]["qemu_cpu"] == "cortex-a72"
+    lut = load_lut(out)
+    assert lut["provenance"]["where"] == "emulated" and "QEMU" in lut["provenance"]["measured_on"]
+    assert [row["widths"] for row in lut["ffn"]["layers"]] == [[0, 16, 32, 64]]
+    assert predict(lut, [2]) > 0 and lut["method"]["rounds"] == 2
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # no emulator needed
 # ---------------------------------------------------------------------------------------------------------------------

@@ -9,9 +9,17 @@ from pathlib import Path
 
 import pytest
 
-from edgeprune.latency import device_runner as dr
 from edgeprune.errors import MeasureError, PlanError
-from edgeprune.latency.table import ffn_cost, has_ffn_axis, layer_costs, load_lut, predict, save_lut
+from edgeprune.latency import schema
+from edgeprune.latency.table import (
+    default_ffn_widths,
+    ffn_cost,
+    has_ffn_axis,
+    layer_costs,
+    load_lut,
+    predict,
+    save_lut,
+)
 
 PROVENANCE = ["cpu_model", "arch", "ort_version", "date", "where", "measured_on"]
 SETTINGS = ["threads", "batch", "seq_len", "precision", "profile"]
@@ -19,8 +27,8 @@ SETTINGS = ["threads", "batch", "seq_len", "precision", "profile"]
 
 def _lut(calibration=1.0):
     return {
-        "format": dr.LUT_FORMAT,
-        "version": dr.LUT_VERSION,
+        "format": schema.LUT_FORMAT,
+        "version": schema.LUT_VERSION,
         "model": {"heads_per_layer": [2, 3]},
         "settings": {},
         "provenance": {},
@@ -133,20 +141,28 @@ def test_load_lut_checks_the_ffn_section(tmp_path):
         load_lut(save_lut(bad, tmp_path / "c.json"))
 
 
+def test_fit_linear_recovers_line():
+    f = schema.fit_linear([1, 2, 3, 4], [2.5, 3.0, 3.5, 4.0])
+    assert f["intercept_ms"] == pytest.approx(2.0) and f["slope_ms_per_head"] == pytest.approx(0.5)
+    assert f["r2"] == pytest.approx(1.0)
+    noisy = schema.fit_linear([1, 2, 3], [1.0, 3.0, 2.0])
+    assert noisy["slope_ms_per_head"] == pytest.approx(0.5) and noisy["r2"] == pytest.approx(0.25)
+
+
 def test_fit_hinge_finds_the_knee():
     widths = [128, 256, 512, 1024, 1536]
     # Flat at 0.30 below 256, then 0.22 + 0.0003 ms/neuron (the shape measured on MiniLM).
     ys = [0.22 + 0.0003 * max(w, 256) for w in widths]
-    fit = dr.fit_hinge(widths, ys)
+    fit = schema.fit_hinge(widths, ys)
     assert fit["knee"] == 256
     assert fit["slope_ms_per_neuron"] == pytest.approx(0.0003) and fit["intercept_ms"] == pytest.approx(0.22)
     # A plain line keeps the smallest knee (no flat part invented).
-    line = dr.fit_hinge(widths, [0.1 + 0.001 * w for w in widths])
+    line = schema.fit_hinge(widths, [0.1 + 0.001 * w for w in widths])
     assert line["knee"] == 128 and line["r2"] == pytest.approx(1.0)
-    assert dr.hinge_value(fit, 0) == 0.0 and dr.hinge_value(fit, 100) == pytest.approx(0.22 + 0.0003 * 256)
-    assert dr.default_ffn_widths(1536) == [0, 128, 256, 512, 1024, 1536]
-    assert dr.default_ffn_widths(3072) == [0, 128, 256, 512, 1024, 2048, 3072]
-    assert dr.default_ffn_widths(64) == [0, 16, 32, 64]
+    assert schema.hinge_value(fit, 0) == 0.0 and schema.hinge_value(fit, 100) == pytest.approx(0.22 + 0.0003 * 256)
+    assert default_ffn_widths(1536) == [0, 128, 256, 512, 1024, 1536]
+    assert default_ffn_widths(3072) == [0, 128, 256, 512, 1024, 2048, 3072]
+    assert default_ffn_widths(64) == [0, 16, 32, 64]
 
 
 def test_layer_costs_and_round_trip(tmp_path):
@@ -172,42 +188,60 @@ def test_load_lut_rejects_bad_files(tmp_path):
         load_lut(tmp_path / "c.json")
 
 
-def test_assemble_pairs_rounds_and_fits():
+def _measurements(manifest, groups, host, **extra):
+    """A measurements document as the device runner writes it (files named like ``edgeprune lut --export-only``)."""
+    doc = {"format": schema.MEASUREMENTS_FORMAT, "version": schema.MEASUREMENTS_VERSION, "manifest": manifest,
+           "threads": manifest["settings"]["threads"], "where": None, "table": "fitted", "host": host,
+           "date": "2026-12-01T00:00:00+00:00", "method": {"rounds": 3, "reps": 1}, "groups": groups}
+    doc.update(extra)
+    return doc
+
+
+def _manifest(ffn=None):
     manifest = {
         "model": {"heads_per_layer": [2]},
         "settings": {"profile": "raspberrypi4", "threads": 1, "batch": 1, "seq_len": 8, "precision": "int8"},
         "profile": {"name": "raspberrypi4", "display_name": "a Raspberry Pi 4", "arch": "aarch64",
                     "cpu": {"core_type": "Cortex-A72"}},
+        "files": {"rest": "rest.onnx", "ref": "ref.onnx", "full": "full.onnx",
+                  "layers": [["layer00_k00.onnx", "layer00_k01.onnx", "layer00_k02.onnx"]]},
     }
+    if ffn:
+        manifest["ffn"] = {"sizes": [8], "widths": [[0, 2, 4, 8]]}
+        manifest["files"]["ffn"] = [["layer00_f00000.onnx", "layer00_f00002.onnx", "layer00_f00004.onnx", None]]
+    return manifest
+
+
+HOST = {"arch": "x86_64", "cpu_model": "Test CPU", "logical_cores": 2, "ort_version": "x"}
+
+
+def test_assemble_pairs_rounds_and_fits():
     # The machine slows down by +10 ms in round 2: paired differences must not see it.
-    ref = [1.0, 11.0, 1.0]
-    layer = {(0, 0): [1.5, 11.5, 1.5], (0, 1): [3.0, 13.0, 3.0], (0, 2): [4.0, 14.0, 4.0]}
-    host = {"arch": "x86_64", "cpu_model": "Test CPU", "logical_cores": 2, "ort_version": "x"}
-    lut = dr.assemble_lut(manifest, [1.0, 1.2, 0.8], layer, {0: ref}, full_rounds=[6.0, 6.0, 6.0], host=host)
+    rounds = {"ref.onnx": [1.0, 11.0, 1.0], "rest.onnx": [1.0, 1.2, 0.8], "full.onnx": [6.0, 6.0, 6.0],
+              "layer00_k00.onnx": [1.5, 11.5, 1.5], "layer00_k01.onnx": [3.0, 13.0, 3.0],
+              "layer00_k02.onnx": [4.0, 14.0, 4.0]}
+    lut = schema.assemble_lut(_measurements(_manifest(), [{"layer": 0, "rounds": rounds}], HOST, threads=2))
     row = lut["layers"][0]
     assert row["raw_ms"] == pytest.approx([0.5, 2.0, 3.0])
     assert row["fit"]["slope_ms_per_head"] == pytest.approx(1.0) and row["fitted_ms"][0] == pytest.approx(0.5)
-    assert lut["rest_ms"] == pytest.approx(1.0)
+    assert lut["rest_ms"] == pytest.approx(1.0)  # the real rest model's rounds, not the in-group reference's
     assert lut["full_model_predicted_ms"] == pytest.approx(1.0 + 3.0)
     assert lut["calibration_factor"] == pytest.approx(6.0 / 4.0)
-    assert lut["provenance"]["where"] == "this host"
+    assert lut["provenance"]["where"] == "this host" and lut["provenance"]["date"] == "2026-12-01T00:00:00+00:00"
     assert "not on a Raspberry Pi 4" in lut["provenance"]["measured_on"]
+    assert lut["settings"]["threads"] == 2 and "1 threads; 2 were used" in lut["settings"]["threads_note"]
     assert "ffn" not in lut  # no FFN axis in the manifest: none in the LUT
 
 
 def test_assemble_ffn_axis_from_device_rounds():
-    manifest = {
-        "model": {"heads_per_layer": [2]},
-        "settings": {"profile": "raspberrypi4", "threads": 1, "batch": 1, "seq_len": 8, "precision": "int8"},
-        "profile": {"name": "raspberrypi4", "arch": "aarch64", "cpu": {"core_type": "Cortex-A72"}},
-        "ffn": {"sizes": [8], "widths": [[0, 2, 4, 8]]},
-    }
-    ref = [1.0, 11.0, 1.0]  # a +10 ms load burst in round 2 cancels in the paired differences
-    layer = {(0, 0): [1.5, 11.5, 1.5], (0, 1): [3.0, 13.0, 3.0], (0, 2): [4.0, 14.0, 4.0]}
+    base = {"ref.onnx": [1.0, 11.0, 1.0], "rest.onnx": [1.0, 1.0, 1.0], "full.onnx": [6.0, 6.0, 6.0],
+            "layer00_k00.onnx": [1.5, 11.5, 1.5], "layer00_k01.onnx": [3.0, 13.0, 3.0],
+            "layer00_k02.onnx": [4.0, 14.0, 4.0]}  # a +10 ms load burst in round 2 cancels in the paired differences
     # FFN widths 0, 2, 4 (the full width 8 is the k = 2 heads model, not measured twice).
-    ffn = {(0, 0): [2.0, 12.0, 2.0], (0, 1): [3.0, 13.0, 3.0], (0, 2): [3.5, 13.5, 3.5]}
-    host = {"arch": "x86_64", "cpu_model": "Test CPU", "logical_cores": 2, "ort_version": "x"}
-    lut = dr.assemble_lut(manifest, [1.0, 1.0, 1.0], layer, {0: ref}, host=host, ffn_rounds=ffn, table="raw")
+    ffn = {"layer00_f00000.onnx": [2.0, 12.0, 2.0], "layer00_f00002.onnx": [3.0, 13.0, 3.0],
+           "layer00_f00004.onnx": [3.5, 13.5, 3.5]}
+    doc = _measurements(_manifest(ffn=True), [{"layer": 0, "rounds": dict(base, **ffn)}], HOST, table="raw")
+    lut = schema.assemble_lut(doc)
     row = lut["ffn"]["layers"][0]
     assert row["widths"] == [0, 2, 4, 8] and row["width"] == 8
     assert row["layer_raw_ms"] == pytest.approx([1.0, 2.0, 2.5, 3.0])  # last = heads raw_ms[2]
@@ -215,8 +249,12 @@ def test_assemble_ffn_axis_from_device_rounds():
     assert row["fitted_ms"][0] == 0.0 and row["fit"]["knee"] in (2, 4)
     assert has_ffn_axis(lut)
     assert predict(lut, [2], ffn_widths=[2]) == pytest.approx(predict(lut, [2]) - 1.0)
-    with pytest.raises(ValueError, match="no timings for FFN width 4"):
-        dr.assemble_lut(manifest, [1.0], layer, {0: ref}, host=host, ffn_rounds={(0, 0): [2.0], (0, 1): [3.0]})
+    del doc["groups"][0]["rounds"]["layer00_f00004.onnx"]
+    with pytest.raises(MeasureError, match="no timings for layer00_f00004.onnx"):
+        schema.assemble_lut(doc)
+    doc["manifest"]["files"]["ffn"][0][2] = None  # a width the manifest names but no file measured
+    with pytest.raises(MeasureError, match="no timings for FFN width 4"):
+        schema.assemble_lut(doc)
 
 
 @pytest.fixture(scope="module")
@@ -319,7 +357,12 @@ def test_device_runner_standalone_on_exported_folder(built):
         capture_output=True, text=True, timeout=300, cwd=tmp,
     )
     assert res.returncode == 0, res.stderr
+    raw = json.loads(out.read_text())
+    # The device writes measurements (raw rounds per sub-model file), the workstation assembles them on read.
+    assert raw["format"] == schema.MEASUREMENTS_FORMAT and "layers" not in raw
+    assert len(raw["groups"]) == 2 and len(raw["groups"][0]["rounds"]["layer00_k02.onnx"]) == 2
     lut = load_lut(out)
+    assert lut["format"] == schema.LUT_FORMAT and lut == schema.assemble_lut(raw)
     assert lut["settings"]["threads"] == 1 and "threads_note" in lut["settings"]
     assert lut["method"]["rounds"] == 2
     assert lut["provenance"]["ort_version"] and lut["provenance"]["measured_on"]
@@ -328,6 +371,13 @@ def test_device_runner_standalone_on_exported_folder(built):
     assert "FFN axis" in res.stdout
     assert predict(lut, [0, 1], ffn_widths=[24, 0]) == pytest.approx(
         predict(lut, [0, 1]) + ffn_cost(lut, 0, 24) - ffn_cost(lut, 0, 64) - ffn_cost(lut, 1, 64))
+    # The search takes the device's file as it is (`--latency-table lut.json`): the same predictions.
+    from edgeprune.plan import HeadLayout
+    from edgeprune.search.run import resolve_latency
+
+    lat_fn, source = resolve_latency(HeadLayout((2, 2), 16, 32), 32, 128, latency_table=out)
+    assert source["kind"] == "lut" and source["provenance"] == lut["provenance"]
+    assert lat_fn((0, 1)) == predict(lut, [0, 1])
 
 
 @pytest.mark.slow

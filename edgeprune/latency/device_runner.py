@@ -4,13 +4,17 @@ This file needs only the Python standard library, ``numpy`` and ``onnxruntime``:
 Pi, a phone's Termux, the ARM emulation image) together with a folder written by ``edgeprune lut --export-only DIR``
 and run::
 
-    python device_runner.py DIR --out lut.json            # measure the per-layer sub-models, write the LUT
+    python device_runner.py DIR --out lut.json            # measure the per-layer sub-models, write the measurements
     python device_runner.py --memory MODEL.onnx --threads 4 --batch 1 --seq-len 128   # one memory probe (JSON)
 
-The workstation then uses the LUT with ``edgeprune search --latency-table lut.json``.
+The workstation then uses the file with ``edgeprune search --latency-table lut.json``: it holds the raw measurements
+(format ``edgeprune-lut-measurements`` v1, see :func:`measure_folder`), and edgeprune assembles the latency table
+from them when it reads the file (``edgeprune.latency.schema``, the one owner of the table's fits and layout).
 
-``edgeprune.latency.measure`` and ``edgeprune.latency.table`` import the same functions from here, so the host and the device
-measure in exactly the same way. Keep this file free of ``edgeprune`` imports (it must run as a single copied file).
+``edgeprune.latency.measure`` and ``edgeprune.latency.table`` import the timing kernel (``make_session``,
+``synth_inputs``, ``time_runs``, ``alternate``, ``memory_probe``) and :func:`measure_folder` from here, so the host
+and the device measure in exactly the same way. Keep this file free of ``edgeprune`` imports (it must run as a single
+copied file).
 """
 
 from __future__ import annotations
@@ -27,8 +31,9 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
 
-LUT_FORMAT = "edgeprune-lut"
-LUT_VERSION = 1
+#: What :func:`measure_folder` writes: raw per-round timings, not the assembled table.
+MEASUREMENTS_FORMAT = "edgeprune-lut-measurements"
+MEASUREMENTS_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 
 # ARM MIDR part numbers (implementer 0x41 = Arm Ltd) of the cores edgeprune profiles name. Used to recognise that the
@@ -307,7 +312,8 @@ def summarize(samples_ms: Iterable[float]) -> dict[str, float]:
     }
 
 
-def _median(xs: Sequence[float]) -> float:
+def median(xs: Sequence[float]) -> float:
+    """Median (the 50th :func:`percentile`) of unsorted values."""
     return percentile(sorted(xs), 50)
 
 
@@ -352,7 +358,7 @@ def alternate(
                 t0 = time.perf_counter_ns()
                 s.run(None, f)
                 times.append((time.perf_counter_ns() - t0) / 1e6)
-            per_round[j].append(min(times) if block == "min" else _median(times))
+            per_round[j].append(min(times) if block == "min" else median(times))
     return per_round
 
 
@@ -412,257 +418,6 @@ def memory_probe(path: str, threads: int, batch: int, seq_len: int, *, vocab_siz
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# LUT assembly (shared by the host path in edgeprune.latency.table and the device path below)
-
-
-def fit_linear(ks: Sequence[int], ys: Sequence[float]) -> dict[str, float]:
-    """Least-squares line y = a + b*k (DESIGN 6: a layer's latency is linear in its kept heads)."""
-    n = len(ks)
-    if n == 0:
-        return {"intercept_ms": float("nan"), "slope_ms_per_head": float("nan"), "r2": float("nan")}
-    mk = sum(ks) / n
-    my = sum(ys) / n
-    sxx = sum((k - mk) ** 2 for k in ks)
-    sxy = sum((k - mk) * (y - my) for k, y in zip(ks, ys))
-    b = sxy / sxx if sxx > 0 else 0.0
-    a = my - b * mk
-    ss_tot = sum((y - my) ** 2 for y in ys)
-    ss_res = sum((y - (a + b * k)) ** 2 for k, y in zip(ks, ys))
-    return {"intercept_ms": a, "slope_ms_per_head": b, "r2": 1 - ss_res / ss_tot if ss_tot > 0 else 1.0}
-
-
-def fit_hinge(widths: Sequence[int], ys: Sequence[float]) -> dict[str, Any]:
-    """Least-squares "flat below a knee, linear above" fit of an FFN's cost over its nonzero kept widths.
-
-    ``f(w) = a + b * max(w, knee)`` for ``w > 0`` (``f(0)`` is measured, not fitted: a layer without an FFN block
-    has no matrix products at all). Measured on MiniLM INT8 (benchmarks/results/ffn_block_size-2026-11-24.md): the
-    FFN is linear from ~256 kept neurons up and flat below (fixed costs: the input's dynamic quantization,
-    SkipLayerNorm, op overheads). The knee differs per device and kernel, so it is chosen here among the measured
-    widths (the one with the smallest squared error; the smallest such width on ties, i.e. the plain line when the
-    data show no flat part).
-
-    Args:
-        widths: nonzero kept widths (neurons), ascending.
-        ys: FFN cost at each width (ms).
-
-    Returns:
-        ``knee``, ``intercept_ms`` (a), ``slope_ms_per_neuron`` (b), ``r2`` over the given points.
-    """
-    pts = [(int(w), float(y)) for w, y in zip(widths, ys) if int(w) > 0]
-    if not pts:
-        return {"knee": 0, "intercept_ms": float("nan"), "slope_ms_per_neuron": float("nan"), "r2": float("nan")}
-    my = sum(y for _, y in pts) / len(pts)
-    ss_tot = sum((y - my) ** 2 for _, y in pts)
-    best: Optional[dict[str, Any]] = None
-    for knee in sorted({w for w, _ in pts}):
-        xs = [max(w, knee) for w, _ in pts]
-        if len(set(xs)) < 2 and len(pts) > 1:
-            continue  # every point on the flat part: no slope to fit
-        line = fit_linear(xs, [y for _, y in pts])
-        a, b = line["intercept_ms"], line["slope_ms_per_head"]
-        sse = sum((y - (a + b * x)) ** 2 for x, (_, y) in zip(xs, pts))
-        # A knee must beat the previous one clearly (1e-9 ms^2) to be taken: equal fits keep the simpler model.
-        if best is None or sse < best["sse"] - 1e-12:
-            best = {"knee": knee, "intercept_ms": a, "slope_ms_per_neuron": b, "sse": sse}
-    assert best is not None
-    sse = best.pop("sse")
-    best["r2"] = 1 - sse / ss_tot if ss_tot > 0 else 1.0
-    return best
-
-
-def hinge_value(fit: dict[str, Any], width: int) -> float:
-    """The fitted FFN cost at ``width`` (0 for a removed FFN)."""
-    if width <= 0:
-        return 0.0
-    return fit["intercept_ms"] + fit["slope_ms_per_neuron"] * max(int(width), int(fit["knee"]))
-
-
-def default_ffn_widths(width: int) -> list[int]:
-    """FFN widths the LUT measures for a layer of ``width`` intermediate neurons.
-
-    0 (FFN removed: its own step, ~1/3 of the FFN on MiniLM), 128 (the flat part below the knee), 256 (the knee
-    measured on MiniLM), then doubling up to the full width: MiniLM (1536) gets 0, 128, 256, 512, 1024, 1536 and a
-    BERT-base FFN (3072) 0, 128, 256, 512, 1024, 2048, 3072. Narrow FFNs (tests) get quarter and half width.
-    """
-    width = int(width)
-    ws = {0, width} | {w for w in (128, 256, 512, 1024, 2048, 4096, 8192) if w < width}
-    if len(ws) < 4:
-        ws |= {w for w in (width // 4, width // 2) if 0 < w < width}
-    return sorted(ws)
-
-
-def ffn_layer_entry(
-    index: int, heads: int, width: int, widths: Sequence[int], layer_raw: Sequence[float], spread: Sequence[float],
-    table: str = "fitted",
-) -> dict[str, Any]:
-    """One layer of the LUT's ``"ffn"`` section from its measured layer times (all heads kept) per kept width.
-
-    ``raw_ms[j]`` = layer time at ``widths[j]`` minus the layer time without FFN (``widths[0]`` must be 0), i.e. the
-    FFN's own cost; ``fitted_ms`` follows :func:`fit_hinge` (exact 0 at width 0); ``ms`` is the table ``predict``
-    interpolates.
-    """
-    if list(widths) != sorted({int(w) for w in widths}) or widths[0] != 0 or widths[-1] != width:
-        raise ValueError(f"layer {index}: FFN widths must ascend from 0 to the full width {width}, got {list(widths)}")
-    raw = [float(t) - float(layer_raw[0]) for t in layer_raw]
-    fit = fit_hinge(widths[1:], raw[1:])
-    fitted = [hinge_value(fit, w) for w in widths]
-    return {
-        "index": index,
-        "heads": heads,
-        "width": width,
-        "widths": [int(w) for w in widths],
-        "layer_raw_ms": [float(t) for t in layer_raw],
-        "spread_ms": [float(x) for x in spread],
-        "raw_ms": raw,
-        "fit": fit,
-        "fitted_ms": fitted,
-        "ms": fitted if table == "fitted" else raw,
-    }
-
-
-def assemble_lut(
-    manifest: dict[str, Any],
-    rest_rounds: list[float],
-    layer_rounds: dict[tuple[int, int], list[float]],
-    layer_rest_rounds: dict[int, list[float]],
-    *,
-    full_rounds: Optional[list[float]] = None,
-    host: Optional[dict[str, Any]] = None,
-    where: Optional[str] = None,
-    method: Optional[dict[str, Any]] = None,
-    table: str = "fitted",
-    ffn_rounds: Optional[dict[tuple[int, int], list[float]]] = None,
-) -> dict[str, Any]:
-    """Turn per-round timings into the LUT document.
-
-    The latency of layer ``i`` with ``k`` heads is the median over rounds of ``T(1-layer model, k heads) - T(0-layer
-    model)`` taken *within the same round* (a paired difference: slow load drift cancels). For each layer a line is
-    fitted over k = 1..H; k = 0 is kept raw because a 0-head layer drops the whole attention block (Q/K/V, softmax
-    and the output projection), so it sits below the line.
-
-    Args:
-        manifest: the export manifest (model layout, settings, profile).
-        rest_rounds: per-round medians of the 0-layer (embeddings + classifier) model.
-        layer_rounds: (layer, k) -> per-round medians of the 1-layer model.
-        layer_rest_rounds: layer -> per-round medians of the 0-layer reference measured in that layer's group.
-        full_rounds: per-round medians of the unpruned full model (gives the calibration factor), if measured.
-        host: :func:`host_info` of the measuring machine.
-        where: override ``"device" | "emulated" | "this host"`` (otherwise derived from the profile and host).
-        method: free-form description of the measuring method (rounds, reps...).
-        table: which per-layer values ``predict`` uses: ``"fitted"`` or ``"raw"``.
-        ffn_rounds: (layer, j) -> per-round values of the 1-layer model with every head and ``widths[j]`` FFN neurons
-            (``manifest["ffn"]["widths"][layer]``; the full width may be left out: it is the k = H heads model).
-            Gives the LUT's ``"ffn"`` section (paired with the same in-group reference as the heads).
-
-    Returns:
-        The LUT dict (see docs in edgeprune.latency.table).
-    """
-    host = host or host_info()
-    profile = manifest.get("profile") or {}
-    auto_where, sentence = describe_where(profile, host)
-    if where and where != auto_where:
-        sentence = f"{sentence} (declared by the runner as: {where})"
-    rest_ms = _median(rest_rounds)
-    heads = manifest["model"]["heads_per_layer"]
-    layers = []
-    for i, h in enumerate(heads):
-        rest_i = layer_rest_rounds[i]
-        raw, spread = [], []
-        for k in range(h + 1):
-            diffs = sorted(t - r for t, r in zip(layer_rounds[(i, k)], rest_i))
-            raw.append(_median(diffs))
-            spread.append(percentile(diffs, 90) - percentile(diffs, 10))
-        ks = list(range(1, h + 1))
-        fit = fit_linear(ks, [raw[k] for k in ks])
-        fitted = [raw[0]] + [fit["intercept_ms"] + fit["slope_ms_per_head"] * k for k in ks]
-        layers.append(
-            {
-                "index": i,
-                "heads": h,
-                "raw_ms": raw,
-                "spread_ms": spread,
-                "fit": fit,
-                "fitted_ms": fitted,
-                "ms": fitted if table == "fitted" else raw,
-            }
-        )
-    lut: dict[str, Any] = {
-        "format": LUT_FORMAT,
-        "version": LUT_VERSION,
-        "model": manifest["model"],
-        "settings": manifest["settings"],
-        "profile": profile,
-        "provenance": {
-            "cpu_model": host.get("cpu_model"),
-            "arch": host.get("arch"),
-            "logical_cores": host.get("logical_cores"),
-            "device_model": host.get("device_model"),
-            "ort_version": host.get("ort_version"),
-            "numpy_version": host.get("numpy_version"),
-            "python": host.get("python"),
-            "loadavg": host.get("loadavg"),
-            "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "where": where or auto_where,
-            "measured_on": sentence,
-            "qemu_cpu": host.get("qemu_cpu"),
-        },
-        "method": dict(method or {}, table=table, pairing="per-round T(1 layer, k heads) - T(0 layers)"),
-        "rest_ms": rest_ms,
-        "rest_spread_ms": percentile(sorted(rest_rounds), 90) - percentile(sorted(rest_rounds), 10),
-        "layers": layers,
-        "calibration_factor": 1.0,
-    }
-    if ffn_rounds is not None and manifest.get("ffn"):
-        lut["ffn"] = _ffn_section(manifest, layer_rounds, layer_rest_rounds, ffn_rounds, table)
-    if full_rounds:
-        # Calibration: measured full model / LUT prediction of the full model, paired per round with the rest model.
-        full_ms = _median(full_rounds)
-        predicted_full = rest_ms + sum(layer["ms"][layer["heads"]] for layer in layers)
-        lut["full_model_ms"] = full_ms
-        lut["full_model_predicted_ms"] = predicted_full
-        lut["calibration_factor"] = full_ms / predicted_full if predicted_full > 0 else 1.0
-    return lut
-
-
-def _ffn_section(
-    manifest: dict[str, Any],
-    layer_rounds: dict[tuple[int, int], list[float]],
-    layer_rest_rounds: dict[int, list[float]],
-    ffn_rounds: dict[tuple[int, int], list[float]],
-    table: str,
-) -> dict[str, Any]:
-    """The LUT's ``"ffn"`` section: per layer, the FFN's cost by kept width (every head kept)."""
-    heads = manifest["model"]["heads_per_layer"]
-    spec = manifest["ffn"]
-    layers = []
-    for i, h in enumerate(heads):
-        widths, full = [int(w) for w in spec["widths"][i]], int(spec["sizes"][i])
-        rest_i = layer_rest_rounds[i]
-        layer_raw, spread = [], []
-        for j, w in enumerate(widths):
-            # The full width with every head is the heads axis' k = H model: the same file, the same rounds.
-            if (i, j) in ffn_rounds:
-                rounds = ffn_rounds[(i, j)]
-            elif w == full:
-                rounds = layer_rounds[(i, h)]
-            else:
-                raise ValueError(f"layer {i}: no timings for FFN width {w}")
-            diffs = sorted(t - r for t, r in zip(rounds, rest_i))
-            layer_raw.append(_median(diffs))
-            spread.append(percentile(diffs, 90) - percentile(diffs, 10))
-        layers.append(ffn_layer_entry(i, h, full, widths, layer_raw, spread, table))
-    return {
-        "pairing": "per-round T(1 layer, all heads, w FFN neurons) - T(0 layers); raw_ms = that minus the same "
-                   "at w = 0 (the FFN's own cost)",
-        "fit": "f(0) = 0; f(w) = a + b * max(w, knee) for w > 0, knee chosen among the measured widths",
-        "predict": "rest + sum_i heads_ms[i][k_i] + sum_i (ffn_ms_i(w_i) - ffn_ms_i(full_i)); ffn_ms_i interpolated "
-                   "linearly between measured widths, flat between 0 (exclusive) and the smallest nonzero width",
-        "table": table,
-        "layers": layers,
-    }
-
-
-# ---------------------------------------------------------------------------------------------------------------------
 # Device entry point: measure an exported folder
 
 
@@ -676,37 +431,42 @@ def measure_folder(
     table: str = "fitted",
     log=None,
 ) -> dict[str, Any]:
-    """Measure every sub-model listed in ``folder/manifest.json`` and return the LUT dict.
+    """Measure every sub-model listed in ``folder/manifest.json`` and return the measurements document.
 
-    Sub-models are timed per layer group (the 0-layer model plus that layer's k = 0..H models and, when the manifest
-    has an FFN axis, its kept-FFN-width models, alternating), with ``session.intra_op.allow_spinning=0`` because
-    sessions alternate.
+    Sub-models are timed per layer group (the 0-layer models, the full model, that layer's k = 0..H models and, when
+    the manifest has an FFN axis, its kept-FFN-width models, alternating), with ``session.intra_op.allow_spinning=0``
+    because sessions alternate.
+
+    The document (``format = "edgeprune-lut-measurements"``, ``version = 1``)::
+
+        {"format", "version",
+         "manifest": the manifest as read,
+         "threads": intra-op threads used, "where": declared place or null, "table": "fitted" | "raw",
+         "host": host_info() after measuring, "date": ISO-8601 UTC after measuring,
+         "method": {"rounds", "reps", "allow_spinning", "round_value", "measure_seconds"},
+         "groups": [{"layer": i, "rounds": {file name: [value of each round, ms], ...}}, ...]}
 
     Args:
         folder: written by ``edgeprune lut --export-only``.
         threads: override the manifest's thread count (e.g. a phone where only the big cores should be used).
         rounds, reps: override the manifest's measuring schedule.
         where: declare ``"device"``/``"emulated"``/``"this host"`` if auto-detection cannot know.
-        table: ``"fitted"`` or ``"raw"``.
+        table: which entries the assembled table's predictor will use, ``"fitted"`` or ``"raw"`` (recorded).
         log: callable taking a string, for progress (default: silent).
 
     Returns:
-        LUT dict.
+        The measurements dict (JSON-serialisable).
     """
     folder = Path(folder)
     manifest = json.loads((folder / MANIFEST_NAME).read_text())
-    settings = dict(manifest["settings"])
-    if threads and int(threads) != int(settings["threads"]):
-        settings["threads_note"] = f"manifest asked for {settings['threads']} threads; {int(threads)} were used"
-        settings["threads"] = int(threads)
-    manifest = dict(manifest, settings=settings)
+    settings = manifest["settings"]
+    thr = int(threads or settings["threads"])
     rounds = int(rounds or manifest.get("schedule", {}).get("rounds", 15))
     reps = int(reps or manifest.get("schedule", {}).get("reps", 5))
     model = manifest["model"]
     # Ids must be valid for every sub-model: the per-layer ones carry a cut embedding table (see edgeprune.latency.table).
     vocab = min(v for v in (model.get("vocab_size"), model.get("layer_vocab_size"), 100_000) if v) or 100
     batch, seq = int(settings["batch"]), int(settings["seq_len"])
-    thr = int(settings["threads"])
     log = log or (lambda s: None)
 
     def load(rel: str):
@@ -714,61 +474,48 @@ def measure_folder(
         return s, synth_inputs(s, batch, seq, vocab_size=vocab)
 
     files = manifest["files"]
-    # The in-group reference: the 0-layer model built exactly like the per-layer ones (same embedding table).
-    fixed = [load(files.get("ref") or files["rest"])]
-    # The real rest model and the full model run in every group too: their medians then cover the whole measuring
-    # period (a single separate block was easily caught by a burst of load) and the calibration factor is paired in
-    # time with the per-layer entries.
-    if files.get("ref"):
-        fixed.append(load(files["rest"]))
-    if files.get("full"):
-        fixed.append(load(files["full"]))
-    rest_pos = 1 if files.get("ref") else 0
-    full_pos = len(fixed) - 1 if files.get("full") else None
-    layer_rounds: dict[tuple[int, int], list[float]] = {}
-    layer_ref: dict[int, list[float]] = {}
-    rest_rounds: list[float] = []
-    full_rounds: list[float] = []
-    t0 = time.perf_counter()
+    # The in-group reference: the 0-layer model built exactly like the per-layer ones (same embedding table). The
+    # real rest model and the full model run in every group too: their medians then cover the whole measuring period
+    # (a single separate block was easily caught by a burst of load) and the calibration factor is paired in time
+    # with the per-layer entries.
+    fixed_names = [n for n in (files.get("ref"), files["rest"], files.get("full")) if n]
+    fixed = [load(name) for name in fixed_names]
     ffn_files = files.get("ffn") or []
-    ffn_rounds: dict[tuple[int, int], list[float]] = {}
+    groups: list[dict[str, Any]] = []
+    t0 = time.perf_counter()
     for i, h in enumerate(model["heads_per_layer"]):
         # The layer's FFN sub-models (every head kept, kept width w) alternate in the same group: paired with the
         # same reference. The full width is the k = H heads model and is not listed again.
-        extra = [(j, name) for j, name in enumerate(ffn_files[i] if i < len(ffn_files) else []) if name]
-        group = fixed + [load(files["layers"][i][k]) for k in range(h + 1)] + [load(name) for _, name in extra]
+        names = list(files["layers"][i][: h + 1])
+        names += [name for name in (ffn_files[i] if i < len(ffn_files) else []) if name]
+        group = fixed + [load(name) for name in names]
         # Every model, the slow full one included, gets the same best-of-reps, so the full model's round value (and
         # the calibration factor) is as robust to load bursts as the entries it is compared with.
         per = alternate([g[0] for g in group], [g[1] for g in group], rounds=rounds, reps=reps, seed=i)
-        layer_ref[i] = per[0]
-        rest_rounds += per[rest_pos]
-        if full_pos is not None:
-            full_rounds += per[full_pos]
-        for k in range(h + 1):
-            layer_rounds[(i, k)] = per[len(fixed) + k]
-        for n, (j, _) in enumerate(extra):
-            ffn_rounds[(i, j)] = per[len(fixed) + h + 1 + n]
+        groups.append({"layer": i, "rounds": dict(zip(fixed_names + names, per))})
         del group
-        log(f"layer {i}: {h + 1 + len(extra)} sub-models measured ({time.perf_counter() - t0:.1f} s)")
-    return assemble_lut(
-        manifest,
-        rest_rounds,
-        layer_rounds,
-        layer_ref,
-        full_rounds=full_rounds or None,
-        ffn_rounds=ffn_rounds if manifest.get("ffn") else None,
-        where=where,
-        method={"rounds": rounds, "reps": reps, "allow_spinning": False, "round_value": "best of reps",
-                "measure_seconds": round(time.perf_counter() - t0, 2)},
-        table=table,
-    )
+        log(f"layer {i}: {len(names)} sub-models measured ({time.perf_counter() - t0:.1f} s)")
+    return {
+        "format": MEASUREMENTS_FORMAT,
+        "version": MEASUREMENTS_VERSION,
+        "manifest": manifest,
+        "threads": thr,
+        "where": where,
+        "table": table,
+        "host": host_info(),
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "method": {"rounds": rounds, "reps": reps, "allow_spinning": False, "round_value": "best of reps",
+                   "measure_seconds": round(time.perf_counter() - t0, 2)},
+        "groups": groups,
+    }
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Command-line entry point (see the module docstring)."""
     ap = argparse.ArgumentParser(description="Measure an edgeprune latency table (or memory) with onnxruntime only.")
     ap.add_argument("folder", nargs="?", help="folder written by `edgeprune lut --export-only`")
-    ap.add_argument("--out", default="lut.json", help="where to write the LUT JSON")
+    ap.add_argument("--out", default="lut.json",
+                    help="where to write the measurements JSON (edgeprune reads it as a latency table)")
     ap.add_argument("--threads", type=int, default=None, help="override the manifest's intra-op threads")
     ap.add_argument("--rounds", type=int, default=None)
     ap.add_argument("--reps", type=int, default=None)
@@ -785,7 +532,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 0
     if not args.folder:
         ap.error("give the exported folder (or --memory MODEL)")
-    lut = measure_folder(
+    meas = measure_folder(
         args.folder,
         threads=args.threads,
         rounds=args.rounds,
@@ -794,10 +541,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         table=args.table,
         log=lambda s: print(s, file=sys.stderr),
     )
-    Path(args.out).write_text(json.dumps(lut, indent=2))
-    ffn = ", FFN axis" if lut.get("ffn") else ""
-    print(f"wrote {args.out}: rest {lut['rest_ms']:.2f} ms, {len(lut['layers'])} layers{ffn}; "
-          f"{lut['provenance']['measured_on']}")
+    Path(args.out).write_text(json.dumps(meas, indent=2))
+    n_models = len({name for g in meas["groups"] for name in g["rounds"]})
+    ffn = ", FFN axis" if meas["manifest"].get("ffn") else ""
+    _, sentence = describe_where(meas["manifest"].get("profile") or {}, meas["host"])
+    print(f"wrote {args.out}: measurements of {n_models} sub-models in {len(meas['groups'])} layer groups{ffn}, "
+          f"threads {meas['threads']}; {sentence}. Use it on the workstation with --latency-table {args.out}")
     return 0
 
 
