@@ -235,7 +235,9 @@ def tokenizer_nodes(spec: WordPieceSpec, *, max_length: int, outputs: Sequence[s
     body_nodes = [
         helper.make_node("Unsqueeze", ["i", p + "zero1"], ["i1"]),
         helper.make_node("Gather", [TEXT_INPUT, "i1"], ["one_text"], axis=0),  # string[1]: one text, not a pair
-        helper.make_node("BertTokenizer", ["one_text"], ["ids", "types", "mask", "offsets"], domain=CUSTOM_DOMAIN,
+        # Three outputs only: declaring the optional 4th (offset_mapping) corrupted memory in onnxruntime-extensions
+        # 0.15.2 (rows lost from later batches, then a segfault, in one long-lived session).
+        helper.make_node("BertTokenizer", ["one_text"], ["ids", "types", "mask"], domain=CUSTOM_DOMAIN,
                          **tok_attrs),
         helper.make_node("Shape", ["ids"], ["n"]),
         helper.make_node("Sub", [p + "len1", "n"], ["short"]),
@@ -582,3 +584,125 @@ def summary_line(e2e: dict[str, Any] | None) -> str:
             f"{ids['texts']} texts, predictions on {preds['label_differences']} of {preds['texts']} (max |logit diff| "
             f"{preds['max_abs_logit_diff']:.2g}); {size['e2e_onnx'] / 1e6:.2f} MB vs {size['plain_onnx'] / 1e6:.2f} MB "
             f"plain; custom ops {', '.join(e2e.get('custom_ops', []))}")
+
+
+def report_lines(e2e: dict[str, Any]) -> list[str]:
+    """Markdown lines for report.md: what was shipped and checked, or why the e2e model was skipped."""
+    if not e2e.get("written"):
+        return [f"Not shipped: {e2e.get('skipped_reason')}. Use `model.onnx` with the tokenizer files instead."]
+    ids, preds, size = e2e["ids_parity"], e2e["prediction_parity"], e2e["bytes"]
+    stress = e2e.get("stress_ids_parity") or {}
+    lines = [
+        f"`model.e2e.onnx` / `model.e2e.ort` take a string tensor `text` and return `logits`, `label` and "
+        f"`probabilities` (tokenizer inside the graph: onnxruntime-extensions {e2e.get('onnxruntime_extensions')}, "
+        f"truncation at {e2e['max_length']} tokens; docs/mobile.md).",
+        "",
+        f"- token ids vs the Python tokenizer: **{ids['differences']} differences** on {ids['texts']} texts "
+        f"({e2e.get('ids_parity_source', 'given texts')})",
+        f"- predictions vs the two-step path (tokenizer + model.onnx): **{preds['label_differences']} differences** "
+        f"on {preds['texts']} texts; max |logit diff| {preds['max_abs_logit_diff']:.2g}",
+        f"- `model.e2e.ort` vs `model.e2e.onnx`: max |logit diff| {e2e.get('ort_vs_onnx_max_abs_diff', 0.0):.2g}; "
+        f"custom ops in the required-operators config: {', '.join(e2e.get('custom_ops', []))}",
+        f"- size: e2e {size['e2e_onnx'] / 2**20:.2f} MiB (.ort {size['e2e_ort'] / 2**20:.2f} MiB) vs plain "
+        f"{size['plain_onnx'] / 2**20:.2f} MiB",
+    ]
+    if stress.get("differences"):
+        lines.append(f"- stress texts (not the task's data): {stress['differences']} of {stress['texts']} tokenise "
+                     "differently in the graph (known onnxruntime-extensions differences, docs/mobile.md): "
+                     + "; ".join(repr(x["text"][:40]) for x in stress.get("examples", [])))
+    return lines
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# on emulated aarch64 (edgeprune.arm's qemu-user sysroot, with the aarch64 onnxruntime-extensions wheel)
+# ---------------------------------------------------------------------------------------------------------------------
+def verify_arm_e2e(bundle_dir: str | Path, profile: Any = "raspberrypi4", *, texts: Sequence[str] | None = None,
+                   qemu_cpu: str | None = None, batch: int = 4, threads: int = 1, root: str | Path | None = None,
+                   timeout: float = 1800.0) -> dict[str, Any]:
+    """Run a bundle's e2e model on emulated aarch64 onnxruntime + onnxruntime-extensions and check it there.
+
+    Three emulated runs on the same texts: the e2e ``.onnx`` with its token tensors exposed (the aarch64 tokenizer
+    op's ids vs the Python tokenizer on this host), ``model.e2e.ort`` (what an app loads) and the plain
+    ``model.onnx`` fed the Python tokenizer's ids (the two-step path, on the same ARM kernels).
+
+    Args:
+        bundle_dir: bundle folder with ``model.e2e.onnx``/``.ort``, ``model.onnx`` and the tokenizer files.
+        profile: profile name/path/object (its QEMU CPU model).
+        texts: texts to classify (default :data:`DEFAULT_TEXTS`).
+        qemu_cpu: override the profile's CPU model (never ``max``).
+        batch: texts per run.
+        threads: ORT threads in the guest.
+        root: sysroot folder (default ``$EDGEPRUNE_ARM_ROOT`` or ``~/.cache/edgeprune/arm64``).
+        timeout: seconds per emulated run.
+
+    Returns:
+        ``{"passed", "qemu_cpu", "texts", "ids_differences", "label_differences_vs_two_step",
+        "max_abs_logit_diff_vs_two_step", "max_abs_logit_diff_ort_vs_onnx", "max_abs_logit_diff_vs_host",
+        "guest", "lines"}``; ``passed`` needs 0 id and label differences and logits within
+        :data:`ORT_VS_ONNX_ATOL` of the two-step path on ARM.
+
+    Raises:
+        EmulationError: no e2e model in the bundle, qemu/sysroot missing, or the emulated run failed.
+    """
+    import numpy as np
+
+    from .arm import _qemu_cpu_for, find_arm_python, run_on_arm
+    from .errors import EmulationError
+
+    bundle = Path(bundle_dir)
+    onnx_path, ort_path, plain = bundle / E2E_ONNX_FILE, bundle / E2E_ORT_FILE, bundle / "model.onnx"
+    if not (onnx_path.is_file() and ort_path.is_file()):
+        raise EmulationError(f"{bundle} has no {E2E_ONNX_FILE}/{E2E_ORT_FILE} (edgeprune.json checks.e2e says why)")
+    prof_name, cpu, _ = _qemu_cpu_for(profile, qemu_cpu)
+    cpu = qemu_cpu or cpu
+    find_arm_python(root)
+    meta = json.loads((bundle / "edgeprune.json").read_text()) if (bundle / "edgeprune.json").is_file() else {}
+    max_length = int(meta.get("max_length") or 128)
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(bundle), local_files_only=True)
+    texts = list(texts or DEFAULT_TEXTS)
+    chunks = [texts[i:i + batch] for i in range(0, len(texts), batch)]
+    string_feeds = [{TEXT_INPUT: np.array(c, dtype=np.str_)} for c in chunks]
+    from .export import ort_session
+
+    plain_names = [i.name for i in ort_session(plain).get_inputs()]
+    encs = [_hf_encode(tok, c, max_length) for c in chunks]
+    id_feeds = [{n: e[n] for n in plain_names} for e in encs]
+    model_bytes, tok_names = _with_token_outputs(onnx_path)
+    with tempfile.TemporaryDirectory(prefix="edgeprune-e2e-arm-") as tmp:
+        exposed = Path(tmp) / "model.e2e.ids.onnx"
+        exposed.write_bytes(model_bytes)
+        ids_outs, info = run_on_arm(exposed, string_feeds, qemu_cpu=cpu, threads=threads, root=root,
+                                    timeout=timeout, custom_ops=True)
+    ort_outs, _ = run_on_arm(ort_path, string_feeds, qemu_cpu=cpu, threads=threads, root=root, timeout=timeout,
+                             custom_ops=True)
+    plain_outs, _ = run_on_arm(plain, id_feeds, qemu_cpu=cpu, threads=threads, root=root, timeout=timeout)
+    host = e2e_session(ort_path, threads=threads)
+    names = info["outputs"]
+    ids_diff = label_diff = 0
+    d_plain = d_onnx = d_host = 0.0
+    for c, enc, io, oo, po in zip(chunks, encs, ids_outs, ort_outs, plain_outs):
+        got = dict(zip(names, io))
+        for r in range(len(c)):
+            n_ref, n_got = int(enc["attention_mask"][r].sum()), int(got["attention_mask"][r].sum())
+            if n_ref != n_got or any(not np.array_equal(enc[n][r, :n_ref], got[n][r, :n_got]) for n in tok_names):
+                ids_diff += 1
+        logits_ort, label_ort, logits_plain = oo[0].astype(np.float64), oo[1], po[0].astype(np.float64)
+        label_diff += int((label_ort != logits_plain.argmax(-1)).sum())
+        d_plain = max(d_plain, float(np.abs(logits_ort - logits_plain).max()))
+        d_onnx = max(d_onnx, float(np.abs(logits_ort - got["logits"]).max()))
+        d_host = max(d_host, float(np.abs(logits_ort - classify(host, c)["logits"]).max()))
+    passed = ids_diff == 0 and label_diff == 0 and d_plain <= ORT_VS_ONNX_ATOL
+    lines = [
+        f"e2e model on emulated {cpu} (profile {prof_name}): onnxruntime {info.get('onnxruntime')}, "
+        f"onnxruntime-extensions {info.get('onnxruntime_extensions')} on {info.get('machine')}",
+        f"token ids (aarch64 tokenizer op vs Python tokenizer on this host): {ids_diff} of {len(texts)} texts differ",
+        f"{E2E_ORT_FILE} vs two-step model.onnx on ARM: {label_diff} label differences, max |logit diff| "
+        f"{d_plain:.3g} (limit {ORT_VS_ONNX_ATOL:g}); vs {E2E_ONNX_FILE} on ARM {d_onnx:.3g}; vs this host {d_host:.3g}",
+        f"result: {'PASS' if passed else 'FAIL'}",
+    ]
+    return {"passed": passed, "qemu_cpu": cpu, "profile": prof_name, "texts": len(texts), "ids_differences": ids_diff,
+            "label_differences_vs_two_step": label_diff, "max_abs_logit_diff_vs_two_step": d_plain,
+            "max_abs_logit_diff_ort_vs_onnx": d_onnx, "max_abs_logit_diff_vs_host": d_host, "guest": info,
+            "lines": lines}
