@@ -19,10 +19,11 @@ Which tokenizers: WordPiece tokenizers with the BERT normalizer / pre-tokenizer 
 (BERT, MiniLM, bge, ELECTRA, DistilBERT checkpoints), read from the tokenizer's own ``tokenizer.json``
 description, not from its class name: ``gen_processing_models`` keys on the class name and drops
 ``strip_accents=None`` (BERT's "strip accents when lower-casing"), which gave wrong ids for "Café" on the default
-task's tokenizer. Byte-level BPE (RoBERTa) and SentencePiece/Unigram (XLM-R) are skipped with the reason:
-onnxruntime-extensions 0.15.2's RobertaTokenizer op needs the slow tokenizer's files and overruns its output when
-it truncates, its SentencepieceTokenizer op needs the ``.model`` file that transformers 5 no longer writes, and
-its JSON tokenizer (``HfJsonTokenizer``) refuses these classes.
+task's tokenizer. Byte-level BPE (RoBERTa) and SentencePiece/Unigram (XLM-R) are skipped with the reason; not
+implemented here: the extensions' RobertaTokenizer op (read from its 0.15.2 source, not run) appends </s> after
+truncating to its padding length, so its truncation differs from transformers', and its SentencepieceTokenizer
+op needs the ``.model`` file, which transformers 5 does not save; its JSON tokenizer (``HfJsonTokenizer``) refused
+the BERT class here ("Unknown tokenizer type").
 
 Nothing is shipped unchecked: the e2e model's own token ids (read from the shipped file's graph) must equal the
 Python tokenizer's on every text of the certify split (:data:`DEFAULT_TEXTS` without one), and its labels must equal
@@ -70,8 +71,8 @@ DEFAULT_TEXTS: tuple[str, ...] = (
 #: accents, casing, CJK, Hangul, emoji, other scripts, punctuation, control characters, whitespace runs, the empty
 #: string, a word longer than the WordPiece limit, a text far longer than max_length. Measured with
 #: onnxruntime-extensions 0.15.2 on the default task's tokenizer: 4 of these differ from transformers (a NUL ends
-#: the text for the op; Hangul syllables are not decomposed; U+0130 "İ" and some Greek/Devanagari marks give
-#: [UNK]); see docs/mobile.md.
+#: the text for the op; Hangul syllables are not decomposed; U+0130 "İ", Cyrillic/Greek/Devanagari marks are not
+#: stripped; a word with an unknown character keeps its prefix pieces); see docs/mobile.md.
 STRESS_TEXTS: tuple[str, ...] = (
     "a gripping, funny film",
     "Café au lait, naïve résumé, façade, Ångström, Øre, straße",
@@ -142,8 +143,8 @@ def wordpiece_spec(tokenizer: Any) -> WordPieceSpec:
     model = j.get("model") or {}
     kind = model.get("type")
     if kind != "WordPiece":
-        extra = {"BPE": " (byte-level BPE, e.g. RoBERTa: onnxruntime-extensions 0.15.2's RobertaTokenizer op needs the "
-                        "slow tokenizer's vocab/merges and writes past its output when truncating)",
+        extra = {"BPE": " (byte-level BPE, e.g. RoBERTa: edgeprune has no checked mapping to onnxruntime-extensions' "
+                        "RobertaTokenizer op, whose truncation differs from transformers')",
                  "Unigram": " (SentencePiece Unigram, e.g. XLM-R: the extensions' SentencepieceTokenizer op needs the "
                             "sentencepiece .model file, which transformers 5 does not save)"}.get(kind, "")
         raise UnsupportedTokenizer(f"tokenizer model {kind!r} is not WordPiece{extra}")
