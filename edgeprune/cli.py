@@ -135,15 +135,22 @@ def verify_arm(
     result = _verify_arm(model, profile, reference=reference, source_model=source_model, qemu_cpu=qemu_cpu,
                          seq_len=seq_len, batch=batch, num_batches=num_batches,
                          texts=[t for t in texts.read_text().splitlines() if t.strip()] if texts else None)
+    e2e = None
+    if model.is_dir() and (model / "model.e2e.onnx").is_file():  # the string-in model too (edgeprune.onnx.e2e)
+        from edgeprune.onnx.e2e import verify_arm_e2e
+
+        e2e = verify_arm_e2e(model, profile, qemu_cpu=qemu_cpu)
     if json_out:
         import json
 
-        typer.echo(json.dumps(result.to_dict(), indent=2))
+        typer.echo(json.dumps({**result.to_dict(), "e2e": e2e}, indent=2))
     else:
-        for line in result.summary_lines():
+        for line in result.summary_lines() + (e2e["lines"] if e2e else []):
             typer.echo(line)
     if not result.passed:
         raise VerificationError(f"ARM outputs of {result.model} are outside the tolerance on {result.qemu_cpu}")
+    if e2e is not None and not e2e["passed"]:
+        raise VerificationError(f"the e2e model of {model} differs on emulated {e2e['qemu_cpu']}")
 
 
 @app.command("profiles")

@@ -542,6 +542,7 @@ def _assemble(cfg: BuildConfig, state: _State, model, task_info: dict) -> dict:
                  "full_width": plan.ffn_num_blocks[0] * plan.ffn_block_size}
                 if plan.has_ffn else None),
         "recovery": export.get("recovery"),
+        "e2e": export.get("checks", {}).get("e2e"),  # string-in model.e2e.onnx: parity counts, or why skipped
         "accuracy": {
             "baseline": cert.get("base_accuracy"), "final": cert.get("accuracy"),
             "drop_pts": None if cert.get("drop") is None else 100 * cert["drop"],

@@ -9,6 +9,8 @@
 #   PYTHON                  host Python with pip, used to fetch the aarch64 wheels (default: python3/python with pip)
 #   EDGEPRUNE_ARM_ORT       onnxruntime version to install (default: the host's onnxruntime, else 1.32.0)
 #   EDGEPRUNE_ARM_NUMPY     numpy version (default: the host's numpy, else the newest)
+#   EDGEPRUNE_ARM_ORTX      onnxruntime-extensions version, for the bundle's string-in model.e2e.onnx (default: the
+#                           host's onnxruntime-extensions, else 0.15.2)
 #   EDGEPRUNE_DEBIAN_MIRROR Debian mirror for debootstrap (default: debootstrap's own default)
 #
 # Idempotent: a second run only checks the stamp and runs a smoke test (a few seconds).
@@ -51,7 +53,8 @@ host_ver() { "$PY" -c "import importlib.metadata as m; print(m.version('$1'))" 2
 ORT=${EDGEPRUNE_ARM_ORT:-$(host_ver onnxruntime)}; ORT=${ORT:-1.32.0}
 NUMPY=${EDGEPRUNE_ARM_NUMPY:-$(host_ver numpy)}
 NUMPY_SPEC="numpy${NUMPY:+==$NUMPY}"
-STAMP="onnxruntime==$ORT $NUMPY_SPEC"
+ORTX=${EDGEPRUNE_ARM_ORTX:-$(host_ver onnxruntime-extensions)}; ORTX=${ORTX:-0.15.2}
+STAMP="onnxruntime==$ORT $NUMPY_SPEC onnxruntime-extensions==$ORTX"
 OLD_STAMP=$(cat "$ROOT/rootfs/opt/.edgeprune-wheels" 2>/dev/null || true)
 # Host without numpy: any numpy already in the sysroot will do (no reinstall on every run).
 case "$OLD_STAMP" in "onnxruntime==$ORT numpy"*) [ -n "$NUMPY" ] || STAMP=$OLD_STAMP ;; esac
@@ -94,7 +97,7 @@ if [ "$(cat "$R/opt/.edgeprune-wheels" 2>/dev/null || true)" != "$STAMP" ]; then
   "$PY" -m pip install -q --disable-pip-version-check --no-compile --target "$R/opt/site" --only-binary=:all: \
     --python-version 3.11 --implementation cp --abi cp311 \
     --platform manylinux_2_28_aarch64 --platform manylinux2014_aarch64 --platform manylinux_2_17_aarch64 \
-    "onnxruntime==$ORT" "$NUMPY_SPEC"
+    "onnxruntime==$ORT" "$NUMPY_SPEC" "onnxruntime-extensions==$ORTX"
   echo "$STAMP" >"$R/opt/.edgeprune-wheels"
 fi
 
@@ -124,7 +127,7 @@ EOF
 chmod +x "$ROOT/arm-python.tmp"; mv "$ROOT/arm-python.tmp" "$ROOT/arm-python"
 
 # 6. Smoke test under emulation.
-out=$(QEMU_CPU=cortex-a72 "$ROOT/arm-python" -c 'import platform, numpy, onnxruntime as o; print(platform.machine(), "onnxruntime", o.__version__, "numpy", numpy.__version__)')
+out=$(QEMU_CPU=cortex-a72 "$ROOT/arm-python" -c 'import platform, numpy, onnxruntime as o; import onnxruntime_extensions as x; print(platform.machine(), "onnxruntime", o.__version__, "numpy", numpy.__version__, "onnxruntime-extensions", x.__version__)')
 log "smoke test: $out"
 case "$out" in aarch64*) ;; *) log "unexpected smoke test output"; exit 1 ;; esac
 log "ready in $(($(date +%s) - START)) s: $(du -sh "$R" | cut -f1) in $R; launcher $ROOT/arm-python"

@@ -99,6 +99,10 @@ so.intra_op_num_threads = job["threads"]
 so.inter_op_num_threads = 1
 so.add_session_config_entry("session.intra_op.allow_spinning", "0")
 so.log_severity_level = 3
+if job.get("custom_ops"):  # a string-in model.e2e.*: the aarch64 onnxruntime-extensions wheel's tokenizer ops
+    import onnxruntime_extensions
+    so.register_custom_ops_library(onnxruntime_extensions.get_library_path())
+    job["onnxruntime_extensions"] = onnxruntime_extensions.__version__
 sess = ort.InferenceSession(job["model"], sess_options=so, providers=["CPUExecutionProvider"])
 names = [o.name for o in sess.get_outputs()]
 t0 = time.perf_counter()
@@ -108,6 +112,7 @@ for k in range(job["n"]):
     outs = sess.run(None, feed)
     np.savez(d / f"out_{k}.npz", **{f"o{j}": np.asarray(o) for j, o in enumerate(outs)})
 info = {"machine": platform.machine(), "onnxruntime": ort.__version__, "numpy": np.__version__,
+        "onnxruntime_extensions": job.get("onnxruntime_extensions"),
         "python": platform.python_version(), "outputs": names, "isa": isa, "run_seconds": time.perf_counter() - t0}
 (d / "info.json").write_text(json.dumps(info))
 '''
@@ -159,7 +164,7 @@ def find_arm_python(root: Optional[Union[str, Path]] = None) -> Path:
     return launcher
 
 
-def _qemu_cpu_for(profile: Any, override: Optional[str] = None) -> tuple[str, str, Optional[Any]]:
+def qemu_cpu_for(profile: Any, override: Optional[str] = None) -> tuple[str, str, Optional[Any]]:
     """(profile name, QEMU CPU model, loaded profile or None) for a profile name, path or object."""
     from edgeprune.profiles import load_profile
 
@@ -379,6 +384,7 @@ def run_on_arm(
     threads: int = 1,
     root: Optional[Union[str, Path]] = None,
     timeout: float = 1800.0,
+    custom_ops: bool = False,
 ) -> tuple[list[list[Any]], dict[str, Any]]:
     """Run ``feeds`` through aarch64 onnxruntime under qemu-user with the CPU model ``qemu_cpu``.
 
@@ -389,6 +395,8 @@ def run_on_arm(
         threads: ORT intra-op threads inside the guest (1 keeps a shared host quiet; results do not depend on it).
         root: sysroot folder (default :func:`arm_root`).
         timeout: seconds before the emulated run is abandoned.
+        custom_ops: register the guest's onnxruntime-extensions library (string-in ``model.e2e.*`` files; string
+            feeds are passed as numpy unicode arrays).
 
     Returns:
         (outputs per feed, info) where info has the guest's machine, onnxruntime/numpy/python versions, output
@@ -409,7 +417,7 @@ def run_on_arm(
         d = Path(tmp)
         (d / "guest.py").write_text(_GUEST_SCRIPT)
         (d / "job.json").write_text(json.dumps({"model": str(model), "threads": threads, "n": len(feeds),
-                                                "inputs": names}))
+                                                "inputs": names, "custom_ops": custom_ops}))
         for k, feed in enumerate(feeds):
             np.savez(d / f"in_{k}.npz", **{f"i{j}": np.asarray(feed[n]) for j, n in enumerate(names)})
         env = dict(os.environ, QEMU_CPU=qemu_cpu)
@@ -666,7 +674,7 @@ def verify_arm(
         EmulationError: qemu or the sysroot is missing (message has the install command), the model is missing, the
             profile has no ARM CPU model, or the emulated run crashed.
     """
-    prof_name, cpu, prof = _qemu_cpu_for(profile, qemu_cpu)
+    prof_name, cpu, prof = qemu_cpu_for(profile, qemu_cpu)
     if qemu_cpu and qemu_cpu != cpu:
         prof_name, cpu = f"{prof_name}, CPU overridden from {cpu}", qemu_cpu
     find_arm_python(root)  # fail fast, before any host work

@@ -11,7 +11,7 @@ from edgeprune.errors import VerificationError
 
 
 def to_ort_format(onnx_path: str | Path, out_dir: str | Path, *, optimization_style: str = "Fixed",
-                  target_platform: str | None = None) -> dict[str, Path]:
+                  target_platform: str | None = None, custom_op_library: str | Path | None = None) -> dict[str, Path]:
     """Convert an ONNX model to ORT format (``.ort``) plus the required-operators config for a reduced build.
 
     Uses onnxruntime's own converter (``onnxruntime.tools.convert_onnx_models_to_ort``, in process, its console
@@ -23,6 +23,8 @@ def to_ort_format(onnx_path: str | Path, out_dir: str | Path, *, optimization_st
         optimization_style: ``"Fixed"`` (optimisations baked in; the usual choice for mobile) or ``"Runtime"``.
         target_platform: ``"arm"`` or ``"amd64"`` (the tool's names; ``None`` = the host). Affects which
             optimisations are baked into a ``Fixed`` file.
+        custom_op_library: shared library of custom operators the model uses (e.g. onnxruntime-extensions'
+            ``get_library_path()``); its ops stay in the file and are listed with their domain in the config.
 
     Returns:
         ``{"ort": path, "required_operators": path}``.
@@ -49,7 +51,8 @@ def to_ort_format(onnx_path: str | Path, out_dir: str | Path, *, optimization_st
             with contextlib.redirect_stdout(console), contextlib.redirect_stderr(console):
                 convert_onnx_models_to_ort(work / onnx_path.name, output_dir=Path(tmp) / "out",
                                            optimization_styles=[OptimizationStyle[optimization_style]],
-                                           target_platform=target_platform)
+                                           target_platform=target_platform,
+                                           custom_op_library_path=Path(custom_op_library) if custom_op_library else None)
         except Exception as exc:  # noqa: BLE001 - the tool raises plain exceptions; keep its output for the user
             raise VerificationError(f"ORT format conversion failed: {exc}\n{console.getvalue()[-2000:]}") from exc
         produced = list((Path(tmp) / "out").rglob("*"))

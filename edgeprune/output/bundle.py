@@ -9,6 +9,9 @@ Bundle folder (``out_dir``)::
     model.onnx                         the shipped INT8 model (plus model.onnx.data only for >1.8 GB models)
     model.ort                          the same model in ORT format, for (reduced) mobile builds
     model.required_operators.config    the operator list for a reduced onnxruntime build
+    model.e2e.onnx / model.e2e.ort     string in, logits + label + probabilities out (tokenizer in the graph;
+                                       edgeprune.onnx.e2e); with model.e2e.required_operators.config. Skipped, with
+                                       the reason in edgeprune.json checks.e2e, when the tokenizer is unsupported
     config.json                        transformers config: id2label/label2id, model_type, edgeprune_kept_heads
     tokenizer files                    whatever the tokenizer's save_pretrained writes
     edgeprune.json                     plan, profile, versions, checks, certification
@@ -278,12 +281,18 @@ def export_bundle(
         step("write")
         tokenizer.save_pretrained(str(bundle))
         (bundle / "config.json").write_text(json.dumps(_config_json(pruned, cand), indent=2, sort_keys=True) + "\n")
+        from edgeprune.onnx.e2e import write_e2e  # string in, label out (model.e2e.onnx/.ort), or the reason it was skipped
+
+        checks["e2e"] = write_e2e(bundle / MODEL_FILE, tokenizer, bundle, max_length=seq_len,
+                                  texts=getattr(certify_data, "texts", None),
+                                  pair_task=getattr(certify_data, "text_pairs", None) is not None,
+                                  target_platform={"aarch64": "arm", "x86_64": "amd64"}.get(arch))
         meta = {
             "format_version": BUNDLE_FORMAT_VERSION,
             "model_source": model_source,
             "model_type": pruned.config.model_type,
             "files": {"model": MODEL_FILE, "ort": ORT_FILE, "required_operators": OPS_CONFIG_FILE,
-                      "external_data": [p.name for p in files[1:]]},
+                      "external_data": [p.name for p in files[1:]], **checks["e2e"]["files"]},
             "inputs": _input_names(pruned),
             "max_length": seq_len,
             "plan": cand.to_dict(),
@@ -437,6 +446,9 @@ def summary_lines(result: BundleResult) -> list[str]:
         f"  model.onnx {c.get('final_bytes', 0) / 1e6:.2f} MB = {100 * c.get('size_ratio_vs_fp32', float('nan')):.1f}% "
         f"of FP32 ({c.get('quantized_nodes')})",
     ]
+    from edgeprune.onnx.e2e import summary_line
+
+    lines.append("  " + summary_line(c.get("e2e")))
     cert = result.certification
     if cert is None:
         lines.append("  NOT CERTIFIED: no certify data given (--data)")

@@ -146,6 +146,10 @@ def render_markdown(report: dict) -> str:
         f"{report['search']['algorithm']}: {report['search']['evaluations']} evaluations, "
         f"{report['search']['wall_s']:.0f} s.",
     ]
+    if report.get("e2e") is not None:
+        from edgeprune.onnx.e2e import report_lines
+
+        lines += ["", "## Text in, label out (model.e2e.onnx)", "", *report_lines(report["e2e"])]
     if report.get("warnings"):
         lines += ["", "## Warnings", ""] + [f"- {w}" for w in report["warnings"]]
     lines += ["", "Files: `bundle/model.onnx` (INT8), `bundle/model.ort`, `plan.json`, `report.json`, `pareto.png`.", ""]
