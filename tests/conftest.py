@@ -6,6 +6,10 @@ import os
 
 import pytest
 
+# Builds made by tests record their certify-split looks in a ledger of their own, not the user's cache.
+os.environ.setdefault("EDGEPRUNE_CERTIFY_LEDGER", os.path.join(__import__("tempfile").mkdtemp(prefix="edgeprune-ledger-"),
+                                                               "certify-ledger.json"))
+
 # Tests share two cores with the rest of the machine: one intra-op thread keeps runs stable and fast.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 

@@ -286,3 +286,13 @@ def test_build_heads_only_end_to_end(tiny_task, tmp_path):
     assert meta["checks"]["surgery_max_abs_diff"] <= 1e-5  # the shipped path ran pruned == masked
     lut = json.loads((out / "latency_table.json").read_text())
     assert "ffn" not in lut
+
+
+def test_a_second_build_on_the_same_certify_split_is_told_so(tiny_task, tmp_path):
+    """The ledger of looks: a resumed build is the same build; another build on the same split is warned."""
+    first = build(_cfg(tiny_task, tmp_path / "a", max_drop_pts=100.0, max_evaluations=4), progress=False)
+    n0 = first["certification"]["earlier_builds_on_certify_split"]
+    second = build(_cfg(tiny_task, tmp_path / "b", max_drop_pts=100.0, max_evaluations=4), progress=False)
+    assert second["certification"]["earlier_builds_on_certify_split"] == n0 + 1
+    assert any("already used by" in w for w in second["warnings"])
+    assert "already used by" in (tmp_path / "b" / "report.md").read_text()

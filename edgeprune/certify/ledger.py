@@ -17,6 +17,13 @@ from pathlib import Path
 from typing import Any
 
 LEDGER_FILE = "certify-ledger.json"
+#: Environment variable naming another ledger file (the test suite points it at a temporary file).
+LEDGER_ENV = "EDGEPRUNE_CERTIFY_LEDGER"
+
+
+def ledger_path(cache: str | Path) -> Path:
+    """``$EDGEPRUNE_CERTIFY_LEDGER`` if set, else ``<cache>/certify-ledger.json``."""
+    return Path(os.environ.get(LEDGER_ENV) or Path(cache) / LEDGER_FILE)
 
 
 def split_key(data: Any) -> str:
@@ -38,15 +45,14 @@ def _read(path: Path) -> dict[str, Any]:
 
 def earlier_builds(cache: str | Path, key: str, build_id: str) -> list[dict[str, Any]]:
     """Builds other than ``build_id`` that certified on the split ``key``."""
-    entries = _read(Path(cache) / LEDGER_FILE).get(key, [])
+    entries = _read(ledger_path(cache)).get(key, [])
     return [e for e in entries if e.get("build") != build_id]
 
 
 def record_build(cache: str | Path, key: str, build_id: str, *, n: int, tests: int) -> None:
     """Add (or refresh) this build's entry for the split ``key`` (atomic replace of the ledger file)."""
-    cache = Path(cache)
-    cache.mkdir(parents=True, exist_ok=True)
-    path = cache / LEDGER_FILE
+    path = ledger_path(cache)
+    path.parent.mkdir(parents=True, exist_ok=True)
     ledger = _read(path)
     entries = [e for e in ledger.get(key, []) if e.get("build") != build_id]
     entries.append({"build": build_id, "n": int(n), "tests": int(tests),
