@@ -110,3 +110,49 @@ def test_joint_options_are_checked(tiny_dir, tmp_path):
     assert res.exit_code != 0 and "heads+ffn" in str(res.exception or res.output)
     res = CliRunner().invoke(app, common + ["--structures", "heads+ffn", "--ffn-block-size", "5"])
     assert res.exit_code != 0 and "divisible" in str(res.exception or res.output)
+
+
+@pytest.mark.parametrize("max_drop,stops", [(10.0, True), (40.0, False)])
+def test_early_rejection_changes_no_result_and_saves_batches(tiny_dir, monkeypatch, max_drop, stops):
+    """A candidate stopped once its partial 'worse' count makes its bound fail for sure: same plan, same frontier."""
+    from edgeprune.search.core import Problem
+
+    kw = dict(max_drop_pts=max_drop, confidence=0.8, max_evaluations=24, structures="heads", int8_aware=False,
+              eval_batch_size=8, latency=lambda kc: float(sum(kc)))
+    fast = run_search(str(tiny_dir), str(tiny_dir / "search.csv"), **kw)
+    monkeypatch.setattr(Problem, "reject_worse_threshold", lambda self: None)
+    full = run_search(str(tiny_dir), str(tiny_dir / "search.csv"), **kw)
+    assert fast.plan == full.plan and fast.drop_bound_pts == pytest.approx(full.drop_bound_pts)
+    assert [round(p["drop_bound_pts"], 9) for p in fast.to_dict()["search"]["frontier"]] == \
+        [round(p["drop_bound_pts"], 9) for p in full.to_dict()["search"]["frontier"]]
+    er, none = fast.info["early_rejection"], full.info["early_rejection"]
+    assert none["candidates_stopped"] == 0 and none["candidate_batches_skipped"] == 0
+    # At 10 points candidates cross the threshold part-way (measured: 3 stopped); at 40 none can.
+    assert (er["candidates_stopped"] > 0) is stops
+    if stops:
+        assert er["candidate_batches_skipped"] > 0 and er["candidate_batches_run"] < none["candidate_batches_run"]
+    assert er["batches_per_evaluation"] == 6
+
+
+def test_early_rejection_threshold_is_sound():
+    """Any raw worse count above the threshold fails the bound even with the most favourable 'better' count."""
+    from edgeprune.certify.stats import paired_drop_upper_bound
+    from edgeprune.search.core import EvalResult, Problem, SearchConfig
+
+    class _Eval:
+        def evaluate(self, states, reject_worse=None):
+            return [EvalResult(0, 0, 400, 0.0) for _ in states]
+
+    from edgeprune.plan import HeadLayout
+
+    layout = HeadLayout((2,), 4, 8)
+    cfg = SearchConfig(max_drop_pts=3.0, confidence=0.9, correction="none", credit_improvement=False,
+                       offset_worse=2, offset_better=2)
+    prob = Problem(_Eval(), lambda kc: float(sum(kc)), {(0, 0): 1.0, (0, 1): 2.0}, layout, cfg)
+    prob.evaluate([frozenset()])
+    t = prob.reject_worse_threshold()
+    assert t is not None and t >= 0
+    w = t + 1 + cfg.offset_worse  # bounded counts of a candidate just past the threshold, best case B = W
+    assert 100 * paired_drop_upper_bound(w, w, 400, 0.9) > 3.0
+    w = t + cfg.offset_worse  # at the threshold it can still pass
+    assert 100 * paired_drop_upper_bound(w, w, 400, 0.9) <= 3.0

@@ -342,6 +342,7 @@ class Problem:
         self.notes: list[str] = []
         self.greedy_path: list[Key] = []  # accepted greedy states, root excluded (A* seeds its open list with them)
         self._conf = config.bound_confidence
+        self._reject_at: Optional[int] = None
 
     # ---- budgets ------------------------------------------------------------------------------------------------
     def check_time(self) -> None:
@@ -376,7 +377,7 @@ class Problem:
             cut = chunk[:room]
             fresh = [k for k in cut if self.journal is None or k not in self.journal.evals]
             if fresh:
-                results = list(self.evaluator.evaluate([frozenset(k) for k in fresh]))
+                results = list(self._evaluate_fresh([frozenset(k) for k in fresh]))
                 if len(results) != len(fresh):
                     raise SearchError(f"evaluator returned {len(results)} results for {len(fresh)} states")
                 for k, r in zip(fresh, results):
@@ -398,6 +399,42 @@ class Problem:
             if len(cut) < len(chunk):
                 raise BudgetExhausted("evaluations")
         return [self.cache[k] for k in keys]
+
+    def _evaluate_fresh(self, states: list) -> list:
+        """The evaluator's results, with early rejection where it is sound and the evaluator supports it."""
+        threshold = self.reject_worse_threshold()
+        if threshold is not None and self._supports_rejection():
+            return self.evaluator.evaluate(states, reject_worse=threshold)
+        return self.evaluator.evaluate(states)
+
+    def _supports_rejection(self) -> bool:
+        import inspect
+
+        try:
+            return "reject_worse" in inspect.signature(self.evaluator.evaluate).parameters
+        except (TypeError, ValueError):
+            return False
+
+    def reject_worse_threshold(self) -> Optional[int]:
+        """Largest raw "worse" count a candidate can have and still pass its bound, when that is known for sure.
+
+        With no credit for an observed gain (``credit_improvement=False``) a candidate's bounded counts are
+        ``W = worse + offset_worse`` and ``B <= W``; the bound grows with W and falls with B, so the best it can get
+        is ``bound(W, W)``, which passes iff ``2 W <= D0`` (D0: the largest discordance certifiable at zero drop,
+        :func:`edgeprune.certify.sequence.max_discordance`). A candidate past ``D0 // 2 - offset_worse`` worse
+        predictions on part of the split therefore fails whatever the rest gives: the evaluator may stop it there
+        (the certify split is independent, so this costs the search at most some compute, never the guarantee).
+        Known once the root's ``n`` is; ``None`` otherwise.
+        """
+        if self.config.credit_improvement or not self.cache or self.config.max_drop_pts >= 100.0:
+            return None
+        if self._reject_at is None:
+            from edgeprune.certify.sequence import max_discordance
+
+            n = next(iter(self.cache.values())).n
+            d0 = max_discordance(n, self.config.max_drop_pts / 100.0, self._conf, 0.0)
+            self._reject_at = -1 if d0 is None else d0 // 2 - self.config.offset_worse
+        return self._reject_at
 
     def result_of(self, state: State | Key) -> EvalResult:
         return self.cache[state_key(state)]

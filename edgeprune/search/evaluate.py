@@ -147,6 +147,9 @@ class MaskedEvaluator:
             for b in self.batches:
                 b.inputs.pop("token_type_ids", None)
         self.labels = torch.tensor(dataset.labels, dtype=torch.long)
+        self.early_rejected = 0  # candidates stopped early (evaluate's reject_worse)
+        self.batches_run = 0  # candidate-batches evaluated
+        self.batches_skipped = 0  # candidate-batches early rejection saved
         self._base_pass(cache_mb)
 
     # ---- setup --------------------------------------------------------------------------------------------------
@@ -265,12 +268,15 @@ class MaskedEvaluator:
                 for c in range(len(states))]
 
     @torch.inference_mode()
-    def evaluate(self, states: Sequence[frozenset]) -> list[EvalResult]:
+    def evaluate(self, states: Sequence[frozenset], *, reject_worse: int | None = None) -> list[EvalResult]:
         """Paired outcomes of each candidate (set of removed units) against the unpruned model.
 
         Args:
             states: candidates; each is an iterable of units (layer, index) of :attr:`space`: heads in original
                 indices (and, in a joint space, FFN blocks after the layer's heads).
+            reject_worse: early rejection: a candidate whose "worse" count on the batches seen so far exceeds
+                this is not evaluated further (its bound fails whatever the rest gives); its result then holds the
+                partial counts (> ``reject_worse`` worse) and is counted in :attr:`early_rejected`.
 
         Returns:
             One :class:`EvalResult` per state: n_worse, n_better, n and the mean KL(base || candidate) as proxy.
@@ -284,23 +290,35 @@ class MaskedEvaluator:
                                     f"{list(self.layout.heads_per_layer)}, then FFN blocks)")
         todo = [c for c, s in enumerate(states) if s]
         pred = torch.empty(len(states), self.n, dtype=torch.long)
+        seen = torch.zeros(len(states), self.n, dtype=torch.bool)
+        worse_so_far = [0] * len(states)
         kl = [0.0] * len(states)
         for bi, b in enumerate(self.batches):
             if not todo:
                 break
             logits = self._run([states[c] for c in todo], bi)
             base_logp = self._base_logp[bi]
+            base_ok = self.base_correct[b.index]
             for c, lg in zip(todo, logits):
                 logp = torch.log_softmax(lg.float(), dim=-1)
                 pred[c, b.index] = lg.argmax(-1)
+                seen[c, b.index] = True
                 kl[c] += float((base_logp.exp() * (base_logp - logp)).sum())
+                worse_so_far[c] += int((base_ok & (pred[c, b.index] != b.labels)).sum())
+            self.batches_run += len(todo)
+            if reject_worse is not None:
+                stopped = [c for c in todo if worse_so_far[c] > reject_worse]
+                if stopped:
+                    self.early_rejected += len(stopped)
+                    self.batches_skipped += len(stopped) * (len(self.batches) - bi - 1)
+                    todo = [c for c in todo if c not in stopped]
         out = []
         for c, s in enumerate(states):
             if not s:
                 out.append(EvalResult(0, 0, self.n, 0.0))
                 continue
-            correct = pred[c] == self.labels
-            worse = int((self.base_correct & ~correct).sum())
+            correct = (pred[c] == self.labels) & seen[c]
+            worse = int((self.base_correct & ~correct & seen[c]).sum())
             better = int((~self.base_correct & correct).sum())
             out.append(EvalResult(worse, better, self.n, kl[c] / self.n))
         return out

@@ -278,6 +278,10 @@ def run_search(
             "profile": getattr(prof, "name", None),
             "timing_s": {"tokenise_and_base_pass": base_s, "importance": importance_s},
             "evaluator_threads": _torch_threads(),
+            "early_rejection": {"candidates_stopped": evaluator.early_rejected,
+                                "candidate_batches_skipped": evaluator.batches_skipped,
+                                "candidate_batches_run": evaluator.batches_run,
+                                "batches_per_evaluation": len(evaluator.batches)},
             "shipped_model_flips": shipped_counts,
             "versions": versions(),
         }
