@@ -159,7 +159,7 @@ def simulate_int8(modules: list[nn.Module]) -> Iterator[None]:
         return (fake_quant_activation(args[0]),) + tuple(args[1:])
 
     linears = [m for root in modules for m in root.modules() if isinstance(m, nn.Linear)]
-    originals: dict[nn.Linear, Callable] = {}
+    originals: dict[nn.Linear, Callable | None] = {}  # the instance's own ``forward`` attribute, if it had one
 
     def forward(mod):
         def f(x):
@@ -169,14 +169,17 @@ def simulate_int8(modules: list[nn.Module]) -> Iterator[None]:
     try:
         for m in linears:
             handles.append(m.register_forward_pre_hook(hook))
-            originals[m] = m.forward
+            originals[m] = m.__dict__.get("forward")
             m.forward = forward(m)
         yield
     finally:
         for h in handles:
             h.remove()
         for m, f in originals.items():
-            m.forward = f
+            if f is None:
+                del m.forward  # back to the class's forward
+            else:
+                m.forward = f
 
 
 # ---- helpers ------------------------------------------------------------------------------------------------------
