@@ -385,7 +385,8 @@ def refit_plan(model, tokenizer, dataset, plan: HeadPlan, config: RefitConfig | 
             for part, removed in (("attention", attn_cols), ("ffn", ffn_cols)):
                 intact = intact and not removed
                 proj = adapter.attention_output(student, i) if part == "attention" else adapter.ffn_output(student, i)
-                kept = [c for c in range(proj.in_features) if c not in set(removed)]
+                gone = set(removed)
+                kept = [c for c in range(proj.in_features) if c not in gone]
                 if intact and cfg.skip_intact:
                     stats.append(_stats(i, part, len(kept) + 1, "intact"))
                     done += 1
