@@ -181,19 +181,17 @@ def run(args) -> dict[str, Any]:
                 lsm = refitted
         student = lsm
         prune_and_verify_(student, plan)
-        t = time.monotonic()
         res = distill(student, name)
         r["methods"]["distill"] = {**score(f"{name}-distill", student, plan, fp32_model=student),
-                                   "fit_s": round(time.monotonic() - t, 1), "distill": res.to_dict(),
+                                   "fit_s": round(res.seconds, 1), "distill": res.to_dict(),
                                    "start": "ls refit"}
         rows.append(r)
         del lsm, student
     control = None
     if args.control:
         student = clone_model(model)
-        t = time.monotonic()
         res = distill(student, "dense-control")
-        control = {**score("dense-distilled", student, full, fp32_model=student), "fit_s": round(time.monotonic() - t, 1),
+        control = {**score("dense-distilled", student, full, fp32_model=student), "fit_s": round(res.seconds, 1),
                    "distill": res.to_dict()}
     log("latency: plan INT8 files vs dense INT8, alternating")
     paths = [dense["int8_file"]] + [r["methods"]["none"]["int8_file"] for r in rows]
@@ -287,9 +285,23 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--wait", type=float, default=30.0, help="minutes to wait for the default task")
+    ap.add_argument("--distill-only", action="store_true",
+                    help="only LS refit + uncapped distillation of the given fractions (a follow-up run)")
     args = ap.parse_args(argv)
-    record = run(args)
     from benchmarks.bench_tools import write_results
+
+    if args.distill_only:
+        record = run_distill_only(args)
+        lines = [f"# LS refit + distillation, uncapped ({record['date']})", "",
+                 "| removed | steps | seconds | INT8 accuracy, bound | FP32 accuracy, bound |", "|---|---|---|---|---|"]
+        for row in record["rows"]:
+            d = row["distill"]
+            lines.append(f"| {row['plan']} | {d['steps']} | {d['seconds']:.0f} | {100 * row['int8_accuracy']:.2f}%, "
+                         f"{row['int8_bound_pts']:.2f} | {100 * row['fp32_accuracy']:.2f}%, {row['fp32_bound_pts']:.2f} |")
+        write_results("recovery_calibration_distill", record, "\n".join(lines))
+        print("\n".join(lines))
+        return 0
+    record = run(args)
 
     md = markdown(record)
     write_results("recovery_calibration", record, md)
@@ -299,3 +311,53 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+def run_distill_only(args) -> dict[str, Any]:
+    """Follow-up: LS refit + an *uncapped* distillation (``--distill-epochs``) for the given fractions only, to
+    see what distillation does when the time cap of the main run does not starve it."""
+    import torch
+
+    from edgeprune.bundle import build_model_files, certify, onnx_predictions, torch_predictions
+    from edgeprune.distill import DistillConfig, distill_, task_distill_data
+    from edgeprune.evaluate import free_cores
+    from edgeprune.measure import effective_threads
+    from edgeprune.modeling import load_model, prune_and_verify_
+    from edgeprune.profiles import load_profile
+    from edgeprune.refit import RefitConfig, refit_plan
+
+    t_all = time.monotonic()
+    task = wait_for_task(args.wait)
+    prof = load_profile(args.profile)
+    threads, _ = effective_threads(prof)
+    torch.set_num_threads(free_cores())
+    model, tok = load_model(task.model_dir)
+    model.eval()
+    seq, labels = args.max_length, list(task.certify.labels)
+    plans = oneshot_plans(model, tok, task.search, args.fractions, seq, args.importance_examples)
+    base = torch_predictions(model, tok, task.certify, max_length=seq, batch_size=64)
+    data = task_distill_data(task)
+    cfg = DistillConfig(epochs=args.distill_epochs, seed=0)
+    work = Path(tempfile.mkdtemp(prefix="recovery-cal-d-"))
+    rows = []
+    for name, plan in plans.items():
+        student, _ = refit_plan(model, tok, task.search, plan, RefitConfig(max_examples=args.fit_examples,
+                                                                           max_length=seq))
+        prune_and_verify_(student, plan)
+        res = distill_(student, model, tok, data, cfg, checkpoint_dir=work / f"ckpt-{name}",
+                       progress=lambda i: (i["step"] % 100 == 0) and log(f"{name}: step {i['step']}/"
+                                                                          f"{i['total_steps']} {i['seconds']:.0f} s"))
+        _, final, _ = build_model_files(student, plan, prof.quant, work / name)
+        c = certify(base, onnx_predictions(final, tok, task.certify, max_length=seq, threads=threads), labels,
+                    max_drop=0.01, confidence=0.95, looks=1)
+        c32 = certify(base, torch_predictions(student, tok, task.certify, max_length=seq, batch_size=64), labels,
+                      max_drop=0.01, confidence=0.95, looks=1)
+        rows.append({"plan": name, "int8_accuracy": c.accuracy, "int8_bound_pts": 100 * c.drop_upper_bound,
+                     "fp32_accuracy": c32.accuracy, "fp32_bound_pts": 100 * c32.drop_upper_bound,
+                     "distill": res.to_dict()})
+        log(f"{name}: LS + {res.steps} distillation steps ({res.seconds:.0f} s): INT8 {100 * c.accuracy:.2f}% "
+            f"bound {100 * c.drop_upper_bound:.2f} | FP32 {100 * c32.accuracy:.2f}%")
+    return {"benchmark": "recovery_calibration_distill", "date": dt.date.today().isoformat(),
+            "host": platform.node(), "certify_n": len(labels), "distill_n": len(data),
+            "distill_config": cfg.to_dict(), "fit_examples": args.fit_examples, "rows": rows,
+            "total_s": round(time.monotonic() - t_all, 1)}
