@@ -309,9 +309,6 @@ def main(argv=None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
-
 
 def run_distill_only(args) -> dict[str, Any]:
     """Follow-up: LS refit + an *uncapped* distillation (``--distill-epochs``) for the given fractions only, to
@@ -361,3 +358,7 @@ def run_distill_only(args) -> dict[str, Any]:
             "host": platform.node(), "certify_n": len(labels), "distill_n": len(data),
             "distill_config": cfg.to_dict(), "fit_examples": args.fit_examples, "rows": rows,
             "total_s": round(time.monotonic() - t_all, 1)}
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
