@@ -169,9 +169,11 @@ def random_inputs(batch: int = 3, seq: int = 12, vocab_size: int = 128, seed: in
 
 
 
-@torch.no_grad()  # not inference_mode: the pruned weights must stay trainable (distillation, refits)
+# no_grad, not inference_mode: the sliced weights surgery creates under inference_mode would be inference tensors, and
+# the pruned model could never be trained (distilled) afterwards ("Setting requires_grad=True on inference tensor").
+@torch.no_grad()
 def prune_and_verify_(model, plan: HeadPlan, *, inputs: dict | None = None, atol: float = 1e-5) -> float:
-    """Prune in place and check that the pruned logits equal the masked model's.
+    """Prune in place and check that the pruned logits equal the masked model's (the pruned model stays trainable).
 
     Returns:
         The max absolute logit difference.

@@ -1,0 +1,445 @@
+"""Distillation of a pruned model from the unpruned one: KL at temperature T plus a weighted cross-entropy.
+
+Loss per batch (Hinton et al. 2015)::
+
+    T^2 * KL(softmax(teacher / T) || softmax(student / T))  +  ce_weight * CE(student, label)
+
+with T = 2 and ce_weight = 0.5 by default, AdamW (lr 1e-4, decoupled weight decay 0.01 except biases and
+LayerNorms), batch 32, texts truncated to 64 tokens and padded per batch. The teacher's logits are computed once
+over the distillation texts (eval mode, no dropout) and reused for every epoch; the student trains with dropout.
+Texts without labels (``ce_weight = 0`` or a plain list of strings) train on the KL term alone.
+
+* **Data**: whatever the caller passes. For the default task use :func:`task_distill_data` (its fine-tune split +
+  search split, never the certify split: training on it would void the certificate).
+* **Deterministic for a seed**: the batch order of epoch ``e`` is a permutation drawn from ``seed + e``, dropout
+  from a generator seeded with ``seed``; on the same machine and thread count two runs give identical weights.
+* **Budget**: ``epochs`` and/or ``max_steps`` and/or ``max_seconds`` (whichever ends first).
+* **Checkpoint / resume**: with ``checkpoint_dir`` the full state (weights, plan, optimizer, RNG, position) is
+  written atomically to ``checkpoint_dir/distill.pt`` every ``checkpoint_every`` steps, at each epoch end and when
+  the budget stops the run; a later call with the same folder, config and data continues from there and ends with
+  exactly the weights of an uninterrupted run.
+* **Masked or pruned students**: a physically pruned student (``prune_and_verify_``) trains as is; an unpruned
+  student with ``plan`` trains under the plan's masks (the removed units get no gradient; prune afterwards).
+* **Gradual pruning** (:func:`distill_gradual_`): nested plans in one run: prune to plan 1, train, checkpoint and
+  save, prune to plan 2, train, ... (one model folder per plan).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import nn
+
+from edgeprune.adapters import get_adapter
+from edgeprune.task.data import TextDataset
+from edgeprune.errors import DataError, EdgepruneError
+from edgeprune.plan import HeadPlan
+
+CHECKPOINT = "distill.pt"
+CHECKPOINT_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """Settings of :func:`distill_`.
+
+    Attributes:
+        epochs: passes over the texts (the run may stop earlier on ``max_steps`` / ``max_seconds``).
+        max_steps: stop after this many optimiser steps in total (None: no cap).
+        max_seconds: stop once this call has trained this long (None: no cap; checked after every step, so it is
+            a budget, not a deterministic point: a run stopped by time is not reproducible step for step; a resumed
+            call gets its own budget).
+        lr: AdamW learning rate (constant).
+        weight_decay: AdamW decoupled weight decay (not on biases and LayerNorm weights).
+        batch_size: texts per step.
+        max_length: truncation length in tokens.
+        temperature: softening temperature T of the KL term (scaled by T^2).
+        ce_weight: weight of the cross-entropy on the gold labels (0 = KL only).
+        seed: batch order and dropout seed.
+        checkpoint_every: also checkpoint every this many steps (None: only at epoch ends and at the stop).
+        threads: torch intra-op threads (None: leave as is).
+    """
+
+    epochs: int = 2
+    max_steps: int | None = None
+    max_seconds: float | None = None
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    batch_size: int = 32
+    max_length: int = 64
+    temperature: float = 2.0
+    ce_weight: float = 0.5
+    seed: int = 0
+    checkpoint_every: int | None = None
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1 or self.max_length < 2:
+            raise DataError("distillation needs epochs >= 1, batch_size >= 1 and max_length >= 2")
+        if not (self.lr > 0 and self.temperature > 0 and self.ce_weight >= 0 and self.weight_decay >= 0):
+            raise DataError("distillation needs lr > 0, temperature > 0, ce_weight >= 0 and weight_decay >= 0")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise DataError(f"max_steps must be >= 1, got {self.max_steps}")
+        if self.checkpoint_every is not None and self.checkpoint_every < 1:
+            raise DataError(f"checkpoint_every must be >= 1, got {self.checkpoint_every}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "DistillConfig":
+        return cls(**data)
+
+    def _resume_key(self) -> dict[str, Any]:
+        """The settings a checkpoint must share to be resumed (budgets and threads may change between runs)."""
+        d = self.to_dict()
+        for k in ("epochs", "max_steps", "max_seconds", "checkpoint_every", "threads"):
+            d.pop(k)
+        return d
+
+
+@dataclass
+class DistillResult:
+    """What :func:`distill_` did.
+
+    Attributes:
+        steps: optimiser steps done in total (resumed steps included).
+        epochs_done: completed epochs.
+        seconds: training wall time in total (resumed runs included; teacher logits excluded).
+        teacher_seconds: time to compute the teacher's logits in this call (0 when reused).
+        stopped_by: ``"epochs"``, ``"max_steps"`` or ``"max_seconds"``.
+        resumed_from_step: the checkpoint step this call started from (0 for a fresh run).
+        examples: distillation texts.
+        losses: mean loss per completed epoch.
+        last_loss: mean loss of the last up to 50 steps.
+        config: the settings.
+    """
+
+    steps: int
+    epochs_done: int
+    seconds: float
+    teacher_seconds: float
+    stopped_by: str
+    resumed_from_step: int
+    examples: int
+    losses: list[float] = field(default_factory=list)
+    last_loss: float | None = None
+    config: DistillConfig | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dict(self.__dict__)
+        d["config"] = self.config.to_dict() if self.config else None
+        d["seconds"] = round(self.seconds, 2)
+        d["teacher_seconds"] = round(self.teacher_seconds, 2)
+        return d
+
+
+# ---- data ---------------------------------------------------------------------------------------------------------
+def task_distill_data(task: Any) -> TextDataset:
+    """The default distillation texts of a task: its fine-tune split followed by its search split.
+
+    Reads ``task.finetune`` and ``task.search`` only; the certify split is never touched (training on it would void
+    the certificate; tests/test_distill.py poisons it).
+    """
+    ft, se = task.finetune, task.search
+    return TextDataset(list(ft.texts) + list(se.texts), list(ft.labels) + list(se.labels),
+                       text_pairs=(list(ft.text_pairs) + list(se.text_pairs)) if ft.text_pairs is not None
+                       and se.text_pairs is not None else None, source=f"{ft.source} + {se.source}")
+
+
+def _as_dataset(data: Any) -> tuple[TextDataset, bool]:
+    """``(dataset, has_labels)`` from a TextDataset-like object or a plain list of strings."""
+    if isinstance(data, (list, tuple)) and all(isinstance(t, str) for t in data):
+        return TextDataset(list(data), [0] * len(data), source="unlabelled texts"), False
+    labels = getattr(data, "labels", None)
+    return data, labels is not None and len(labels) == len(data)
+
+
+def _fingerprint(data: TextDataset) -> str:
+    h = hashlib.sha256()
+    for t in data.texts:
+        h.update(t.encode("utf-8", "replace"))
+        h.update(b"\0")
+    h.update(json.dumps(list(data.labels)).encode())
+    return h.hexdigest()
+
+
+def _tokenize(model, tokenizer, data: TextDataset, idx: Sequence[int], max_length: int) -> dict[str, torch.Tensor]:
+    from edgeprune.onnx.export import input_names_for
+
+    pairs = [data.text_pairs[i] for i in idx] if data.text_pairs is not None else None
+    enc = tokenizer([data.texts[i] for i in idx], pairs, truncation=True, max_length=max_length, padding=True,
+                    return_tensors="pt")
+    names = input_names_for(model)
+    return {k: enc[k] for k in names if k in enc}
+
+
+def teacher_logits(teacher, tokenizer, data: Any, *, max_length: int = 64, batch_size: int = 64) -> torch.Tensor:
+    """The teacher's logits ``(N, classes)`` on every text of ``data`` (eval mode, no gradient), in data order."""
+    data, _ = _as_dataset(data)
+    teacher.eval()
+    out = []
+    with torch.inference_mode():
+        for start in range(0, len(data), batch_size):
+            idx = list(range(start, min(start + batch_size, len(data))))
+            out.append(teacher(**_tokenize(teacher, tokenizer, data, idx, max_length)).logits.float())
+    return torch.cat(out).clone()  # a normal tensor (not an inference tensor), safe to save and index
+
+
+# ---- trainability -------------------------------------------------------------------------------------------------
+def make_trainable_(model: nn.Module) -> nn.Module:
+    """Replace inference-mode parameters and buffers (left by surgery run under ``torch.inference_mode``) by normal
+    tensors, in place; returns ``model``. A no-op for a normal model."""
+    for mod in model.modules():
+        for name, p in list(mod._parameters.items()):
+            if p is not None and p.is_inference():
+                mod._parameters[name] = nn.Parameter(p.clone(), requires_grad=p.requires_grad)
+        for name, b in list(mod._buffers.items()):
+            if b is not None and b.is_inference():
+                mod._buffers[name] = b.clone()
+    return model
+
+
+def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if name.endswith("bias") or "LayerNorm" in name or "layer_norm" in name else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor | None,
+                 temperature: float, ce_weight: float) -> torch.Tensor:
+    """``T^2 KL(p_teacher,T || p_student,T) + ce_weight * CE(student, labels)`` (batch mean)."""
+    t = temperature
+    kl = nn.functional.kl_div(nn.functional.log_softmax(student_logits / t, -1),
+                              nn.functional.log_softmax(teacher_logits / t, -1), log_target=True,
+                              reduction="batchmean") * (t * t)
+    if labels is None or ce_weight == 0:
+        return kl
+    return kl + ce_weight * nn.functional.cross_entropy(student_logits, labels)
+
+
+# ---- checkpoints --------------------------------------------------------------------------------------------------
+def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    torch.save(state, tmp)
+    os.replace(tmp, path)  # atomic: a kill mid-write leaves the previous checkpoint intact
+
+
+def _load_checkpoint(path: Path) -> dict[str, Any] | None:
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # noqa: BLE001 - a damaged file is reported, not silently ignored
+        raise EdgepruneError(f"cannot read distillation checkpoint {path}: {exc}") from exc
+    if state.get("format") != CHECKPOINT_FORMAT:
+        raise EdgepruneError(f"{path}: unknown distillation checkpoint format {state.get('format')!r}")
+    return state
+
+
+# ---- the training loop --------------------------------------------------------------------------------------------
+def distill_(student: nn.Module, teacher: nn.Module | None, tokenizer, data: Any,
+             config: DistillConfig | None = None, *, plan: HeadPlan | None = None,
+             checkpoint_dir: str | os.PathLike | None = None, teacher_logits_: torch.Tensor | None = None,
+             progress: Callable[[dict[str, Any]], None] | None = None) -> DistillResult:
+    """Train ``student`` in place to match ``teacher`` on ``data`` (module docstring).
+
+    Args:
+        student: the pruned model (physically pruned, or unpruned with ``plan`` to train under its masks). Its
+            parameters are trained in place; inference-mode tensors are converted first.
+        teacher: the unpruned model (not modified); may be None when ``teacher_logits_`` is given.
+        tokenizer: the tokenizer.
+        data: distillation texts: a ``TextDataset`` (labels used for the CE term) or a list of strings (KL only).
+            Never the certify split.
+        config: :class:`DistillConfig` (defaults if None).
+        plan: train an unpruned student under this plan's masks.
+        checkpoint_dir: folder for ``distill.pt`` (resumed from when it exists).
+        teacher_logits_: precomputed :func:`teacher_logits` for ``data`` (saves one pass when distilling several
+            students from one teacher).
+        progress: called after every step with ``{"step", "total_steps", "epoch", "loss", "seconds"}``.
+
+    Returns:
+        :class:`DistillResult`. The student is left in eval mode.
+
+    Raises:
+        DataError: empty data, or logits that do not match the data.
+        EdgepruneError: a checkpoint in ``checkpoint_dir`` belongs to other settings, data or model layout.
+    """
+    cfg = config or DistillConfig()
+    data, has_labels = _as_dataset(data)
+    n = len(data)
+    if n == 0:
+        raise DataError("distillation needs at least one text")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    make_trainable_(student)
+    adapter = get_adapter(student)
+    fingerprint = _fingerprint(data)
+    ckpt_path = Path(checkpoint_dir) / CHECKPOINT if checkpoint_dir is not None else None
+    state = _load_checkpoint(ckpt_path) if ckpt_path is not None else None
+    key = {"config": cfg._resume_key(), "data": fingerprint, "examples": n,
+           "plan": adapter.current_plan(student).to_dict(), "mask_plan": plan.to_dict() if plan else None}
+    if state is not None and state["key"] != key:
+        raise EdgepruneError(f"{ckpt_path} belongs to another distillation run (settings, data or model layout "
+                             "differ); use another folder or delete it")
+    t_teacher = time.time()
+    if state is not None and "teacher_logits" in state:
+        logits_t = state["teacher_logits"]
+    elif teacher_logits_ is not None:
+        logits_t = teacher_logits_
+    else:
+        if teacher is None:
+            raise DataError("distill_ needs a teacher or precomputed teacher logits")
+        logits_t = teacher_logits(teacher, tokenizer, data, max_length=cfg.max_length)
+    teacher_seconds = time.time() - t_teacher if state is None or "teacher_logits" not in state else 0.0
+    if logits_t.shape[0] != n:
+        raise DataError(f"{logits_t.shape[0]} teacher logits for {n} texts")
+    labels = torch.tensor(list(data.labels), dtype=torch.long) if has_labels and cfg.ce_weight > 0 else None
+
+    steps_per_epoch = math.ceil(n / cfg.batch_size)
+    total = cfg.epochs * steps_per_epoch
+    if cfg.max_steps is not None:
+        total = min(total, cfg.max_steps)
+    opt = torch.optim.AdamW(_param_groups(student, cfg.weight_decay), lr=cfg.lr)
+    dropout_rng = torch.Generator().manual_seed(cfg.seed)
+    step, epoch, pos, elapsed, losses = 0, 0, 0, 0.0, []
+    epoch_loss = 0.0
+    if state is not None:
+        student.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        dropout_rng.set_state(state["dropout_rng"])
+        step, epoch, pos, elapsed = state["step"], state["epoch"], state["pos"], state["seconds"]
+        losses, epoch_loss = list(state["losses"]), state["epoch_loss"]
+    resumed_from = step
+    recent: list[float] = []
+
+    def checkpoint() -> None:
+        if ckpt_path is None:
+            return
+        _save_checkpoint(ckpt_path, {
+            "format": CHECKPOINT_FORMAT, "key": key, "model": student.state_dict(), "optimizer": opt.state_dict(),
+            "dropout_rng": dropout_rng.get_state(), "step": step, "epoch": epoch, "pos": pos, "seconds": elapsed,
+            "losses": losses, "epoch_loss": epoch_loss, "teacher_logits": logits_t,
+        })
+
+    mask_ctx = adapter.mask_heads(student, plan) if plan is not None else contextlib.nullcontext()
+    stopped_by = "epochs"
+    t_start = time.time() - elapsed
+    t_call = time.time()
+    student.train()
+    try:
+        with mask_ctx, torch.random.fork_rng(devices=[]):
+            while epoch < cfg.epochs:
+                order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed + epoch)).tolist()
+                while pos < steps_per_epoch:
+                    if step >= total:
+                        stopped_by = "max_steps"
+                        break
+                    idx = order[pos * cfg.batch_size:(pos + 1) * cfg.batch_size]
+                    feed = _tokenize(student, tokenizer, data, idx, cfg.max_length)
+                    # dropout draws from the global generator: drive it from our own, saved in checkpoints
+                    torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=dropout_rng)))
+                    out = student(**feed).logits
+                    loss = distill_loss(out, logits_t[idx], labels[idx] if labels is not None else None,
+                                        cfg.temperature, cfg.ce_weight)
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                    step, pos = step + 1, pos + 1
+                    lv = float(loss.detach())
+                    epoch_loss += lv
+                    recent = (recent + [lv])[-50:]
+                    elapsed = time.time() - t_start
+                    if progress:
+                        progress({"step": step, "total_steps": total, "epoch": epoch, "loss": lv,
+                                  "seconds": elapsed})
+                    if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
+                        checkpoint()
+                    if cfg.max_seconds is not None and time.time() - t_call >= cfg.max_seconds and step < total:
+                        stopped_by = "max_seconds"
+                        break
+                if stopped_by != "epochs":
+                    break
+                losses.append(epoch_loss / steps_per_epoch)
+                epoch, pos, epoch_loss = epoch + 1, 0, 0.0
+                checkpoint()
+            if stopped_by != "epochs":
+                checkpoint()
+    finally:
+        student.eval()
+    return DistillResult(steps=step, epochs_done=epoch, seconds=elapsed, teacher_seconds=teacher_seconds,
+                         stopped_by=stopped_by, resumed_from_step=resumed_from, examples=n, losses=losses,
+                         last_loss=sum(recent) / len(recent) if recent else None, config=cfg)
+
+
+def distill_gradual_(student: nn.Module, teacher: nn.Module, tokenizer, data: Any, plans: Sequence[HeadPlan],
+                     config: DistillConfig | None = None, *, checkpoint_dir: str | os.PathLike,
+                     progress: Callable[[dict[str, Any]], None] | None = None) -> list[DistillResult]:
+    """Gradual pruning along nested plans in one run: for each plan, prune the student to it (physically, with the
+    pruned == masked check), distill with ``config``, and save the model to ``checkpoint_dir/plan-<k>/model``.
+
+    Each stage has its own ``checkpoint_dir/plan-<k>/distill.pt``; a rerun skips finished stages (reloading their
+    saved model) and resumes an interrupted one.
+
+    Args:
+        student: the unpruned (or less pruned) model, trained and pruned in place.
+        teacher: the unpruned model (the distillation target of every stage).
+        tokenizer: the tokenizer.
+        data: distillation texts (never the certify split).
+        plans: nested plans, least to most pruned (each keeps a subset of the previous one's units).
+        config: per-stage :class:`DistillConfig`.
+        checkpoint_dir: the run's folder.
+        progress: as in :func:`distill_`, with ``"stage"`` added.
+
+    Returns:
+        One :class:`DistillResult` per stage (a finished stage reloaded from disk gives its saved record).
+    """
+    from edgeprune.task.modeling import load_pruned, prune_and_verify_, save_pruned
+
+    cfg = config or DistillConfig()
+    root = Path(checkpoint_dir)
+    data, _ = _as_dataset(data)
+    logits_t = None
+    results = []
+    for k, plan in enumerate(plans):
+        stage = root / f"plan-{k}"
+        done = stage / "result.json"
+        if done.is_file():
+            saved = load_pruned(stage / "model")
+            make_trainable_(student)
+            get_adapter(student).prune_heads_(student, plan)
+            student.load_state_dict(saved.state_dict())
+            rec = json.loads(done.read_text())
+            rec["config"] = DistillConfig.from_dict(rec["config"])
+            results.append(DistillResult(**rec))
+            continue
+        prune_and_verify_(student, plan)
+        if logits_t is None:
+            logits_t = teacher_logits(teacher, tokenizer, data, max_length=cfg.max_length)
+
+        def stage_progress(info, k=k):
+            if progress:
+                progress({**info, "stage": k})
+
+        res = distill_(student, None, tokenizer, data, cfg, checkpoint_dir=stage, teacher_logits_=logits_t,
+                       progress=stage_progress)
+        if res.stopped_by != "max_seconds":  # a stage cut short by time is resumed on the next call
+            save_pruned(student, stage / "model", tokenizer)
+            done.write_text(json.dumps(res.to_dict(), indent=2) + "\n")
+        results.append(res)
+        if res.stopped_by == "max_seconds":
+            break
+    return results

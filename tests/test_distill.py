@@ -1,0 +1,220 @@
+"""Distillation (edgeprune.recovery.distill): pruned models are trainable, runs are deterministic for a seed, a resumed run
+equals an uninterrupted one, the certify split is never read, masked and gradual students."""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from edgeprune.adapters import get_adapter  # noqa: E402
+from edgeprune.task.data import TextDataset  # noqa: E402
+from edgeprune.recovery.distill import (DistillConfig, distill_, distill_gradual_, distill_loss, make_trainable_,  # noqa: E402
+                               task_distill_data, teacher_logits)
+from edgeprune.errors import EdgepruneError  # noqa: E402
+from edgeprune.task.modeling import clone_model, load_pruned, prune_and_verify_  # noqa: E402
+from edgeprune.plan import HeadPlan  # noqa: E402
+from test_recovery import BS, H, JOINT, L, NB, dataset, tiny_model, tok  # noqa: E402,F401
+
+CFG = DistillConfig(epochs=2, batch_size=8, max_length=16, lr=1e-3)
+MILD = HeadPlan((H,) * L, ((0, 1, 2), (0, 1, 3), (0, 1, 2, 3), (1, 2, 3))).with_ffn(
+    BS, (NB,) * L, ((0, 1, 2, 3, 5), (1, 2, 3), (0, 1, 2), (0, 1, 2, 3, 4, 5, 6)))
+
+
+def _state(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _same(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _kl(student, teacher, tok, data):
+    t = teacher_logits(teacher, tok, data, max_length=16)
+    s = teacher_logits(student, tok, data, max_length=16)
+    return float(distill_loss(s, t, None, 2.0, 0.0))
+
+
+def _pruned(model_type="bert", plan=JOINT):
+    model = tiny_model(model_type)
+    student = clone_model(model)
+    prune_and_verify_(student, plan)
+    return model, student
+
+
+def test_pruned_model_is_trainable(tok):
+    teacher, student = _pruned()
+    assert not any(p.is_inference() for p in student.parameters())
+    assert all(p.requires_grad for p in student.parameters())
+    before = _state(student)
+    res = distill_(student, teacher, tok, dataset(), DistillConfig(max_steps=2, batch_size=8, max_length=16))
+    assert res.steps == 2 and not _same(before, _state(student))
+
+
+def test_inference_mode_surgery_is_made_trainable(tok):
+    """Surgery under inference_mode (as prune_and_verify_ used to run) leaves inference tensors that cannot train;
+    distill_ converts them (make_trainable_)."""
+    teacher = tiny_model("roberta")
+    student = clone_model(teacher)
+    with torch.inference_mode():
+        get_adapter(student).prune_heads_(student, JOINT)
+    sliced = get_adapter(student).attention_output(student, 0).weight
+    assert sliced.is_inference()
+    enc = tok(["good movie"], return_tensors="pt")
+    with pytest.raises(RuntimeError, match="[Ii]nference"):
+        student(input_ids=enc["input_ids"]).logits.sum().backward()
+        torch.optim.AdamW(student.parameters()).step()
+    res = distill_(student, teacher, tok, dataset(), DistillConfig(max_steps=2, batch_size=8, max_length=16))
+    assert res.steps == 2 and not any(p.is_inference() for p in student.parameters())
+    assert make_trainable_(student) is student
+
+
+@pytest.mark.parametrize("model_type", ["bert", "distilbert"])
+def test_distillation_moves_the_student_toward_the_teacher(tok, model_type):
+    teacher, student = _pruned(model_type)
+    data = dataset(64)
+    before = _kl(student, teacher, tok, data)
+    res = distill_(student, teacher, tok, data, DistillConfig(epochs=4, batch_size=8, max_length=16, lr=3e-3,
+                                                               ce_weight=0.0))
+    assert res.epochs_done == 4 and res.stopped_by == "epochs" and len(res.losses) == 4
+    assert _kl(student, teacher, tok, data) < 0.7 * before
+    assert not student.training
+
+
+def test_deterministic_for_a_seed(tok):
+    teacher, s1 = _pruned()
+    s2, s3 = clone_model(s1), clone_model(s1)
+    r1 = distill_(s1, teacher, tok, dataset(), CFG)
+    r2 = distill_(s2, teacher, tok, dataset(), CFG)
+    distill_(s3, teacher, tok, dataset(), DistillConfig(**{**CFG.to_dict(), "seed": 1}))
+    assert _same(_state(s1), _state(s2)) and r1.losses == r2.losses
+    assert not _same(_state(s1), _state(s3))
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def test_resume_equals_uninterrupted(tok, tmp_path):
+    teacher, s1 = _pruned()
+    s2 = clone_model(s1)
+    cfg = DistillConfig(**{**CFG.to_dict(), "checkpoint_every": 3})
+    ref = distill_(s1, teacher, tok, dataset(), cfg)
+
+    def kill(info):
+        if info["step"] == 7:  # 12 steps per epoch: dies mid-epoch, after the step-6 checkpoint
+            raise _Interrupt
+
+    with pytest.raises(_Interrupt):
+        distill_(s2, teacher, tok, dataset(), cfg, checkpoint_dir=tmp_path, progress=kill)
+    s3 = clone_model(s2)  # holds step-7 weights: only the step-6 checkpoint may decide where training resumes
+    got = distill_(s3, None, tok, dataset(), cfg, checkpoint_dir=tmp_path)
+    assert got.resumed_from_step == 6 and got.steps == ref.steps and got.teacher_seconds == 0.0
+    assert _same(_state(s1), _state(s3)) and got.losses == pytest.approx(ref.losses)
+    # finished: a rerun does nothing
+    again = distill_(s3, None, tok, dataset(), cfg, checkpoint_dir=tmp_path)
+    assert again.resumed_from_step == ref.steps and _same(_state(s1), _state(s3))
+    # another config or other data refuses the folder
+    with pytest.raises(EdgepruneError, match="another distillation run"):
+        distill_(s3, teacher, tok, dataset(), DistillConfig(**{**cfg.to_dict(), "lr": 5e-4}), checkpoint_dir=tmp_path)
+    with pytest.raises(EdgepruneError, match="another distillation run"):
+        distill_(s3, teacher, tok, dataset(seed=9), cfg, checkpoint_dir=tmp_path)
+
+
+def test_budgets(tok, tmp_path):
+    teacher, s = _pruned()
+    r = distill_(s, teacher, tok, dataset(), DistillConfig(**{**CFG.to_dict(), "max_steps": 5}),
+                 checkpoint_dir=tmp_path)
+    assert r.steps == 5 and r.stopped_by == "max_steps"
+    r = distill_(s, None, tok, dataset(), DistillConfig(**{**CFG.to_dict(), "max_steps": 9}), checkpoint_dir=tmp_path)
+    assert r.resumed_from_step == 5 and r.steps == 9
+    r = distill_(clone_model(s), teacher, tok, dataset(), DistillConfig(**{**CFG.to_dict(), "max_seconds": 0.0}))
+    assert r.steps == 1 and r.stopped_by == "max_seconds"
+
+
+class _Poisoned:
+    """A split whose every access raises."""
+
+    def __getattr__(self, name):
+        raise AssertionError(f"the certify split was read ({name})")
+
+    def __len__(self):
+        raise AssertionError("the certify split was read (len)")
+
+    def __iter__(self):
+        raise AssertionError("the certify split was read (iter)")
+
+
+class _Task:
+    def __init__(self, finetune, search):
+        self.finetune, self.search = finetune, search
+
+    @property
+    def certify(self):
+        raise AssertionError("the certify split was read")
+
+    @property
+    def splits(self):
+        raise AssertionError("the splits dict (with the certify split) was read")
+
+    @property
+    def data(self):
+        return _Poisoned()
+
+
+def test_never_reads_the_certify_split(tok, tmp_path):
+    ft, se = dataset(40, seed=1), dataset(24, seed=2)
+    data = task_distill_data(_Task(ft, se))
+    assert data.texts == ft.texts + se.texts and data.labels == ft.labels + se.labels
+    teacher, s = _pruned()
+    res = distill_(s, teacher, tok, data, DistillConfig(max_steps=3, batch_size=8, max_length=16),
+                   checkpoint_dir=tmp_path)
+    assert res.examples == 64
+
+
+def test_unlabelled_texts_train_on_kl_only(tok):
+    teacher, s = _pruned()
+    texts = dataset(32).texts
+    res = distill_(s, teacher, tok, texts, DistillConfig(max_steps=3, batch_size=8, max_length=16))
+    assert res.steps == 3
+    y = torch.tensor([0, 1])
+    logit = torch.tensor([[1.0, -1.0], [0.5, 0.2]])
+    assert float(distill_loss(logit, logit, None, 2.0, 0.5)) == pytest.approx(0.0, abs=1e-7)
+    assert float(distill_loss(logit, logit, y, 2.0, 0.5)) > 0
+
+
+def test_masked_student(tok):
+    """An unpruned student trained under a plan's masks: the removed units get no gradient, so pruning it
+    afterwards is exact."""
+    teacher = tiny_model("bert")
+    student = clone_model(teacher)
+    ad = get_adapter(student)
+    q0 = ad.layers(student)[1].attention.self.query.weight.detach().clone()
+    distill_(student, teacher, tok, dataset(), DistillConfig(max_steps=4, batch_size=8, max_length=16,
+                                                               weight_decay=0.0), plan=JOINT)
+    q1 = ad.layers(student)[1].attention.self.query.weight.detach()
+    d = q0.shape[1] // H  # head size; layer 1 keeps only head 1
+    gone = [h for h in range(H) if h not in JOINT.kept[1]]
+    for h in gone:
+        assert torch.equal(q0[h * d:(h + 1) * d], q1[h * d:(h + 1) * d])
+    assert not torch.equal(q0[d:2 * d], q1[d:2 * d])  # the kept head trained
+    prune_and_verify_(student, JOINT)
+
+
+def test_gradual_along_nested_plans(tok, tmp_path):
+    teacher = tiny_model("bert")
+    student = clone_model(teacher)
+    plans = [MILD, JOINT]
+    cfg = DistillConfig(max_steps=3, batch_size=8, max_length=16)
+    stages = []
+    res = distill_gradual_(student, teacher, tok, dataset(), plans, cfg, checkpoint_dir=tmp_path,
+                           progress=lambda i: stages.append(i["stage"]))
+    assert [r.steps for r in res] == [3, 3] and sorted(set(stages)) == [0, 1]
+    assert get_adapter(student).current_plan(student) == JOINT
+    m0 = load_pruned(tmp_path / "plan-0" / "model")
+    assert get_adapter(m0).current_plan(m0) == MILD
+    # a rerun reloads both finished stages instead of training again
+    again = clone_model(teacher)
+    res2 = distill_gradual_(again, teacher, tok, dataset(), plans, cfg, checkpoint_dir=tmp_path,
+                            progress=lambda i: pytest.fail("a finished stage trained again"))
+    assert [r.steps for r in res2] == [3, 3] and _same(_state(again), _state(student))
