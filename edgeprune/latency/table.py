@@ -346,10 +346,9 @@ def build_lut(
 
 def save_lut(lut: dict[str, Any], path: Union[str, Path]) -> Path:
     """Write a LUT as indented JSON; returns the path."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_text(json.dumps(lut, indent=2))
-    return p
+    from edgeprune.output.folder import atomic_write_text
+
+    return atomic_write_text(path, json.dumps(lut, indent=2))  # never seen half written
 
 
 def load_lut(path: Union[str, Path]) -> dict[str, Any]:
