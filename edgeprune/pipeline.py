@@ -966,7 +966,7 @@ def build(config: BuildConfig | None = None, *, progress: bool = True, heartbeat
                     _remove_partial_files(state)
                 if isinstance(exc, EdgepruneError):
                     _release_failed_start(state)
-            refusal = None if isinstance(exc, EdgepruneError) else _system_refusal(exc)
+            refusal = None if isinstance(exc, EdgepruneError) else _system_refusal(exc, state, cfg)
             if refusal is not None:
                 from .output.folder import system_refused
 
@@ -984,10 +984,36 @@ def build(config: BuildConfig | None = None, *, progress: bool = True, heartbeat
     return report
 
 
-def _system_refusal(exc: BaseException):
+def _space_needed(cfg: BuildConfig, state: _State) -> int:
+    """A rough upper estimate of the room the remaining stages need in OUT: ~4x the model's weights (FP32 and INT8
+    ONNX files of the candidates, the .ort file, the dense files the measurement compares)."""
+    model_dir = Path(str(state.done.get("task", {}).get("model_dir") or cfg.model or ""))
+    weights = sum(p.stat().st_size for p in model_dir.glob("*.safetensors")) if model_dir.is_dir() else 0
+    return 4 * weights + 2**20
+
+
+def _system_refusal(exc: BaseException, state: Optional[_State], cfg: BuildConfig):
+    """The OSError behind a failure that is the system's refusal, else None. A full disk does not always surface as
+    ENOSPC: libraries that write through C++ (onnx shape inference, torch's exporter) may leave a truncated file and
+    fail later on reading it, so a failure with less room left than the build needs is reported as a full disk."""
+    import errno
+
     from .output.folder import is_system_refusal
 
-    return is_system_refusal(exc)
+    found = is_system_refusal(exc)
+    if found is not None or state is None:
+        return found
+    try:
+        free = shutil.disk_usage(state.out).free
+    except OSError:
+        return None
+    need = _space_needed(cfg, state)
+    if free >= need:
+        return None
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+    return OSError(errno.ENOSPC, f"No space left on device (most likely: {free / 2**20:.1f} MiB free on its file "
+                                 f"system, the build needs about {need / 2**20:.0f} MiB; the library's error was "
+                                 f"{type(exc).__name__}: {first})", str(state.out))
 
 
 def _add_build_facts(report: dict, state: _State, prof, warnings: list[str], stages: dict[str, float]) -> None:

@@ -617,8 +617,8 @@ FILL_DISK = """
 import os, sys
 import edgeprune.output.bundle as bundle
 original = bundle.export_bundle
+ballast = os.path.join(sys.argv[1], "ballast")
 def export_on_a_full_disk(*args, **kwargs):
-    ballast = os.path.join(sys.argv[1], "ballast")
     with open(ballast, "wb") as fh:  # leave ~64 KiB: the bundle (~100 KiB) cannot be written
         try:
             while True:
