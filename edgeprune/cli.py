@@ -86,9 +86,11 @@ def demo_model(
     task = default_task(cache_dir, rebuild=rebuild, progress=progress)
     sizes = task.split_sizes
     typer.echo(f"default model: {task.model_dir} ({'fine-tuned now' if task.built else 'reused from the cache'})")
+    max_len = task.manifest.get("spec", {}).get("max_seq_len")
     typer.echo(
-        f"accuracy: search {task.accuracy['search']:.2%} ({sizes['search']} sentences), "
-        f"certify {task.accuracy['certify']:.2%} ({sizes['certify']} sentences)"
+        f"accuracy at the fine-tuning length ({max_len} tokens): search {task.accuracy['search']:.2%} "
+        f"({sizes['search']} sentences), certify {task.accuracy['certify']:.2%} ({sizes['certify']} sentences); "
+        "a build measures the baseline again at the profile's seq_len"
     )
     typer.echo(
         f"splits (seed {task.split_seed}): fine-tune {sizes['finetune']}, search {sizes['search']}, "

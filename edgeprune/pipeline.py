@@ -204,7 +204,13 @@ class _Display:
         self._last_line = time.monotonic()
 
     def __enter__(self) -> "_Display":
-        if self.enabled and self.terminal:
+        self._thread = threading.Thread(target=self._ticker, name="edgeprune-heartbeat", daemon=True)
+        self._thread.start()
+        return self
+
+    def _start_bar(self) -> None:
+        # Started after the task stage: the default task's one-time fine-tuning shows its own progress bar.
+        if self.enabled and self.terminal and self.progress is None:
             from rich.console import Console
             from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -215,9 +221,6 @@ class _Display:
             )
             self.progress.__enter__()
             self.overall = self.progress.add_task("build", total=sum(STAGE_WEIGHTS.values()), info="")
-        self._thread = threading.Thread(target=self._ticker, name="edgeprune-heartbeat", daemon=True)
-        self._thread.start()
-        return self
 
     def __exit__(self, *exc) -> None:
         self._stop.set()
@@ -270,6 +273,8 @@ class _Display:
         if self.on_tick is not None:
             self.on_tick()  # the time of the stage that just ended is on disk before the next one starts
         self._base = sum(STAGE_WEIGHTS[s] for s in STAGES[:index])
+        if index >= 1:
+            self._start_bar()
         label = f"stage {index + 1}/{len(STAGES)}: {name}"
         if self.progress is not None:
             self.progress.update(self.overall, completed=self._base, description=label, info="")
@@ -342,6 +347,8 @@ class _State:
     sessions: list[dict] = field(default_factory=list)  # earlier processes of this build
     t0: float = field(default_factory=time.perf_counter)  # this process's start
     started: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    closed: bool = False  # the folder was given back (failed start): the ticker must not write into it again
+    _tick_lock: Any = field(default_factory=threading.Lock, repr=False)
 
     @property
     def dir(self) -> Path:
@@ -375,8 +382,10 @@ class _State:
         """Record this process's time so far (called every few seconds and at each stage)."""
         from .output.folder import atomic_write_text
 
-        atomic_write_text(self.dir / "sessions.json",
-                          json.dumps({"sessions": self.sessions + [self._mine(stages)]}, indent=2) + "\n")
+        with self._tick_lock:
+            if not self.closed:
+                atomic_write_text(self.dir / "sessions.json",
+                                  json.dumps({"sessions": self.sessions + [self._mine(stages)]}, indent=2) + "\n")
 
     def timing(self, stages: dict[str, float]) -> dict:
         """The whole build's time: every process that worked on it (an interrupted one up to its last tick)."""
@@ -463,8 +472,8 @@ def _claim_out(cfg: BuildConfig, t0: Optional[float] = None) -> _State:
     except OSError as exc:
         raise OutputFolderError(f"{arg('out')} {cfg.out}: cannot be created ({exc.strerror or exc})") from None
     lock = FolderLock(out / STATE_DIR / LOCK_NAME, out)
+    lock.acquire()  # if another build holds it, nothing here is ours to remove
     try:
-        lock.acquire()
         mode = _check_out(cfg)  # again, under the lock: another build may have used the folder meanwhile
         state = _State(out, cfg, lock=lock, created=created)
         if t0 is not None:
@@ -518,13 +527,14 @@ def _release_failed_start(state: _State) -> None:
 
     if set(state.done) - {"task"}:
         return
+    with state._tick_lock:
+        state.closed = True
     remove_tree(state.dir / "config.json")
     for stage in STAGES:
         remove_tree(state.dir / f"{stage}.json")
     remove_tree(state.dir / "sessions.json")
     remove_tree(state.out / "latency_table.json")
     state.release()
-    remove_tree(state.dir / "lock")
     try:
         state.dir.rmdir()
         if state.created:
