@@ -247,8 +247,8 @@ class _Display:
             return
         with self._lock:
             self._last_line = time.monotonic()
-            if self.progress is not None:
-                self.progress.console.log(text)
+            if self.progress is not None:  # above the bar; markup off: messages may contain [brackets]
+                self.progress.console.print(f"[{time.strftime('%H:%M:%S')}] {text}", markup=False, highlight=False)
             else:
                 print(f"[{time.strftime('%H:%M:%S')}] {text}", file=self.stream, flush=True)
 
@@ -953,6 +953,7 @@ def build(config: BuildConfig | None = None, *, progress: bool = True, heartbeat
             _add_build_facts(report, state, prof, warnings, display.current_seconds())
             write_report(report, state.out)
             _plot(state, report)
+            display.fraction("report", 1.0, "done")
             display.finish()
             state.tick(display.current_seconds())
             state.save("report", {"wall_s": report["wall_s"]})
