@@ -14,7 +14,7 @@ import typer
 
 from .certify.policy import DEFAULT_SEQUENCE_PLANS
 from .config import DEFAULT_SEARCH as _S
-from .errors import EdgepruneError
+from .errors import EXIT_INTERNAL, EdgepruneError, Interrupted, reset_names, use_cli_names
 
 app = typer.Typer(
     name="edgeprune",
@@ -23,6 +23,23 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+
+@app.callback()
+def _cli_names(ctx: typer.Context) -> None:
+    # Messages name options as the command line spells them (--label-column, not label_column) while a command
+    # runs; Python callers of the library get argument names.
+    token = use_cli_names()
+    ctx.call_on_close(lambda: reset_names(token))
+
+
+def _check_out(path: Path, *, folder: bool) -> None:
+    """Refuse an --out that cannot be created before any work (nothing is left behind)."""
+    from .output.folder import check_out_path
+
+    check_out_path(path, "out", want_dir=folder)
+
 
 # Shared option aliases (one place, reused by every command).
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Model folder or Hugging Face hub id.")]
@@ -47,6 +64,7 @@ def prune(
     """Physically remove the heads a plan drops, check parity against masking, and save the smaller model."""
     from .task.modeling import prune_and_save
 
+    _check_out(out, folder=True)
     result = prune_and_save(model, plan, out)
     typer.echo(
         f"saved pruned model to {result['out']}: removed {result['heads_removed']} of {result['heads_total']} heads, "
@@ -69,9 +87,11 @@ def demo_model(
     task = default_task(cache_dir, rebuild=rebuild, progress=progress)
     sizes = task.split_sizes
     typer.echo(f"default model: {task.model_dir} ({'fine-tuned now' if task.built else 'reused from the cache'})")
+    max_len = task.manifest.get("spec", {}).get("max_seq_len")
     typer.echo(
-        f"accuracy: search {task.accuracy['search']:.2%} ({sizes['search']} sentences), "
-        f"certify {task.accuracy['certify']:.2%} ({sizes['certify']} sentences)"
+        f"accuracy at the fine-tuning length ({max_len} tokens): search {task.accuracy['search']:.2%} "
+        f"({sizes['search']} sentences), certify {task.accuracy['certify']:.2%} ({sizes['certify']} sentences); "
+        "a build measures the baseline again at the profile's seq_len"
     )
     typer.echo(
         f"splits (seed {task.split_seed}): fine-tune {sizes['finetune']}, search {sizes['search']}, "
@@ -103,6 +123,7 @@ def export(
     """Prune, export to ONNX, fuse, quantize to INT8, convert to .ort and certify: write a deployable bundle."""
     from .output.bundle import run_export, summary_lines
 
+    _check_out(out, folder=True)
     result = run_export(model, plan, profile, out, data=data, text_column=text_column,
                         text_pair_column=text_pair_column, label_column=label_column, frontier_path=frontier,
                         max_drop_pts=max_drop, confidence=confidence, force=force, overwrite=overwrite)
@@ -208,6 +229,8 @@ def lut(
 
     if out is None and export_only is None:
         raise typer.BadParameter("give --out lut.json (measure here) or --export-only DIR (measure on the device)")
+    if out is not None:
+        _check_out(out, folder=False)
     m, _ = load_model(model, num_labels=num_labels, with_tokenizer=False)
     if export_only is not None:
         manifest = export_lut_models(m, profile, export_only, precision=precision, rounds=rounds, reps=reps,
@@ -245,6 +268,7 @@ def search_cmd(
 ) -> None:
     """Search which attention heads (and FFN blocks) to remove, A* or a baseline, under an accuracy bound (the same
     search settings as `edgeprune build` unless told otherwise)."""
+    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from .search.run import run_search, write_plan
@@ -252,19 +276,25 @@ def search_cmd(
     settings = search_settings(algorithm=algorithm, max_evaluations=max_evals, max_seconds=max_seconds or None,
                                correction=correction, int8_aware=int8_aware, seed=seed,
                                structures=structures, ffn_block_size=ffn_block_size)
+    _check_out(out, folder=False)
     journal = journal or out.with_name(out.name + ".journal.jsonl")
-    with Progress(TextColumn("[bold]{task.fields[phase]}"), BarColumn(), MofNCompleteColumn(), TextColumn("evals"),
-                  TextColumn("nodes {task.fields[nodes]}  best: {task.fields[best]}"), TimeElapsedColumn()) as bar:
-        task = bar.add_task("search", total=max_evals, phase="loading", nodes=0, best="-")
+    try:
+        with Progress(TextColumn("[bold]{task.fields[phase]}"), BarColumn(), MofNCompleteColumn(), TextColumn("evals"),
+                      TextColumn("nodes {task.fields[nodes]}  best: {task.fields[best]}"), TimeElapsedColumn(),
+                      console=Console(stderr=True)) as bar:
+            task = bar.add_task("search", total=max_evals, phase="loading", nodes=0, best="-")
 
-        def on_progress(p):
-            what = "units" if structures != "heads" else "heads"
-            best = f"{p.best_removed} {what} removed, {p.best_latency_ms:.2f}, bound {p.best_bound_pts:.2f} pts"
-            bar.update(task, completed=p.evaluations, phase=p.phase, nodes=p.nodes_expanded, best=best)
+            def on_progress(p):
+                what = "units" if structures != "heads" else "heads"
+                best = f"{p.best_removed} {what} removed, {p.best_latency_ms:.2f}, bound {p.best_bound_pts:.2f} pts"
+                bar.update(task, completed=p.evaluations, phase=p.phase, nodes=p.nodes_expanded, best=best)
 
-        result = run_search(model, data, settings=settings, profile=profile, latency_table=latency_table,
-                            max_drop_pts=max_drop, confidence=confidence, journal=journal, resume=resume,
-                            on_progress=on_progress, text_column=text_column, label_column=label_column)
+            result = run_search(model, data, settings=settings, profile=profile, latency_table=latency_table,
+                                max_drop_pts=max_drop, confidence=confidence, journal=journal, resume=resume,
+                                on_progress=on_progress, text_column=text_column, label_column=label_column)
+    except KeyboardInterrupt:
+        raise Interrupted(f"interrupted; the evaluations so far are in {journal}: continue with the same command "
+                          "plus --resume") from None
     path = write_plan(result, out)
     unit = result.info.get("latency_source", {}).get("unit", "ms")
     ffn = (f" and {result.ffn_blocks_removed}/{sum(result.plan.ffn_num_blocks)} FFN blocks of "
@@ -322,7 +352,10 @@ def build(
         structures=structures, ffn_block_size=ffn_block_size, recovery=recovery,
         certify_fraction=certify_fraction, certify_plans=certify_plans,
     )
-    report = run_build(cfg)
+    try:
+        report = run_build(cfg)
+    except KeyboardInterrupt as exc:
+        raise Interrupted(str(exc) or "interrupted; continue with the same command plus --resume") from None
     acc, lat, heads = report["accuracy"], report["latency_ms"], report["heads"]
     cert = report.get("certification") or {}
     for t in cert.get("tests") or []:
@@ -336,6 +369,11 @@ def build(
         f"final {lat['final']['p50']:.2f} ms ({lat['measured_on']})\n"
         f"wrote {out}/bundle, {out}/report.md, {out}/report.json, {out}/pareto.png"
     )
+    settings = lat.get("settings", {})
+    if settings.get("threads_requested") not in (None, settings.get("threads")):
+        typer.echo(f"threads: {settings.get('threads')} used (profile asks for {settings['threads_requested']}); "
+                   f"build time {report['wall_s']:.0f} s over {report.get('timing', {}).get('processes', 1)} "
+                   "process(es)")
     if report["warnings"]:
         for w in report["warnings"]:
             typer.secho(f"WARNING: {w}", fg=typer.colors.RED, bold=True, err=True)
@@ -353,13 +391,60 @@ def _ffn_summary(report: dict) -> str:
     return f", {ffn['blocks_removed']} of {ffn['blocks_total']} FFN blocks ({ffn['block_size']} neurons)"
 
 
+def _crash_file(exc: BaseException) -> Optional[Path]:
+    """Write the full traceback (plus version and command line) to a file; None if even that fails."""
+    import os
+    import tempfile
+    import traceback
+
+    from . import __version__
+
+    try:
+        fd, path = tempfile.mkstemp(prefix="edgeprune-traceback-", suffix=".txt")
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(f"edgeprune {__version__}\ncommand: {' '.join(sys.argv)}\n\n")
+            fh.write("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
+        return Path(path)
+    except OSError:
+        return None
+
+
 def main() -> None:
-    """Console-script entry point: runs the app and maps known errors to exit codes."""
+    """Console-script entry point: runs the app and maps errors to exit codes (README "Commands", docs/errors.md).
+
+    Expected failures print one line on stderr and exit 2 (bad input), 3 (not certified), 4 (self-check failed) or 5
+    (the system refused a read or write); Ctrl-C exits 130; anything else is a bug: a short message, the file
+    holding the full traceback, exit 70.
+    """
+    from .output.folder import describe_os_error, is_system_refusal
+
+    use_cli_names()
     try:
         app()
+    except Interrupted as exc:
+        typer.secho(str(exc), fg=typer.colors.YELLOW, err=True)
+        sys.exit(exc.exit_code)
     except EdgepruneError as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         sys.exit(exc.exit_code)
+    except Exception as exc:  # noqa: BLE001 - the last line of defence: no wall of traceback for the user
+        refusal = is_system_refusal(exc)
+        if refusal is not None:
+            from .errors import EXIT_SYSTEM
+
+            typer.secho(f"error: {describe_os_error(refusal)}", fg=typer.colors.RED, err=True)
+            sys.exit(EXIT_SYSTEM)
+        path = _crash_file(exc)
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        where = f"the full traceback is in {path}" if path else "the traceback could not be written to a file"
+        typer.secho(f"internal error: {type(exc).__name__}: {first}\n"
+                    f"this is a bug in edgeprune or a library it uses; {where} (please attach it to a bug report)",
+                    fg=typer.colors.RED, err=True)
+        if path is None:
+            import traceback
+
+            traceback.print_exception(type(exc), exc, exc.__traceback__)
+        sys.exit(EXIT_INTERNAL)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -7,7 +7,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from edgeprune.errors import EdgepruneError
+from edgeprune.errors import EdgepruneError, arg
 
 ALGORITHMS = ("astar", "greedy", "oneshot", "random")
 STRUCTURES = ("heads", "heads+ffn")
@@ -57,9 +57,9 @@ class SearchSettings:
 
     def __post_init__(self) -> None:
         if self.algorithm not in ALGORITHMS:
-            raise EdgepruneError(f"unknown --algorithm {self.algorithm!r}; choose one of {', '.join(ALGORITHMS)}")
+            raise EdgepruneError(f"unknown {arg('algorithm')} {self.algorithm!r}; choose one of {', '.join(ALGORITHMS)}")
         if self.structures not in STRUCTURES:
-            raise EdgepruneError(f"unknown --structures {self.structures!r}; choose one of {', '.join(STRUCTURES)}")
+            raise EdgepruneError(f"unknown {arg('structures')} {self.structures!r}; choose one of {', '.join(STRUCTURES)}")
         if self.ffn_block_size is not None and (self.structures != "heads+ffn" or self.ffn_block_size <= 0):
             raise EdgepruneError("--ffn-block-size must be a positive number of neurons and needs "
                                  "--structures heads+ffn")

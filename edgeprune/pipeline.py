@@ -14,19 +14,23 @@ Every stage writes its result under ``OUT/.edgeprune/`` when it completes; ``res
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import os
 import shutil
 import statistics
+import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from .config import DEFAULT_SEARCH as _S
 from .config import SearchSettings
 from .certify.policy import DEFAULT_SEQUENCE_PLANS
-from .errors import EdgepruneError
+from .errors import BuildInterrupted, EdgepruneError, OutputFolderError, arg, flag
 from .versions import versions
 
 STATE_DIR = ".edgeprune"
@@ -116,28 +120,30 @@ class BuildConfig:
 
     def __post_init__(self) -> None:
         if (self.model is None) != (self.data is None):
-            raise EdgepruneError("give both --model and --data, or neither (then the embedded default task is used)")
+            raise EdgepruneError(f"give both {arg('model')} and {arg('data')}, or neither (then the embedded default "
+                                 "task is used)")
         if self.certify_data is not None and self.data is None:
-            raise EdgepruneError("--certify-data needs --data")
+            raise EdgepruneError(f"{arg('certify_data')} needs {arg('data')}")
         if not 0.0 <= self.max_drop_pts <= 100.0:
-            raise EdgepruneError(f"--max-drop is in accuracy points and must be in [0, 100], got {self.max_drop_pts}")
+            raise EdgepruneError(f"{arg('max_drop_pts')} is in accuracy points and must be in [0, 100], got "
+                                 f"{self.max_drop_pts}")
         if not 0.5 <= self.confidence < 1.0:
-            raise EdgepruneError(f"--confidence must be in [0.5, 1), got {self.confidence}")
+            raise EdgepruneError(f"{arg('confidence')} must be in [0.5, 1), got {self.confidence}")
         if not 0.05 <= self.certify_fraction <= 0.95:
-            raise EdgepruneError(f"--certify-fraction must be in [0.05, 0.95], got {self.certify_fraction}")
+            raise EdgepruneError(f"{arg('certify_fraction')} must be in [0.05, 0.95], got {self.certify_fraction}")
         if self.certify_plans < 1:
-            raise EdgepruneError(f"--certify-plans must be >= 1, got {self.certify_plans}")
+            raise EdgepruneError(f"{arg('certify_plans')} must be >= 1, got {self.certify_plans}")
         self.search_settings()  # validates the search settings (one place: edgeprune.config.SearchSettings)
         if self.measure_rounds < 5:
             raise EdgepruneError("measure_rounds >= 5 is required")
         if self.resume and self.overwrite:
-            raise EdgepruneError("--resume and --overwrite exclude each other")
+            raise EdgepruneError(f"{arg('resume')} and {arg('overwrite')} exclude each other")
         hub_like = self.model is not None and self.model.count("/") == 1 and not self.model.startswith((".", "/", "~"))
         if self.model is not None and not Path(self.model).expanduser().exists() and not hub_like:
             # Not a folder and not shaped like a hub id: almost certainly a typo.
-            raise EdgepruneError(f"--model {self.model!r}: no such folder (a hub id looks like 'owner/name')")
+            raise EdgepruneError(f"{arg('model')} {self.model!r}: no such folder (a hub id looks like 'owner/name')")
         if self.latency_table is not None and not Path(self.latency_table).is_file():
-            raise EdgepruneError(f"--latency-table {self.latency_table}: no such file")
+            raise EdgepruneError(f"{arg('latency_table')} {self.latency_table}: no such file")
 
     def search_settings(self) -> SearchSettings:
         """The build's search settings (``edgeprune search`` starts from the same defaults)."""
@@ -169,51 +175,167 @@ class BuildConfig:
 # ---------------------------------------------------------------------------------------------------------------------
 # progress
 # ---------------------------------------------------------------------------------------------------------------------
-class _Display:
-    """One progress display across the stages: overall bar with ETA + a line for the current stage."""
+def _clock(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 60}:{seconds % 60:02d}" if seconds >= 60 else f"{seconds} s"
 
-    def __init__(self, enabled: bool):
+
+class _Display:
+    """Console output of a build, for a terminal and for a log (on stderr; the result summary goes to stdout).
+
+    In a terminal: one progress bar (overall, ETA, the current step) and a line per finished stage with its time.
+    Otherwise (a log file, CI): plain lines only, one when a stage starts, one when it ends with its time, and a
+    heartbeat every ``heartbeat_s`` with the stage's latest status (e.g. evaluations and best plan of the search).
+    A ticker thread also calls ``on_tick`` every few seconds (the build's time accounting across processes).
+    """
+
+    def __init__(self, enabled: bool, *, stream: Any = None, heartbeat_s: float = 30.0,
+                 terminal: Optional[bool] = None):
         self.enabled = enabled
+        self.stream = stream if stream is not None else sys.stderr
+        isatty = getattr(self.stream, "isatty", None)
+        self.terminal = bool(terminal if terminal is not None else (isatty() if callable(isatty) else False))
+        self.heartbeat_s = heartbeat_s
         self.progress = None
         self.overall = None
-        self.detail = None
         self._base = 0.0
+        self.current: Optional[str] = None
+        self.index = 0
+        self.info = ""
+        self._stage_t0 = 0.0
+        self.stage_seconds: dict[str, float] = {}
+        self.on_tick: Optional[Callable[[], None]] = None
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+        self._lock = threading.Lock()
+        self._last_line = time.monotonic()
 
     def __enter__(self) -> "_Display":
-        if self.enabled:
+        self._thread = threading.Thread(target=self._ticker, name="edgeprune-heartbeat", daemon=True)
+        self._thread.start()
+        return self
+
+    def _start_bar(self) -> None:
+        # Started after the task stage: the default task's one-time fine-tuning shows its own progress bar.
+        if self.enabled and self.terminal and self.progress is None:
+            from rich.console import Console
             from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
             self.progress = Progress(
                 TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
                 TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
+                console=Console(file=self.stream),
             )
             self.progress.__enter__()
             self.overall = self.progress.add_task("build", total=sum(STAGE_WEIGHTS.values()), info="")
-        return self
 
     def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
         if self.progress is not None:
             self.progress.__exit__(*exc)
 
-    def stage(self, name: str, index: int) -> None:
+    def _ticker(self) -> None:
+        tick = max(min(5.0, self.heartbeat_s), 0.05)
+        while not self._stop.wait(tick):
+            if self.on_tick is not None:
+                try:
+                    self.on_tick()
+                except Exception:  # noqa: BLE001 - time accounting must never break the build
+                    pass
+            if self.enabled and not self.terminal and self.current is not None \
+                    and time.monotonic() - self._last_line >= self.heartbeat_s:
+                elapsed = time.perf_counter() - self._stage_t0
+                self._line(f"  {self.current}: {self.info or 'working'} ({_clock(elapsed)} in this stage)")
+
+    def _line(self, text: str) -> None:
+        if not self.enabled:
+            return
+        with self._lock:
+            self._last_line = time.monotonic()
+            if self.progress is not None:  # above the bar; markup off: messages may contain [brackets]
+                self.progress.console.print(f"[{time.strftime('%H:%M:%S')}] {text}", markup=False, highlight=False)
+            else:
+                print(f"[{time.strftime('%H:%M:%S')}] {text}", file=self.stream, flush=True)
+
+    def _end_current(self) -> None:
+        if self.current is None:
+            return
+        dt = time.perf_counter() - self._stage_t0
+        self.stage_seconds[self.current] = self.stage_seconds.get(self.current, 0.0) + dt
+        self._line(f"stage {self.index + 1}/{len(STAGES)}: {self.current} done in {dt:.1f} s")
+        self.current = None
+
+    def current_seconds(self) -> dict[str, float]:
+        """Seconds per stage in this process so far, the running stage included."""
+        out = dict(self.stage_seconds)
+        if self.current is not None:
+            out[self.current] = out.get(self.current, 0.0) + time.perf_counter() - self._stage_t0
+        return out
+
+    def stage(self, name: str, index: int, *, reused: bool = False) -> None:
+        """Start stage ``name`` (``index`` in STAGES); ``reused``: its result comes from the interrupted build."""
+        self._end_current()
+        if self.on_tick is not None:
+            self.on_tick()  # the time of the stage that just ended is on disk before the next one starts
         self._base = sum(STAGE_WEIGHTS[s] for s in STAGES[:index])
+        if index >= 1:
+            self._start_bar()
+        label = f"stage {index + 1}/{len(STAGES)}: {name}"
         if self.progress is not None:
-            self.progress.update(self.overall, completed=self._base,
-                                 description=f"stage {index + 1}/{len(STAGES)}: {name}", info="")
-            if not self.progress.console.is_terminal:  # logs (CI, files): one plain line per stage
-                self.progress.console.print(f"[{time.strftime('%H:%M:%S')}] stage {index + 1}/{len(STAGES)}: {name}")
+            self.progress.update(self.overall, completed=self._base, description=label, info="")
+        if reused:
+            self._line(f"{label}: reused from the interrupted build")
+            return
+        self.current, self.index, self.info, self._stage_t0 = name, index, "", time.perf_counter()
+        if self.progress is None:
+            self._line(label)
+
+    def finish(self) -> None:
+        """End the last stage (prints its time)."""
+        self._end_current()
 
     def fraction(self, name: str, frac: float, info: str = "") -> None:
-        """Progress inside the current stage (0..1)."""
+        """Progress inside the current stage (0..1) and its latest status (shown by the heartbeat)."""
+        if info:
+            self.info = info
         if self.progress is not None:
             frac = min(max(frac, 0.0), 1.0)
             self.progress.update(self.overall, completed=self._base + frac * STAGE_WEIGHTS[name], info=info)
 
     def log(self, message: str) -> None:
-        if self.progress is not None:
-            self.progress.console.log(message)
-        elif self.enabled:
-            print(message, flush=True)
+        self._line(message)
+
+
+@contextlib.contextmanager
+def _quiet_libraries():
+    """No third-party progress bars or INFO lines in a build's output (transformers' "Loading weights" and "Writing
+    model shards" bars, huggingface_hub downloads, onnxruntime tools' INFO logging); restored afterwards."""
+    undo: list[Callable[[], None]] = []
+    try:
+        from transformers.utils import logging as hf_logging
+
+        was_bar, level = hf_logging.is_progress_bar_enabled(), hf_logging.get_verbosity()
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+        undo.append(lambda: (hf_logging.enable_progress_bar() if was_bar else None,
+                             hf_logging.set_verbosity(level)))
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        pass
+    try:
+        from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+
+        if not are_progress_bars_disabled():
+            disable_progress_bars()
+            undo.append(enable_progress_bars)
+    except ImportError:  # pragma: no cover
+        pass
+    try:
+        yield
+    finally:
+        for fn in reversed(undo):
+            fn()
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -221,9 +343,19 @@ class _Display:
 # ---------------------------------------------------------------------------------------------------------------------
 @dataclass
 class _State:
+    """The build folder's bookkeeping under ``OUT/.edgeprune/``: finished stages, the lock, and the time every
+    process spent on this build (``sessions.json``, updated every few seconds, so a killed process counts too)."""
+
     out: Path
     cfg: BuildConfig
     done: dict[str, dict] = field(default_factory=dict)
+    lock: Any = None
+    created: bool = False  # this process created OUT
+    sessions: list[dict] = field(default_factory=list)  # earlier processes of this build
+    t0: float = field(default_factory=time.perf_counter)  # this process's start
+    started: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    closed: bool = False  # the folder was given back (failed start): the ticker must not write into it again
+    _tick_lock: Any = field(default_factory=threading.Lock, repr=False)
 
     @property
     def dir(self) -> Path:
@@ -234,40 +366,188 @@ class _State:
             p = self.dir / f"{stage}.json"
             if p.is_file():
                 self.done[stage] = json.loads(p.read_text())
+        p = self.dir / "sessions.json"
+        if p.is_file():
+            try:
+                self.sessions = list(json.loads(p.read_text()).get("sessions", []))
+            except (json.JSONDecodeError, AttributeError):
+                self.sessions = []
 
     def save(self, stage: str, result: dict) -> dict:
-        tmp = self.dir / f"{stage}.json.tmp"
-        tmp.write_text(json.dumps(result, indent=2, default=str) + "\n")
-        tmp.replace(self.dir / f"{stage}.json")  # atomic: a stage is either recorded whole or not at all
+        from .output.folder import atomic_write_text
+
+        # atomic: a stage is either recorded whole or not at all
+        atomic_write_text(self.dir / f"{stage}.json", json.dumps(result, indent=2, default=str) + "\n")
         self.done[stage] = result
         return result
 
+    def _mine(self, stages: dict[str, float]) -> dict:
+        return {"pid": os.getpid(), "started": self.started, "seconds": round(time.perf_counter() - self.t0, 2),
+                "stages_s": {k: round(v, 2) for k, v in stages.items()}}
 
-def _prepare_out(cfg: BuildConfig) -> _State:
-    out = Path(cfg.out)
-    state = _State(out, cfg)
-    marker = state.dir / "config.json"
-    if out.exists() and any(out.iterdir()):
-        if cfg.resume:
-            if not marker.is_file():
-                raise EdgepruneError(f"{out} is not an edgeprune build folder; cannot --resume there")
-            old = json.loads(marker.read_text())
-            if old != cfg.fingerprint():
-                diff = sorted(k for k in set(old) | set(cfg.fingerprint()) if old.get(k) != cfg.fingerprint().get(k))
-                raise EdgepruneError(f"{out} was built with other settings ({', '.join(diff)}); "
-                                     "use the same settings to --resume, or --overwrite")
+    def tick(self, stages: dict[str, float]) -> None:
+        """Record this process's time so far (called every few seconds and at each stage)."""
+        from .output.folder import atomic_write_text
+
+        with self._tick_lock:
+            if not self.closed:
+                atomic_write_text(self.dir / "sessions.json",
+                                  json.dumps({"sessions": self.sessions + [self._mine(stages)]}, indent=2) + "\n")
+
+    def timing(self, stages: dict[str, float]) -> dict:
+        """The whole build's time: every process that worked on it (an interrupted one up to its last tick)."""
+        all_sessions = self.sessions + [self._mine(stages)]
+        per_stage: dict[str, float] = {}
+        for sess in all_sessions:
+            for k, v in sess.get("stages_s", {}).items():
+                per_stage[k] = per_stage.get(k, 0.0) + float(v)
+        return {"wall_s": round(sum(float(x.get("seconds", 0.0)) for x in all_sessions), 1),
+                "processes": len(all_sessions), "this_process_s": round(time.perf_counter() - self.t0, 1),
+                "stages_s": {k: round(per_stage[k], 1) for k in STAGES if k in per_stage}}
+
+    def release(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+
+
+def _folder_entries(out: Path) -> tuple[list[Path], list[str], bool]:
+    """(entries other than the state folder, stages recorded, whether the state folder has a config marker)."""
+    if not out.is_dir():
+        return [], [], False
+    others = [p for p in out.iterdir() if p.name != STATE_DIR]
+    state = out / STATE_DIR
+    stages = [s for s in STAGES if (state / f"{s}.json").is_file()]
+    return others, stages, (state / "config.json").is_file()
+
+
+def _check_out(cfg: BuildConfig) -> str:
+    """Decide, without writing anything, how ``cfg.out`` will be used: "fresh", "resume" or "overwrite".
+
+    A folder whose build never got past the task stage (a failed start) counts as empty: nothing in it is worth
+    keeping, so it never blocks the next run.
+
+    Raises:
+        OutputFolderError: the path cannot be created, another live build uses it, it holds something that is not an
+            edgeprune build, or a build there conflicts with the request (settings differ, finished, unfinished).
+    """
+    from .output.folder import LOCK_NAME, FolderLock, check_out_path
+
+    out = check_out_path(cfg.out, "out")
+    FolderLock(out / STATE_DIR / LOCK_NAME, out).refuse_if_held()
+    others, stages, marked = _folder_entries(out)
+    worth_keeping = bool(others) or (marked and set(stages) - {"task"})
+    if cfg.resume:
+        if not worth_keeping:
+            return "fresh"  # nothing to continue: start (the same command works either way)
+        if not marked:
+            raise OutputFolderError(f"{out} is not an edgeprune build folder; cannot {arg('resume')} there")
+        old = json.loads((out / STATE_DIR / "config.json").read_text())
+        now = cfg.fingerprint()
+        if old != now:
+            diff = sorted(k for k in set(old) | set(now) if old.get(k) != now.get(k))
+            raise OutputFolderError(
+                f"{out} was built with other settings ({', '.join(diff)}); use the same settings to "
+                f"{arg('resume')}, or {arg('overwrite')} to start again")
+        return "resume"
+    if not worth_keeping:
+        return "fresh"
+    if not marked:
+        if cfg.overwrite:
+            raise OutputFolderError(f"{out} is not an edgeprune build folder; refusing to delete it (choose another "
+                                    f"{arg('out')})")
+        raise OutputFolderError(f"{out} exists, is not empty and is not an edgeprune build folder; choose another "
+                                f"{arg('out')}")
+    if cfg.overwrite:
+        return "overwrite"
+    if "report" in stages:
+        raise OutputFolderError(f"{out} holds a finished build: pass {flag('overwrite')} to replace it, or choose "
+                                f"another {arg('out')}")
+    raise OutputFolderError(f"{out} holds an unfinished build (stages done: {', '.join(stages) or 'none'}): pass "
+                            f"{flag('resume')} to continue it with the same settings, or {flag('overwrite')} to "
+                            "start again")
+
+
+def _claim_out(cfg: BuildConfig, t0: Optional[float] = None) -> _State:
+    """Take ``cfg.out`` for this build, after the inputs were validated: create it, lock it, then (under the lock)
+    check it again, clear it for a fresh start, or load the interrupted build and remove its partial files."""
+    from .output.folder import LOCK_NAME, FolderLock, atomic_write_text, remove_tree
+
+    out = Path(cfg.out).expanduser()
+    created = not out.exists()
+    try:
+        (out / STATE_DIR).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputFolderError(f"{arg('out')} {cfg.out}: cannot be created ({exc.strerror or exc})") from None
+    lock = FolderLock(out / STATE_DIR / LOCK_NAME, out)
+    lock.acquire()  # if another build holds it, nothing here is ours to remove
+    try:
+        mode = _check_out(cfg)  # again, under the lock: another build may have used the folder meanwhile
+        state = _State(out, cfg, lock=lock, created=created)
+        if t0 is not None:
+            state.t0 = t0  # the time spent validating before the claim counts too
+        if mode == "resume":
             state.load()
-            return state
-        if not cfg.overwrite:
-            raise EdgepruneError(f"{out} exists and is not empty: pass --resume to continue it or --overwrite "
-                                 "to replace it")
-        if marker.is_file() or not any(p for p in out.iterdir() if p.name != STATE_DIR):
-            shutil.rmtree(out)
+            _remove_partial_files(state)
         else:
-            raise EdgepruneError(f"{out} is not an edgeprune build folder; refusing to delete it (choose --out)")
-    state.dir.mkdir(parents=True, exist_ok=True)
-    marker.write_text(json.dumps(cfg.fingerprint(), indent=2) + "\n")
-    return state
+            for p in out.iterdir():
+                if p.name != STATE_DIR:
+                    remove_tree(p)
+            for p in (out / STATE_DIR).iterdir():
+                if p.name != LOCK_NAME:
+                    remove_tree(p)
+            atomic_write_text(state.dir / "config.json", json.dumps(cfg.fingerprint(), indent=2) + "\n")
+        return state
+    except BaseException:
+        lock.release()
+        if created:
+            remove_tree(out)
+        raise
+
+
+def _remove_partial_files(state: _State) -> list[str]:
+    """Files an interrupted stage may have left half written (they are rebuilt): the bundle's temporary folder,
+    temporary files of atomic writes, and the scratch folders of the stages that did not finish."""
+    from .output.folder import remove_tree
+
+    removed = []
+    for p in list(state.out.glob(".bundle.tmp-*")) + list(state.out.glob(".*.tmp")) + \
+            list(state.dir.glob(".*.tmp")) + list(state.dir.glob("*.tmp")):
+        remove_tree(p)
+        removed.append(p.name)
+    scratch = {"search": "dense-int8-preset", "measure": "dense"}
+    for stage, name in scratch.items():
+        if stage not in state.done and (state.dir / name).exists():
+            remove_tree(state.dir / name)
+            removed.append(f"{STATE_DIR}/{name}")
+    if "export" not in state.done and (state.out / "bundle").exists():
+        # export_bundle moves the finished bundle into place by a rename, so a bundle here is whole; it is rebuilt
+        # anyway (the export stage is recorded after the rename) and removed so no stale bundle lingers meanwhile.
+        remove_tree(state.out / "bundle")
+        removed.append("bundle")
+    return removed
+
+
+def _release_failed_start(state: _State) -> None:
+    """After a failure before anything worth keeping was built (only the task stage): leave nothing that blocks
+    the next run."""
+    from .output.folder import remove_tree
+
+    if set(state.done) - {"task"}:
+        return
+    with state._tick_lock:
+        state.closed = True
+    remove_tree(state.dir / "config.json")
+    for stage in STAGES:
+        remove_tree(state.dir / f"{stage}.json")
+    remove_tree(state.dir / "sessions.json")
+    remove_tree(state.out / "latency_table.json")
+    state.release()
+    try:
+        state.dir.rmdir()
+        if state.created:
+            state.out.rmdir()
+    except OSError:
+        pass  # something else is in there: leave it
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -293,6 +573,7 @@ def _split_user_data(cfg: BuildConfig, label2id: dict) -> tuple[Any, Any, dict]:
     data = load_dataset(cfg.data, **kw)
     if cfg.certify_data:
         certify = load_dataset(cfg.certify_data, **kw)
+        _check_same_labels(cfg, data, certify)
         return data, certify, {"search": {"source": str(cfg.data), "size": len(data)},
                                "certify": {"source": str(cfg.certify_data), "size": len(certify)}}
     # Ids from position + content: the split is deterministic for a file and seed, and disjoint by construction.
@@ -309,13 +590,37 @@ def _split_user_data(cfg: BuildConfig, label2id: dict) -> tuple[Any, Any, dict]:
     return search, certify, info
 
 
+def _label_names(ds) -> list[str]:
+    names = ds.id2label or {}
+    return [names.get(i, str(i)) for i in sorted(set(ds.labels))]
+
+
+def _check_same_labels(cfg: BuildConfig, data, certify) -> None:
+    """The certify file must use the classes the search data uses: a class only one of them has means two
+    different tasks (or a column mix-up), and a bound certified on such a pair promises nothing."""
+    a, b = set(data.labels), set(certify.labels)
+    if b - a:
+        raise EdgepruneError(
+            f"{arg('certify_data')} {cfg.certify_data} has labels {_label_names(certify)} but {arg('data')} "
+            f"{cfg.data} has {_label_names(data)}: the certify data must be labelled like the search data")
+    if a - b:
+        raise EdgepruneError(
+            f"{arg('certify_data')} {cfg.certify_data} has no example of label(s) "
+            f"{[ (data.id2label or {}).get(i, str(i)) for i in sorted(a - b)]} that {arg('data')} {cfg.data} has "
+            f"({_label_names(data)}): certify on data labelled like the search data")
+
+
 def _stage_task(cfg: BuildConfig, show: bool) -> _Task:
     if cfg.model is None:
         from .task.default import default_task
 
         task = default_task(progress=show)
+        max_len = task.manifest.get("spec", {}).get("max_seq_len")
         info = {"default_task": True, "model_dir": str(task.model_dir), "splits": task.data.record(),
-                "finetune_accuracy": task.accuracy}
+                "finetune_accuracy": task.accuracy, "finetune_accuracy_max_length": max_len,
+                "finetune_accuracy_note": f"measured once after fine-tuning, at the fine-tuning length ({max_len} "
+                                          "tokens); accuracy.baseline is the same model on the certify split at the "
+                                          "profile's seq_len, so the two can differ slightly"}
         return _Task(str(task.model_dir), task.search, task.certify, info)
     from .task.modeling import load_config
 
@@ -629,51 +934,214 @@ def _plot(state: _State, report: dict) -> None:
 # ---------------------------------------------------------------------------------------------------------------------
 # the job
 # ---------------------------------------------------------------------------------------------------------------------
-def build(config: BuildConfig | None = None, *, progress: bool = True, **kwargs) -> dict:
+def _host_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def _check_inputs(cfg: BuildConfig, prof, model, task: _Task) -> list[str]:
+    """Inputs checked against each other before the output folder is claimed. Returns warnings for the report.
+
+    Raises:
+        EdgepruneError: a latency table measured for another model shape, profile, batch, sequence length or
+            precision; the model's labels and the data's disagree (integer labels outside ``id2label``).
+    """
+    from .adapters import get_adapter
+    from .errors import MeasureError
+
+    warnings = []
+    cores = _host_cores()
+    if prof.threads > cores:
+        warnings.append(f"profile {prof.name} asks for {prof.threads} threads; this host has {cores} cores, so "
+                        f"{cores} were used: latencies here are {cores}-thread latencies")
+    n_model = int(getattr(model.config, "num_labels", 0) or 0)
+    n_data = max(max(task.search.labels, default=0), max(task.certify.labels, default=0)) + 1
+    if n_model and n_data > n_model:
+        raise EdgepruneError(f"{arg('data')} {cfg.data}: label id {n_data - 1} but the model has {n_model} classes "
+                             f"(ids 0..{n_model - 1}; its config's id2label)")
+    if cfg.latency_table:
+        from .latency.table import check_lut, load_lut
+
+        adapter = get_adapter(model)
+        layout = adapter.layout(model)
+        lut = load_lut(cfg.latency_table)
+        where = f"{arg('latency_table')} {cfg.latency_table}"
+        try:
+            check_lut(lut, layout.heads_per_layer, ffn_sizes=adapter.ffn_sizes(model))
+        except MeasureError as exc:
+            raise MeasureError(f"{where}: {exc} (measured for another model; measure one with `edgeprune lut "
+                               f"--model {cfg.model or 'MODEL'} --profile {prof.name}`)") from None
+        m = lut.get("model", {})
+        if m.get("hidden_size") not in (None, layout.hidden_size):
+            raise MeasureError(f"{where}: measured for hidden size {m.get('hidden_size')}, the model has "
+                               f"{layout.hidden_size} (another model)")
+        st = lut.get("settings", {})
+        for key, want in (("profile", prof.name), ("batch", prof.batch), ("seq_len", prof.seq_len),
+                          ("precision", prof.precision)):
+            if key in st and st[key] != want:
+                raise MeasureError(f"{where}: measured with {key} {st[key]!r}, but profile {prof.name} uses "
+                                   f"{want!r}; measure it with this profile (`edgeprune lut --profile {prof.name}`)")
+        asked = st.get("threads_requested", st.get("threads"))
+        used = st.get("threads")
+        if asked is not None and int(asked) != prof.threads and int(used or 0) != prof.threads:
+            warnings.append(f"the latency table {cfg.latency_table} was measured with {used} threads; profile "
+                            f"{prof.name} runs {prof.threads}")
+    return warnings
+
+
+def build(config: BuildConfig | None = None, *, progress: bool = True, heartbeat_s: float = 30.0,
+          **kwargs) -> dict:
     """Run the whole job and return the report dict (also written to ``OUT/report.json``).
+
+    Inputs are validated (profile, output path, data, model, latency table, and against each other) before the
+    output folder is claimed; a build that fails there leaves nothing behind. The folder is locked while the build
+    runs. An interrupted build (Ctrl-C, a crash, a kill) continues with ``resume=True`` and produces the same plan
+    and bundle.
 
     Args:
         config: a :class:`BuildConfig`; or pass its fields as keyword arguments.
-        progress: show the progress display.
+        progress: show the progress display (stderr).
+        heartbeat_s: seconds between status lines during a stage when stderr is not a terminal.
 
     Raises:
-        EdgepruneError: bad input; CertificationError when no plan meets the bound (nothing shipped, unless forced).
+        EdgepruneError: bad input; CertificationError when no plan meets the bound (nothing shipped, unless forced);
+            SystemRefusedError when a write fails for lack of space or permission (partial files removed).
+        BuildInterrupted: Ctrl-C (a KeyboardInterrupt whose message says how to resume).
     """
     from .profiles import load_profile
     from .output.report import write_report
 
     cfg = config if config is not None else BuildConfig(**kwargs)
-    load_profile(cfg.profile)  # fail before any work on a bad profile
-    state = _prepare_out(cfg)
+    prof = load_profile(cfg.profile)  # fail before any work on a bad profile
     t0 = time.perf_counter()
-    # The task stage may fine-tune (its own progress bar) before the build display starts.
-    task = _stage_task(cfg, progress)
-    if "task" not in state.done:
-        state.save("task", task.info)
-    model, tokenizer = _load(cfg, task.model_dir)
-    with _Display(progress) as display:
-        display.stage("preflight", 1)
-        pre = state.done.get("preflight") or state.save(
-            "preflight", _stage_preflight(cfg, state, model, tokenizer, task, display))
-        display.log("pre-flight: " + pre["preflight"]["message"])
-        display.stage("lut", 2)
-        lut = state.done.get("lut") or state.save("lut", _stage_lut(cfg, state, model, display))
-        display.stage("search", 3)
-        search = state.done.get("search") or state.save(
-            "search", _stage_search(cfg, state, model, tokenizer, task, lut["path"], pre["shipped_predictions"],
-                                    display))
-        display.stage("export", 4)
-        export = state.done.get("export") or state.save(
-            "export", _stage_export(cfg, state, task.model_dir, task, search["plan"], display))
-        display.stage("measure", 5)
-        model, _ = _load(cfg, task.model_dir)  # the search made the model's attention fusable: start clean
-        if "measure" not in state.done:
-            state.save("measure", _stage_measure(cfg, state, model, export, display))
-        display.stage("report", 6)
-        report = _assemble(cfg, state, model, state.done["task"])
-        report["wall_s"] = round(time.perf_counter() - t0, 1)
-        write_report(report, state.out)
-        _plot(state, report)
-        display.fraction("report", 1.0, "done")
+    _check_out(cfg)  # fail before any work on an unusable or busy --out (writes nothing)
+    display = _Display(progress, heartbeat_s=heartbeat_s)
+    state: Optional[_State] = None
+    with _quiet_libraries(), display:
+        try:
+            display.stage("task", 0)
+            # The default task may fine-tune once (its own progress bar, in a terminal only).
+            task = _stage_task(cfg, progress and display.terminal)
+            model, tokenizer = _load(cfg, task.model_dir)
+            warnings = _check_inputs(cfg, prof, model, task)
+            for w in warnings:
+                display.log(f"WARNING: {w}")
+            state = _claim_out(cfg, t0)
+            if state.lock.recovered:
+                display.log(f"took over a stale lock of {state.out} (pid {state.lock.recovered.get('pid')} "
+                            "no longer runs)")
+            display.on_tick = lambda: state.tick(display.current_seconds())
+            state.tick(display.current_seconds())
+            if "task" not in state.done:
+                state.save("task", task.info)
+            display.stage("preflight", 1, reused="preflight" in state.done)
+            pre = state.done.get("preflight") or state.save(
+                "preflight", _stage_preflight(cfg, state, model, tokenizer, task, display))
+            display.log("pre-flight: " + pre["preflight"]["message"])
+            display.stage("lut", 2, reused="lut" in state.done)
+            lut = state.done.get("lut") or state.save("lut", _stage_lut(cfg, state, model, display))
+            display.stage("search", 3, reused="search" in state.done)
+            search = state.done.get("search") or state.save(
+                "search", _stage_search(cfg, state, model, tokenizer, task, lut["path"], pre["shipped_predictions"],
+                                        display))
+            display.stage("export", 4, reused="export" in state.done)
+            export = state.done.get("export") or state.save(
+                "export", _stage_export(cfg, state, task.model_dir, task, search["plan"], display))
+            display.stage("measure", 5, reused="measure" in state.done)
+            model, _ = _load(cfg, task.model_dir)  # the search made the model's attention fusable: start clean
+            if "measure" not in state.done:
+                state.save("measure", _stage_measure(cfg, state, model, export, display))
+            display.stage("report", 6)
+            report = _assemble(cfg, state, model, state.done["task"])
+            _add_build_facts(report, state, prof, warnings, display.current_seconds())
+            write_report(report, state.out)
+            _plot(state, report)
+            display.fraction("report", 1.0, "done")
+            display.finish()
+            state.tick(display.current_seconds())
+            state.save("report", {"wall_s": report["wall_s"]})
+        except KeyboardInterrupt:
+            stage = display.current or "start"
+            display.finish()
+            kept = state is not None and bool(set(state.done) - {"task"})
+            if state is not None:
+                state.tick(display.current_seconds())
+                _release_failed_start(state)
+            how = (f"continue it with the same command plus {flag('resume')}" if kept else
+                   f"nothing worth keeping was built yet: run the same command again ({flag('resume')} works too)")
+            raise BuildInterrupted(f"interrupted during stage {stage}; {how}"
+                                   + (f" (finished stages and the search journal are kept in {state.out})"
+                                      if kept else "")) from None
+        except BaseException as exc:
+            stage = display.current or "start"
+            if state is not None:
+                with contextlib.suppress(Exception):
+                    state.tick(display.current_seconds())
+                    _remove_partial_files(state)
+                if isinstance(exc, EdgepruneError):
+                    _release_failed_start(state)
+            refusal = None if isinstance(exc, EdgepruneError) else _system_refusal(exc, state, cfg)
+            if refusal is not None:
+                from .output.folder import system_refused
+
+                kept = state is not None and bool(set(state.done) - {"task"})
+                raise system_refused(refusal, f"stage {stage}",
+                                     "partial files were removed" + (
+                                         f"; the finished stages are kept: {flag('resume')} continues" if kept
+                                         else "")) from exc
+            raise
+        finally:
+            display.on_tick = None
+            if state is not None:
+                state.release()
     shutil.rmtree(state.dir / "dense", ignore_errors=True)  # large intermediate files; sizes are in the report
     return report
+
+
+def _space_needed(cfg: BuildConfig, state: _State) -> int:
+    """A rough upper estimate of the room the remaining stages need in OUT: ~4x the model's weights (FP32 and INT8
+    ONNX files of the candidates, the .ort file, the dense files the measurement compares)."""
+    model_dir = Path(str(state.done.get("task", {}).get("model_dir") or cfg.model or ""))
+    weights = sum(p.stat().st_size for p in model_dir.glob("*.safetensors")) if model_dir.is_dir() else 0
+    return 4 * weights + 2**20
+
+
+def _system_refusal(exc: BaseException, state: Optional[_State], cfg: BuildConfig):
+    """The OSError behind a failure that is the system's refusal, else None. A full disk does not always surface as
+    ENOSPC: libraries that write through C++ (onnx shape inference, torch's exporter) may leave a truncated file and
+    fail later on reading it, so a failure with less room left than the build needs is reported as a full disk."""
+    import errno
+
+    from .output.folder import is_system_refusal
+
+    found = is_system_refusal(exc)
+    if found is not None or state is None:
+        return found
+    try:
+        free = shutil.disk_usage(state.out).free
+    except OSError:
+        return None
+    need = _space_needed(cfg, state)
+    if free >= need:
+        return None
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+    return OSError(errno.ENOSPC, f"No space left on device (most likely: {free / 2**20:.1f} MiB free on its file "
+                                 f"system, the build needs about {need / 2**20:.0f} MiB; the library's error was "
+                                 f"{type(exc).__name__}: {first})", str(state.out))
+
+
+def _add_build_facts(report: dict, state: _State, prof, warnings: list[str], stages: dict[str, float]) -> None:
+    """What the orchestration knows: time over every process of the build, threads asked vs used, input
+    warnings."""
+    timing = state.timing(stages)
+    report["wall_s"] = timing["wall_s"]
+    report["timing"] = timing
+    if "search" in timing["stages_s"] and isinstance(report.get("search"), dict):
+        report["search"]["wall_s"] = timing["stages_s"]["search"]  # every process's share, not the last one's
+    settings = report.get("latency_ms", {}).get("settings")
+    if isinstance(settings, dict):
+        settings["threads_requested"] = prof.threads
+    report.setdefault("warnings", [])
+    report["warnings"] = list(warnings) + [w for w in report["warnings"] if w not in warnings]

@@ -69,7 +69,7 @@ def test_build_end_to_end(tiny_task, tmp_path):
     _readme_snippet_runs(out / "bundle")
 
     # A finished build is not overwritten silently; --resume reuses every stage.
-    with pytest.raises(EdgepruneError, match="--resume"):
+    with pytest.raises(EdgepruneError, match="finished build: pass overwrite=True"):
         build(_cfg(tiny_task, out), progress=False)
     again = build(_cfg(tiny_task, out, resume=True), progress=False)
     assert again["heads"] == report["heads"] and again["latency_ms"]["final"] == report["latency_ms"]["final"]
@@ -78,11 +78,11 @@ def test_build_end_to_end(tiny_task, tmp_path):
 
 
 def test_bad_inputs_have_clear_errors(tiny_task, tmp_path):
-    with pytest.raises(EdgepruneError, match="both --model and --data"):
+    with pytest.raises(EdgepruneError, match="both model and data"):
         BuildConfig(model=str(tiny_task / "model"))
     with pytest.raises(EdgepruneError, match="accuracy points"):
         _cfg(tiny_task, tmp_path / "o", max_drop_pts=-1)
-    with pytest.raises(EdgepruneError, match="unknown --algorithm"):
+    with pytest.raises(EdgepruneError, match="unknown algorithm"):
         _cfg(tiny_task, tmp_path / "o", algorithm="dfs")
     with pytest.raises(EdgepruneError, match="no such folder"):
         _cfg(tiny_task, tmp_path / "o", model="./nope")

@@ -149,7 +149,7 @@ def test_missing_named_text_column_lists_columns(tmp_path):
     with pytest.raises(DataError) as err:
         load_dataset(path, text_column="body")
     assert str(err.value) == f"{path}: no text column 'body'; columns found: 'review', 'label'"
-    with pytest.raises(DataError, match=r"no text column \(tried 'text', 'sentence'; pass text_column=...\)"):
+    with pytest.raises(DataError, match=r"no text column \(tried 'text', 'sentence'; name it with text_column\)"):
         load_dataset(path)
 
 

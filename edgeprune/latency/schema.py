@@ -463,10 +463,14 @@ def _ffn_problem(lut: dict[str, Any]) -> Optional[str]:
 
 
 def save_lut(lut: dict[str, Any], path: Union[str, Path]) -> Path:
-    """Write a LUT (or measurements) as indented JSON; returns the path."""
+    """Write a LUT (or measurements) as indented JSON, atomically (never seen half written); returns the path."""
+    import os
+
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_text(json.dumps(lut, indent=2))
+    tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(lut, indent=2))
+    tmp.replace(p)
     return p
 
 

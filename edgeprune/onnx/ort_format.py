@@ -47,14 +47,27 @@ def to_ort_format(onnx_path: str | Path, out_dir: str | Path, *, optimization_st
         for f in onnx_files(onnx_path):
             shutil.copy2(f, work / f.name)
         console = io.StringIO()
+        # The tool's loggers log INFO lines ("Created config in /tmp/...") through handlers that hold the real
+        # stderr, which the redirection below cannot catch: raise their level for the call.
+        import logging
+
+        loggers = [logging.getLogger(n) for n in list(logging.root.manager.loggerDict) if n.startswith("ort_format")]
+        levels = [lg.level for lg in loggers]
         try:
+            for lg in loggers:
+                lg.setLevel(logging.WARNING)
             with contextlib.redirect_stdout(console), contextlib.redirect_stderr(console):
                 convert_onnx_models_to_ort(work / onnx_path.name, output_dir=Path(tmp) / "out",
                                            optimization_styles=[OptimizationStyle[optimization_style]],
                                            target_platform=target_platform,
                                            custom_op_library_path=Path(custom_op_library) if custom_op_library else None)
+        except OSError:
+            raise  # no space, permission: the caller reports the system's refusal, not a failed conversion
         except Exception as exc:  # noqa: BLE001 - the tool raises plain exceptions; keep its output for the user
             raise VerificationError(f"ORT format conversion failed: {exc}\n{console.getvalue()[-2000:]}") from exc
+        finally:
+            for lg, level in zip(loggers, levels):
+                lg.setLevel(level)
         produced = list((Path(tmp) / "out").rglob("*"))
         ort_files = [p for p in produced if p.suffix == ".ort"]
         cfgs = [p for p in produced if p.name.endswith(".config") and "required_operators" in p.name]

@@ -187,7 +187,7 @@ def export_bundle(
             ``ort``, ``write``; ``recovery`` with ``recovery_data``); used by tests to interrupt an export.
         recovery_data: fit data for retraining-free recovery (:mod:`edgeprune.recovery.scale`: least-squares re-fit of the
             kept heads' and FFN neurons' scales, folded into the weights). Pass the *search* split, never the
-            certify split. Each plan attempted (fallbacks too) is fitted and folded into a copy of the unpruned model
+            certify split. Each plan tested (every plan of the sequence) is fitted and folded into a copy of the unpruned model
             before surgery; parity checks compare against that folded model, while certification still pairs
             against the original model's predictions. ``None`` = no recovery.
         recovery_examples: examples of ``recovery_data`` used for the fit (an evenly strided subset).

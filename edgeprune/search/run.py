@@ -358,10 +358,9 @@ def shipped_dense_predictions(model: Any, tokenizer: Any, data: Any, profile: An
 
 def write_plan(result: SearchResult, out: Union[str, Path]) -> Path:
     """Write ``result.to_dict()`` as JSON to ``out``; returns the path."""
-    p = Path(out)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_text(json.dumps(result.to_dict(), indent=2))
-    return p
+    from edgeprune.output.folder import atomic_write_text
+
+    return atomic_write_text(out, json.dumps(result.to_dict(), indent=2))  # never seen half written
 
 
 __all__ = ["STRUCTURES", "analytic_latency", "default_block_size", "importance_per_ms", "resolve_latency", "run_search", "write_plan"]

@@ -12,6 +12,7 @@ folder is given.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 from collections import Counter
@@ -19,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
-from edgeprune.errors import DataError
+from edgeprune.errors import DataError, arg
 
 __all__ = [
     "TEXT_COLUMN_CANDIDATES",
@@ -216,7 +217,10 @@ def _read_delimited(path: Path, delimiter: str) -> _Rows:
     text = _read_text(path)
     if not text.strip():
         raise DataError(f"{path}: file is empty")
-    reader = csv.reader(text.splitlines(keepends=True), delimiter=delimiter)
+    # A file object, not str.splitlines(): that also splits at form feeds, U+2028 and other characters that are
+    # not line ends for CSV, cutting such a row in two. Quoted fields may span lines (the row is located by its
+    # first line; csv's line_num is its last).
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
     try:
         header = next(reader)
     except csv.Error as exc:
@@ -230,6 +234,7 @@ def _read_delimited(path: Path, delimiter: str) -> _Rows:
     records: list[tuple[str, Mapping[str, Any]]] = []
     row_no = 0
     while True:
+        first = reader.line_num + 1
         try:
             values = next(reader)
         except StopIteration:
@@ -239,9 +244,16 @@ def _read_delimited(path: Path, delimiter: str) -> _Rows:
         if not values or all(not v.strip() for v in values):
             continue  # blank line between rows: not an example
         row_no += 1
+        last = reader.line_num
+        lines = f"line {first}" if last == first else f"lines {first}-{last}"
+        if last > first and len(values) < len(header):
+            # A quoted field ran over line ends and the row came out short: almost always a quote never closed.
+            raise DataError(f"{path}: row {row_no} ({lines}): a quoted field opened on line {first} runs to line "
+                            f"{last} and the row has {len(values)} of {len(header)} columns; check for an unclosed "
+                            "quote (quoted fields may contain line breaks, but must end with a quote)")
         # Missing trailing fields stay absent (reported as "missing value" by _build); extra fields are ignored.
         rec = {h: v for h, v in zip(header, values)}
-        records.append((f"row {row_no} (line {reader.line_num})", rec))
+        records.append((f"row {row_no} ({lines})", rec))
     if not records:
         raise DataError(f"{path}: has a header ({', '.join(header)}) but no data rows")
     return _Rows(columns=header, records=records)
@@ -294,7 +306,8 @@ def _resolve_columns(
             pair = next((p for p in TEXT_PAIR_COLUMN_CANDIDATES if p[0] in columns and p[1] in columns), None)
             if pair is None:
                 raise DataError(
-                    f"{source}: no text column (tried {_list(TEXT_COLUMN_CANDIDATES)}; pass text_column=...); {found}"
+                    f"{source}: no text column (tried {_list(TEXT_COLUMN_CANDIDATES)}; name it with "
+                    f"{arg('text_column')}); {found}"
                 )
             text_column = pair[0]
             if text_pair_column is None:
@@ -308,7 +321,8 @@ def _resolve_columns(
         label_column = next((c for c in LABEL_COLUMN_CANDIDATES if c in columns), None)
         if label_column is None:
             raise DataError(
-                f"{source}: no label column (tried {_list(LABEL_COLUMN_CANDIDATES)}; pass label_column=...); {found}"
+                f"{source}: no label column (tried {_list(LABEL_COLUMN_CANDIDATES)}; name it with "
+                f"{arg('label_column')}); {found}"
             )
     return text_column, text_pair_column, label_column
 

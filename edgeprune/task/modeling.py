@@ -44,6 +44,11 @@ def load_config(name_or_path: str | Path):
     return config
 
 
+# Files one of which a tokenizer folder has (fast tokenizers, WordPiece, BPE, SentencePiece variants).
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model",
+                   "spm.model", "tokenizer.model")
+
+
 def load_model(name_or_path: str | Path, *, num_labels: int | None = None, allow_pickle: bool = False,
                with_tokenizer: bool = True):
     """Load a sequence-classification model (and its tokenizer) from a folder or a hub id.
@@ -84,8 +89,16 @@ def load_model(name_or_path: str | Path, *, num_labels: int | None = None, allow
         except UnsupportedModelError:
             raise
         except Exception as exc:  # noqa: BLE001
-            raise EdgepruneError(f"cannot load model weights from {str(name_or_path)!r}: {exc}") from exc
+            text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            if "mismatch" in str(exc).lower():  # transformers' text points at a report it logged (silenced here)
+                text = ("the weights' tensor shapes differ from what its config.json describes (e.g. hidden_size); "
+                        "use the config the weights were saved with")
+            raise EdgepruneError(f"cannot load model weights from {str(name_or_path)!r}: {text}") from exc
     tokenizer = None
+    if with_tokenizer and path.is_dir() and not any((path / n).is_file() for n in TOKENIZER_FILES):
+        # transformers would build an empty-vocabulary tokenizer from the config alone: every word [UNK], silently.
+        raise EdgepruneError(f"{path} has no tokenizer files ({', '.join(TOKENIZER_FILES[:3])}, ...): save the "
+                             f"tokenizer next to the model (tokenizer.save_pretrained({str(path)!r}))")
     if with_tokenizer:
         try:
             tokenizer = AutoTokenizer.from_pretrained(str(name_or_path), trust_remote_code=False)
