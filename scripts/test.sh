@@ -21,7 +21,10 @@ if [ "${EDGEPRUNE_SKIP_ARM:-0}" != 1 ] && [ -f scripts/setup_arm_emu.sh ]; then
   fi
 fi
 echo "== test suite on $(.venv/bin/python -c 'import transformers as t; print("transformers", t.__version__)')"
-if [ -n "$MARK" ]; then .venv/bin/python -m pytest -q -m "$MARK"; else .venv/bin/python -m pytest -q; fi
+# Two workers, one test file each at a time (module fixtures such as the kill-and-resume reference build stay in one
+# worker); the suite is CPU-bound and single-threaded per test.
+PAR=(-n "${EDGEPRUNE_TEST_WORKERS:-2}" --dist loadfile)
+if [ -n "$MARK" ]; then .venv/bin/python -m pytest -q "${PAR[@]}" -m "$MARK"; else .venv/bin/python -m pytest -q "${PAR[@]}"; fi
 
 if [ "${EDGEPRUNE_SKIP_TF457:-0}" != 1 ]; then
   bash scripts/setup.sh .venv-tf457 "transformers>=4.57,<4.58" "optimum>=2.1,<2.2" "optimum-onnx==0.1.0"
@@ -30,5 +33,5 @@ if [ "${EDGEPRUNE_SKIP_TF457:-0}" != 1 ]; then
   TF457_TESTS=$(ls tests/test_adapters.py tests/test_modeling.py tests/test_real_minilm.py tests/test_ffn.py \
                    tests/test_export.py tests/test_bundle.py tests/test_evaluate.py tests/test_build.py \
                    tests/test_recovery.py tests/test_latency.py tests/test_families.py 2>/dev/null)
-  .venv-tf457/bin/python -m pytest -q -m "not arm" $TF457_TESTS
+  .venv-tf457/bin/python -m pytest -q "${PAR[@]}" -m "not arm" $TF457_TESTS
 fi

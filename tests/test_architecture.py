@@ -13,8 +13,8 @@ PACKAGE = ROOT / "edgeprune"
 STAGE_PACKAGES = ("adapters", "task", "search", "latency", "onnx", "certify", "recovery", "output")
 
 
-def _module_name(path: Path) -> str:
-    rel = path.relative_to(ROOT).with_suffix("")
+def _module_name(path: Path, root: Path = ROOT) -> str:
+    rel = path.relative_to(root).with_suffix("")
     parts = list(rel.parts)
     if parts[-1] == "__init__":
         parts = parts[:-1]
@@ -31,11 +31,12 @@ def _resolve(module: str, node: ast.ImportFrom, path: Path) -> str:
     return ".".join(base + ([node.module] if node.module else []))
 
 
-def private_reach_ins(paths) -> list[str]:
+def private_reach_ins(paths, root: Path = ROOT) -> list[str]:
     """``from other_module import _name`` and ``other_module._name`` for edgeprune modules other than the file's own."""
     problems = []
+    package = root / "edgeprune"
     for path in paths:
-        module = _module_name(path)
+        module = _module_name(path, root)
         tree = ast.parse(path.read_text(), filename=str(path))
         aliases: dict[str, str] = {}  # local name -> edgeprune module it refers to
         for node in ast.walk(tree):
@@ -45,7 +46,7 @@ def private_reach_ins(paths) -> list[str]:
                     continue
                 for alias in node.names:
                     if alias.name.startswith("_") and not alias.name.startswith("__") and source != module:
-                        problems.append(f"{path.relative_to(ROOT)}:{node.lineno}: imports {source}.{alias.name}")
+                        problems.append(f"{path.relative_to(root)}:{node.lineno}: imports {source}.{alias.name}")
                     aliases[alias.asname or alias.name] = f"{source}.{alias.name}"
             elif isinstance(node, ast.Import):
                 for alias in node.names:
@@ -55,8 +56,8 @@ def private_reach_ins(paths) -> list[str]:
             if isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__"):
                 if isinstance(node.value, ast.Name) and node.value.id in aliases:
                     target = aliases[node.value.id]
-                    if target != module and (PACKAGE / Path(*target.split(".")[1:])).with_suffix(".py").exists():
-                        problems.append(f"{path.relative_to(ROOT)}:{node.lineno}: uses {target}.{node.attr}")
+                    if target != module and (package / Path(*target.split(".")[1:])).with_suffix(".py").exists():
+                        problems.append(f"{path.relative_to(root)}:{node.lineno}: uses {target}.{node.attr}")
     return problems
 
 
@@ -65,14 +66,15 @@ def test_no_module_reaches_into_another_modules_private_names():
     assert private_reach_ins(paths) == []
 
 
-def test_the_lint_catches_a_reach_in(tmp_path, monkeypatch):
-    # The rule itself must be able to fail: a module importing another module's private helper is reported.
-    bad = PACKAGE / "search" / "_lint_probe_tmp.py"
+def test_the_lint_catches_a_reach_in(tmp_path):
+    # The rule itself must be able to fail: a module importing another module's private helper is reported. The probe
+    # lives in a copy of the layout under tmp_path (never in the package, which parallel test workers scan).
+    (tmp_path / "edgeprune" / "search").mkdir(parents=True)
+    (tmp_path / "edgeprune" / "latency").mkdir()
+    (tmp_path / "edgeprune" / "latency" / "table.py").write_text("def _model_info():\n    pass\n")
+    bad = tmp_path / "edgeprune" / "search" / "probe.py"
     bad.write_text("from edgeprune.onnx.export import _wrap\nfrom edgeprune.latency import table\nx = table._model_info\n")
-    try:
-        found = private_reach_ins([bad])
-    finally:
-        bad.unlink()
+    found = private_reach_ins([bad], root=tmp_path)
     assert any("edgeprune.onnx.export._wrap" in p for p in found)
     assert any("edgeprune.latency.table._model_info" in p for p in found)
 

@@ -279,7 +279,7 @@ def export_bundle(
             raise VerificationError(f"{ORT_FILE} differs from {MODEL_FILE} by {checks['ort_vs_onnx_max_abs_diff']:.3g}"
                                     f" > {ORT_VS_ONNX_ATOL}")
         step("write")
-        tokenizer.save_pretrained(str(bundle))
+        _canonical_tokenizer(tokenizer, seq_len).save_pretrained(str(bundle))
         (bundle / "config.json").write_text(json.dumps(_config_json(pruned, cand), indent=2, sort_keys=True) + "\n")
         from edgeprune.onnx.e2e import write_e2e  # string in, label out (model.e2e.onnx/.ort), or the reason it was skipped
 
@@ -327,6 +327,20 @@ def export_bundle(
     return BundleResult(out_dir=out_dir, plan=cand, plan_index=index,
                         certified=(cert.passed and not forced) if cert else None, forced=forced, certification=cert,
                         attempts=attempts, checks=checks, recovery=recovery_info, sequence=result.sequence)
+
+
+def _canonical_tokenizer(tokenizer: Any, max_length: int) -> Any:
+    """A copy of the tokenizer in a fixed state: a fast tokenizer's tokenizer.json records the truncation and padding
+    of its last call, so the bundle would otherwise depend on what ran before it (a resumed build that reused its
+    certification tests wrote a different file). Truncation at the bundle's length, no padding."""
+    import copy
+
+    tok = copy.deepcopy(tokenizer)
+    backend = getattr(tok, "backend_tokenizer", None)
+    if backend is not None:
+        backend.enable_truncation(max_length=max_length)
+        backend.no_padding()
+    return tok
 
 
 def _max_diff_between(a: Path, b: Path, model: Any, shapes: Sequence[tuple[int, int]]) -> float:
