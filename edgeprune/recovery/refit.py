@@ -53,6 +53,7 @@ from torch import nn
 from edgeprune.adapters import get_adapter
 from edgeprune.errors import DataError, PlanError
 from edgeprune.plan import HeadPlan
+from edgeprune.recovery.scale import StopForward, capture_input
 
 
 @dataclass(frozen=True)
@@ -183,39 +184,13 @@ def simulate_int8(modules: list[nn.Module]) -> Iterator[None]:
 
 
 # ---- helpers ------------------------------------------------------------------------------------------------------
-class _Stop(Exception):
-    """Raised by a capture hook to end a layer's forward pass once the needed input is recorded."""
-
-
-@contextlib.contextmanager
-def _capture(module: nn.Module | None, store: dict, key: str, *, stop: bool = False,
-             quantized: bool = False) -> Iterator[None]:
-    """Record ``module``'s input in ``store[key]`` (with ``quantized``: as the simulated INT8 MatMul sees it)."""
-    if module is None:
-        yield
-        return
-
-    def hook(mod, args):
-        store[key] = fake_quant_activation(args[0]) if quantized else args[0]
-        if stop:
-            raise _Stop
-
-    # prepend: before the INT8 simulation's own input hook, which may then quantize the same tensor again (exact:
-    # quantize-dequantize is idempotent for the same range)
-    handle = module.register_forward_pre_hook(hook, prepend=True)
-    try:
-        yield
-    finally:
-        handle.remove()
-
-
 def _run_until(adapter, model, i: int, x, mask, *captures) -> torch.Tensor | None:
     with contextlib.ExitStack() as stack:
         for c in captures:
             stack.enter_context(c)
         try:
             return adapter.layer_forward(model, i, x, mask)
-        except _Stop:
+        except StopForward:
             return None
 
 
@@ -395,8 +370,8 @@ def refit_plan(model, tokenizer, dataset, plan: HeadPlan, config: RefitConfig | 
             y_attn, y_ffn = [], []
             for bi in range(len(batches)):
                 cap: dict[str, torch.Tensor] = {}
-                with _capture(t_attn, cap, "ctx"), _capture(adapter.ffn_input(teacher, i), cap, "z"), \
-                        _capture(t_ffn, cap, "a"):
+                with capture_input(t_attn, cap, "ctx"), capture_input(adapter.ffn_input(teacher, i), cap, "z"), \
+                        capture_input(t_ffn, cap, "a"):
                     out = adapter.layer_forward(teacher, i, xt[bi], masks[bi])
                 m = real[bi]
                 y_attn.append((xt[bi] + t_attn(cap["ctx"]))[m])  # (T, D)
@@ -422,9 +397,9 @@ def refit_plan(model, tokenizer, dataset, plan: HeadPlan, config: RefitConfig | 
                 resid_in = adapter.ffn_input(student, i)  # the FFN's residual is its input projection's input
                 for bi in range(len(batches)):
                     cap = {}
-                    grab = [_capture(proj, cap, "a", stop=True, quantized=q)]
+                    grab = [capture_input(proj, cap, "a", stop=True, transform=fake_quant_activation if q else None)]
                     if part == "ffn":
-                        grab.insert(0, _capture(resid_in, cap, "x"))
+                        grab.insert(0, capture_input(resid_in, cap, "x"))
                     _run_until(adapter, student, i, xs[bi], masks[bi], *grab)
                     m = real[bi]
                     x = xs[bi][m] if part == "attention" else cap["x"][m]  # (T, D) the student's residual

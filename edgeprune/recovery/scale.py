@@ -128,21 +128,23 @@ def _kept_neurons(plan: HeadPlan, width: int | None) -> list[list[int]]:
     return [[b * bs + j for b in kept for j in range(bs)] for kept in plan.ffn_kept]
 
 
-class _Stop(Exception):
+class StopForward(Exception):
     """Raised by a capture hook to end a layer's forward pass early (the rest of the layer is not needed)."""
 
 
 @contextlib.contextmanager
-def _capture(module: torch.nn.Module | None, store: dict, key: str, *, stop: bool = False) -> Iterator[None]:
-    """Record ``module``'s raw input (before any masking hook, hence ``prepend``) in ``store[key]``."""
+def capture_input(module: torch.nn.Module | None, store: dict, key: str, *, stop: bool = False,
+                  transform: Any = None) -> Iterator[None]:
+    """Record ``module``'s raw input (before any masking hook, hence ``prepend``) in ``store[key]``, through
+    ``transform`` if given (the refit's simulated INT8 input); ``stop`` ends the forward pass there."""
     if module is None:
         yield
         return
 
     def hook(mod, args):
-        store[key] = args[0]
+        store[key] = transform(args[0]) if transform is not None else args[0]
         if stop:
-            raise _Stop
+            raise StopForward
 
     handle = module.register_forward_pre_hook(hook, prepend=True)
     try:
@@ -169,7 +171,7 @@ def scale_hooks(model, head_scales: torch.Tensor, ffn_scales: torch.Tensor | Non
 
 
 def _scaled_layer_until(model, adapter, i: int, x, mask, head_s, ffn_s, *captures) -> None:
-    """Run layer ``i`` with the current scales under ``captures`` (``_capture`` contexts), stopping early where a
+    """Run layer ``i`` with the current scales under ``captures`` (``capture_input`` contexts), stopping early where a
     capture says ``stop=True``."""
     import contextlib
 
@@ -179,7 +181,7 @@ def _scaled_layer_until(model, adapter, i: int, x, mask, head_s, ffn_s, *capture
             stack.enter_context(c)
         try:
             adapter.layer_forward(model, i, x, mask)
-        except _Stop:
+        except StopForward:
             pass
 
 
@@ -339,9 +341,9 @@ def fit_recovery(model, tokenizer, dataset, plan: HeadPlan, *, max_examples: int
             for bi in range(len(batches)):
                 cap: dict[str, torch.Tensor] = {}
                 if teacher:  # the unpruned layer on its own input: attention target, FFN target, next input
-                    with _capture(adapter.attention_output(model, i), cap, "ctx"), \
-                            _capture(adapter.ffn_residual(model, i), cap, "z"), \
-                            _capture(adapter.ffn_output(model, i), cap, "a"):
+                    with capture_input(adapter.attention_output(model, i), cap, "ctx"), \
+                            capture_input(adapter.ffn_residual(model, i), cap, "z"), \
+                            capture_input(adapter.ffn_output(model, i), cap, "a"):
                         out_t = adapter.layer_forward(model, i, xt[bi], masks[bi])
                     y_full_t = cap["ctx"] @ w_o.T  # (B, S, D): all heads, no bias (it cancels)
                     ffn_target.append(cap["z"] + cap["a"] @ w_2.T)  # (B, S, D) pre-LayerNorm FFN output minus bias
@@ -350,7 +352,7 @@ def fit_recovery(model, tokenizer, dataset, plan: HeadPlan, *, max_examples: int
                 if not plan.kept[i]:
                     continue  # nothing to fit in this attention (the teacher pass above still had to run)
                 _scaled_layer_until(model, adapter, i, xs[bi], masks[bi], head_s, ffn_s,
-                                    _capture(adapter.attention_output(model, i), cap, "ctx_s", stop=True))
+                                    capture_input(adapter.attention_output(model, i), cap, "ctx_s", stop=True))
                 m = tok[bi]
                 ctx = cap["ctx_s"][m]  # (T, H*d) raw concatenated heads of the real tokens
                 per_head = torch.einsum("thk,dhk->thd", ctx.view(ctx.shape[0], n_heads, d),
@@ -377,8 +379,8 @@ def fit_recovery(model, tokenizer, dataset, plan: HeadPlan, *, max_examples: int
                 for bi in range(len(batches)):
                     cap = {}
                     _scaled_layer_until(model, adapter, i, xs[bi], masks[bi], head_s, ffn_s,
-                                        _capture(adapter.ffn_residual(model, i), cap, "z"),
-                                        _capture(adapter.ffn_output(model, i), cap, "a", stop=True))
+                                        capture_input(adapter.ffn_residual(model, i), cap, "z"),
+                                        capture_input(adapter.ffn_output(model, i), cap, "a", stop=True))
                     m = tok[bi]
                     a = cap["a"][m]  # (T, N) raw activated intermediate
                     y = (ffn_target[bi][m] - cap["z"][m]) if teacher else a @ w_2.T  # (T, D)
