@@ -12,6 +12,9 @@ from edgeprune.errors import EdgepruneError, arg
 ALGORITHMS = ("astar", "greedy", "oneshot", "random")
 STRUCTURES = ("heads", "heads+ffn")
 CORRECTIONS = ("none", "bonferroni")
+#: How the search prices a candidate: ``none`` = masked (the units zeroed, nothing re-fitted); ``refit`` = after the
+#: full least-squares weight refit the shipped file gets (edgeprune.recovery.refit; docs/search.md).
+SEARCH_PRICING = ("none", "refit")
 #: Neurons per FFN block (or the largest divisor of the FFN widths below it): benchmarks/ffn_block_size.py.
 DEFAULT_FFN_BLOCK_SIZE = 128
 
@@ -38,6 +41,10 @@ class SearchSettings:
         batch_size: candidates per evaluator call.
         eval_batch_size: examples per forward pass.
         seed: seed of the random baseline.
+        pricing: how candidates are priced: ``none`` (masked) or ``refit`` (after the least-squares weight refit of
+            :mod:`edgeprune.recovery.refit`, the recovery the shipped file gets; ~2-3 s more per candidate).
+        step_units: units removed per search move (greedy step / A* successor window; ``SearchConfig``).
+        fit_examples: search-split texts each candidate's refit fits on (``pricing="refit"``).
     """
 
     algorithm: str = "astar"
@@ -54,6 +61,9 @@ class SearchSettings:
     batch_size: int = 4
     eval_batch_size: int = 32
     seed: int = 0
+    pricing: str = "none"
+    step_units: int = 1
+    fit_examples: int = 256
 
     def __post_init__(self) -> None:
         if self.algorithm not in ALGORITHMS:
@@ -69,7 +79,9 @@ class SearchSettings:
             raise EdgepruneError(f"--search-seconds must be > 0, got {self.max_seconds}")
         if self.max_evaluations < 1:
             raise EdgepruneError(f"max_evaluations must be >= 1, got {self.max_evaluations}")
-        for name in ("rescore_every", "branching", "batch_size", "eval_batch_size"):
+        if self.pricing not in SEARCH_PRICING:
+            raise EdgepruneError(f"unknown search pricing {self.pricing!r}; choose one of {', '.join(SEARCH_PRICING)}")
+        for name in ("rescore_every", "branching", "batch_size", "eval_batch_size", "step_units", "fit_examples"):
             if getattr(self, name) < 1:
                 raise EdgepruneError(f"{name} must be >= 1, got {getattr(self, name)}")
 

@@ -201,3 +201,49 @@ def test_int8_aware_refit(tok):
     # no simulation hook or patched forward is left behind
     lin = get_adapter(aware).ffn_output(aware, 0)
     assert not lin._forward_pre_hooks and "forward" not in lin.__dict__
+
+
+def test_prepared_fit_cache_gives_the_same_refit(tok):
+    """prepare_fit + refit_plan(cache=) (the search's path) == the plain refit, weight for weight."""
+    from edgeprune.recovery.refit import prepare_fit
+
+    model = tiny_model("bert")
+    data = dataset(48)
+    cfg = RefitConfig(max_examples=32, max_length=16, batch_size=8)
+    plain, rec_plain = refit_plan(model, tok, data, JOINT, cfg)
+    cache = prepare_fit(model, tok, data, cfg)
+    cached, rec_cached = refit_plan(model, tok, None, JOINT, cache=cache)
+    assert rec_cached.examples == rec_plain.examples == 32 and rec_cached.tokens == rec_plain.tokens
+    for (name, a), (_, b) in zip(plain.state_dict().items(), cached.state_dict().items()):
+        assert torch.equal(a, b), name
+    # the cache is reusable: a second plan from the same cache equals its plain refit too
+    again, _ = refit_plan(model, tok, None, HEADS_ONLY, cache=cache)
+    ref, _ = refit_plan(model, tok, data, HEADS_ONLY, cfg)
+    assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), ref.state_dict().values()))
+
+
+def test_refit_evaluator_prices_candidates_after_the_refit(tok):
+    """The search's refit-priced evaluator: its cached, start-at-the-first-modified-layer path gives the counts of a
+    plain forward pass of the refitted model, and the refit changes them (it is not the masked evaluation)."""
+    from edgeprune.plan import UnitSpace
+    from edgeprune.search.evaluate import MaskedEvaluator, RefitEvaluator
+
+    model = tiny_model("bert")
+    data = dataset(64, seed=3)
+    ev = RefitEvaluator(clone_model(model), tok, data, fit_examples=32, fit_max_length=16, batch_size=8,
+                        max_length=16, ffn_block_size=BS)
+    masked = MaskedEvaluator(clone_model(model), tok, data, batch_size=8, max_length=16, ffn_block_size=BS)
+    space = ev.space
+    states = [frozenset(space.units_of(JOINT)), frozenset(space.units_of(HEADS_ONLY)),
+              frozenset({(3, 1)}), frozenset()]
+    got = ev.evaluate(states)
+    assert ev.refits == 3
+    for s, r in zip(states, got):
+        pred = ev.predict(s)
+        correct = pred == ev.labels
+        assert r.n_worse == int((ev.base_correct & ~correct).sum()), s
+        assert r.n_better == int((~ev.base_correct & correct).sum()), s
+    assert got[-1].n_worse == got[-1].n_better == 0
+    # the refit moves the candidate back toward the unpruned model: a smaller KL(base || candidate) than masking
+    m = masked.evaluate(states[:2])
+    assert got[0].proxy < m[0].proxy and got[1].proxy < m[1].proxy

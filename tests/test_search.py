@@ -415,3 +415,27 @@ def test_no_credit_for_an_observed_improvement():
     assert strict.bound_pts(((0, 0),)) == pytest.approx(ucb_pts(EvalResult(10, 10, 1000), 0.95))
     assert strict.bound_pts(((0, 0),)) > trusting.bound_pts(((0, 0),))
     assert trusting.bound_pts(((0, 0),)) == pytest.approx(ucb_pts(EvalResult(10, 30, 1000), 0.95))
+
+
+def test_step_units_moves_several_units_at_a_time():
+    """step_units = k: greedy removes the k least important units per step (one evaluation per step), A* successors
+    add windows of k consecutive units; a budget that one-unit moves exhaust early reaches a deeper plan."""
+    layout = (12,) * 6
+    model = Synthetic(layout, 5, scale=0.002)
+    order = sorted(model.heads, key=lambda x: (model.importance[x], x))
+    cfg = SearchConfig(max_drop_pts=50.0, correction="none", max_evaluations=10, step_units=4)
+    res = search(Synthetic(layout, 5, scale=0.002), linear_latency, model.importance, layout, cfg, "greedy")
+    assert res.heads_removed == 4 * (res.evaluations - 1)  # root + one evaluation per 4-unit step
+    assert set(res.removed) == set(order[:res.heads_removed])  # static scores: the least important first
+    one = search(Synthetic(layout, 5, scale=0.002), linear_latency, model.importance, layout,
+                 SearchConfig(max_drop_pts=50.0, correction="none", max_evaluations=10), "greedy")
+    assert one.heads_removed == one.evaluations - 1 < res.heads_removed
+    # A*: every evaluated state differs from an evaluated parent by at most 4 units, and some by exactly 4
+    seen = Synthetic(layout, 5, scale=0.002)
+    a = search(seen, linear_latency, model.importance, layout,
+               SearchConfig(max_drop_pts=50.0, correction="none", max_evaluations=40, step_units=4), "astar")
+    sizes = {len(k) for k in seen.calls}
+    assert all(s % 4 == 0 for s in sizes)  # 72 units: every move adds a full window of 4
+    assert a.heads_removed >= res.heads_removed and max(sizes) >= 4 * 9
+    with pytest.raises(SearchError):
+        SearchConfig(max_drop_pts=1.0, step_units=0)

@@ -303,17 +303,105 @@ def unsupported_reason(model) -> str | None:
     return None
 
 
+@dataclass
+class FitCache:
+    """Fit data prepared once for many :func:`refit_plan` calls on one model (the search prices every candidate
+    after the refit): the tokenised batches, their embeddings and the unpruned model's targets of every sublayer.
+
+    The targets of all layers are held in memory (tokens x hidden x 4 bytes x 2 per layer: ~140 MB for 256 texts of
+    the default task), so keep ``config.max_examples`` small. Build with :func:`prepare_fit`.
+    """
+
+    config: RefitConfig
+    examples: int
+    batches: list
+    embeddings: list  # the student's (= the teacher's) layer-0 input per batch
+    masks: list  # layer attention masks per batch
+    real: list  # (B, S) real-token masks per batch
+    targets: list  # per layer: (y_attn per batch, y_ffn per batch), each (T, D)
+    tokens: int
+
+
+def _fit_batches(model, tokenizer, dataset, cfg: RefitConfig):
+    if len(dataset) > cfg.max_examples:
+        stride = len(dataset) / cfg.max_examples
+        dataset = dataset.subset(sorted({int(k * stride) for k in range(cfg.max_examples)}))
+    return dataset, _batches(model, tokenizer, dataset, cfg.batch_size, cfg.max_length)
+
+
+def _teacher_targets(adapter, teacher, xt: list, masks: list, real: list, num_layers: int):
+    """Per layer, the unpruned model's pre-LayerNorm outputs of both sublayers on its own input (real tokens only):
+    yields ``(y_attn, y_ffn)`` (lists over batches, each (T, D)); ``xt`` (the teacher's layer inputs) is advanced."""
+    for i in range(num_layers):
+        t_attn, t_ffn = adapter.attention_output(teacher, i), adapter.ffn_output(teacher, i)
+        y_attn, y_ffn = [], []
+        for bi in range(len(xt)):
+            cap: dict[str, torch.Tensor] = {}
+            with capture_input(t_attn, cap, "ctx"), capture_input(adapter.ffn_input(teacher, i), cap, "z"), \
+                    capture_input(t_ffn, cap, "a"):
+                out = adapter.layer_forward(teacher, i, xt[bi], masks[bi])
+            m = real[bi]
+            y_attn.append((xt[bi] + t_attn(cap["ctx"]))[m])  # (T, D)
+            y_ffn.append((cap["z"] + t_ffn(cap["a"]))[m])  # (T, D)
+            xt[bi] = out
+        yield y_attn, y_ffn
+
+
+def _embed_batches(adapter, model, batches):
+    xs, masks, real = [], [], []
+    for b in batches:
+        hidden, layer_mask = adapter.embed(model, b["input_ids"], b["attention_mask"], b.get("token_type_ids"))
+        xs.append(hidden)
+        masks.append(layer_mask)
+        real.append(b["attention_mask"].bool())  # (B, S): only real tokens enter the normal equations
+    return xs, masks, real
+
+
+def prepare_fit(model, tokenizer, dataset, config: RefitConfig | None = None) -> FitCache:
+    """Tokenise the fit texts and compute the unpruned model's sublayer targets once (see :class:`FitCache`).
+
+    Args:
+        model: the unpruned model (not modified).
+        tokenizer: its tokenizer.
+        dataset: fit texts (labels unused). Never the certify split.
+        config: the :class:`RefitConfig` every :func:`refit_plan` call with this cache uses.
+
+    Raises:
+        PlanError: the model is pruned or not supported by the refit. DataError: empty dataset.
+    """
+    from edgeprune.task.modeling import clone_model
+
+    cfg = config or RefitConfig()
+    adapter = get_adapter(model)
+    _check_unpruned(adapter, model)
+    why = unsupported_reason(model)
+    if why:
+        raise PlanError(f"the full least-squares refit does not support this model: {why}")
+    if len(dataset) == 0:
+        raise DataError("the refit needs a non-empty fit dataset")
+    dataset, batches = _fit_batches(model, tokenizer, dataset, cfg)
+    teacher = adapter.make_fusable_(clone_model(model).eval())
+    with torch.no_grad():
+        xs, masks, real = _embed_batches(adapter, teacher, batches)
+        targets = list(_teacher_targets(adapter, teacher, [x.clone() for x in xs], masks, real,
+                                        adapter.layout(model).num_layers))
+    return FitCache(cfg, len(dataset), batches, xs, masks, real, targets, int(sum(int(m.sum()) for m in real)))
+
+
 def refit_plan(model, tokenizer, dataset, plan: HeadPlan, config: RefitConfig | None = None, *,
-               progress: Callable[[int, int], None] | None = None) -> tuple[nn.Module, Refit]:
+               progress: Callable[[int, int], None] | None = None,
+               cache: FitCache | None = None) -> tuple[nn.Module, Refit]:
     """Refit the kept output-projection columns and biases of ``plan`` by least squares (module docstring).
 
     Args:
         model: the *unpruned* sequence-classification model (not modified).
         tokenizer: its tokenizer.
-        dataset: fit texts (``TextDataset``-like; labels unused). Never the certify split.
+        dataset: fit texts (``TextDataset``-like; labels unused). Never the certify split. Ignored with ``cache``.
         plan: the plan (heads, optionally FFN blocks).
-        config: :class:`RefitConfig` (default settings if None).
+        config: :class:`RefitConfig` (default settings if None; with ``cache``, the cache's).
         progress: called with ``(sublayers done, sublayers total)``.
+        cache: fit data prepared by :func:`prepare_fit` for this model (saves the tokenisation and the unpruned
+            model's pass when many plans are refitted on the same texts).
 
     Returns:
         ``(folded, refit)``: a copy of the unpruned model with the plan's removed units zeroed and the kept weights
@@ -325,7 +413,7 @@ def refit_plan(model, tokenizer, dataset, plan: HeadPlan, config: RefitConfig | 
     """
     from edgeprune.task.modeling import clone_model
 
-    cfg = config or RefitConfig()
+    cfg = cache.config if cache is not None else (config or RefitConfig())
     t0 = time.time()
     adapter = get_adapter(model)
     _check_unpruned(adapter, model)
@@ -333,50 +421,39 @@ def refit_plan(model, tokenizer, dataset, plan: HeadPlan, config: RefitConfig | 
     why = unsupported_reason(model)
     if why:
         raise PlanError(f"the full least-squares refit does not support this model: {why}")
-    if len(dataset) == 0:
+    if cache is None and len(dataset) == 0:
         raise DataError("the refit needs a non-empty fit dataset")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    teacher = adapter.make_fusable_(clone_model(model).eval())
     student = fold_plan_(adapter.make_fusable_(clone_model(model).eval()), plan)
     layout = adapter.layout(model)
     num_layers, d = layout.num_layers, layout.head_size
     width = adapter.ffn_sizes(model)[0]
     if plan.is_full and cfg.skip_intact:
         return student, Refit(plan, cfg, 0, 0, time.time() - t0)
-    if len(dataset) > cfg.max_examples:
-        stride = len(dataset) / cfg.max_examples
-        dataset = dataset.subset(sorted({int(k * stride) for k in range(cfg.max_examples)}))
-    batches = _batches(model, tokenizer, dataset, cfg.batch_size, cfg.max_length)
+    if cache is not None:
+        batches, examples = cache.batches, cache.examples
+    else:
+        dataset, batches = _fit_batches(model, tokenizer, dataset, cfg)
+        examples = len(dataset)
     sim = (simulate_int8([adapter.layers(student)[i] for i in range(num_layers)]) if cfg.int8_aware
            else contextlib.nullcontext())
     q = cfg.int8_aware
     stats: list[dict[str, Any]] = []
     total, done = 2 * num_layers, 0
     with torch.no_grad(), sim:
-        xs, xt, masks, real = [], [], [], []
-        for b in batches:
-            hidden, layer_mask = adapter.embed(student, b["input_ids"], b["attention_mask"], b.get("token_type_ids"))
-            xs.append(hidden)
-            xt.append(hidden.clone())
-            masks.append(layer_mask)
-            real.append(b["attention_mask"].bool())  # (B, S): only real tokens enter the normal equations
+        if cache is not None:
+            xs, masks, real = list(cache.embeddings), cache.masks, cache.real
+            targets = iter(cache.targets)
+        else:
+            teacher = adapter.make_fusable_(clone_model(model).eval())
+            xs, masks, real = _embed_batches(adapter, student, batches)
+            targets = _teacher_targets(adapter, teacher, [x.clone() for x in xs], masks, real, num_layers)
         tokens = int(sum(int(m.sum()) for m in real))
         intact = True  # nothing removed so far (in this sublayer's inputs)
         for i in range(num_layers):
             attn_cols, ffn_cols = _removed_columns(plan, i, layout.heads_per_layer[i], d, width)
-            t_attn, t_ffn = adapter.attention_output(teacher, i), adapter.ffn_output(teacher, i)
-            # ---- teacher: pre-LayerNorm outputs of both sublayers on its own input; its next input -------------
-            y_attn, y_ffn = [], []
-            for bi in range(len(batches)):
-                cap: dict[str, torch.Tensor] = {}
-                with capture_input(t_attn, cap, "ctx"), capture_input(adapter.ffn_input(teacher, i), cap, "z"), \
-                        capture_input(t_ffn, cap, "a"):
-                    out = adapter.layer_forward(teacher, i, xt[bi], masks[bi])
-                m = real[bi]
-                y_attn.append((xt[bi] + t_attn(cap["ctx"]))[m])  # (T, D)
-                y_ffn.append((cap["z"] + t_ffn(cap["a"]))[m])  # (T, D)
-                xt[bi] = out
+            y_attn, y_ffn = next(targets)
             # ---- the two sublayers of the student, bottom-up ---------------------------------------------------
             for part, removed in (("attention", attn_cols), ("ffn", ffn_cols)):
                 intact = intact and not removed
@@ -422,4 +499,4 @@ def refit_plan(model, tokenizer, dataset, plan: HeadPlan, config: RefitConfig | 
             del y_attn, y_ffn
             for bi in range(len(batches)):
                 xs[bi] = adapter.layer_forward(student, i, xs[bi], masks[bi])
-    return student, Refit(plan, cfg, len(dataset), tokens, time.time() - t0, stats)
+    return student, Refit(plan, cfg, examples, tokens, time.time() - t0, stats)

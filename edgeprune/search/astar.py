@@ -2,7 +2,8 @@
 
 Summary:
     state      R = frozenset of removed (layer, head); start R = {} (the unpruned model)
-    successor  R + {x} for the ``branching`` least important heads x not in R (static importance order)
+    successor  R + {x} for the ``branching`` least important heads x not in R (static importance order); with
+               ``config.step_units`` = k > 1, R + the window of k consecutive remaining units starting at x
     cost       g(R) = max over the path of UCB(state) = bottleneck of the paired drop bound (points), so g never
                decreases along a path; g(root) = 0 exactly (the reference model). A* orders by g rounded *up* to
                ``config.cost_resolution`` (default max_drop_pts: one level, fastest-first; 0 = exact bound)
@@ -111,13 +112,12 @@ def astar_path(problem: Problem, seed_paths: Sequence[Sequence[Key]] = ()) -> tu
                 best_latency = lat  # a goal for every tau in [lat, previous best): the tau sweep's next point
                 goals.append((lat, g, key))
             removed = set(key)
-            n_children = 0
-            for head in problem.order:  # least important first
+            remaining = [x for x in problem.order if x not in removed]  # least important first
+            n_children, step = 0, cfg.step_units
+            for j, head in enumerate(remaining):
                 if n_children >= b:
                     break
-                if head in removed:
-                    continue
-                child = tuple(sorted(removed | {head}))
+                child = tuple(sorted(removed | set(remaining[j:j + step])))  # a window of `step` units
                 if child in closed:
                     continue
                 n_children += 1

@@ -9,7 +9,7 @@ from .journal import state_key
 
 
 def greedy_path(problem: Problem) -> str:
-    """Michel et al. (2019) iterative pruning, one head at a time, re-scored after each removal.
+    """Michel et al. (2019) iterative pruning, one head (``config.step_units`` units) at a time, re-scored.
 
     From the unpruned model, repeatedly remove the remaining head with the lowest importance *for the current
     state* (``problem.rescore`` recomputes |d loss / d gate| with the current heads masked; without it, the static
@@ -23,19 +23,19 @@ def greedy_path(problem: Problem) -> str:
         Why it stopped: "bound" (next removal breaks the bound), "complete" (no head left) or a budget name.
     """
     state: frozenset = frozenset()
-    every = problem.config.rescore_every
+    every, step = problem.config.rescore_every, problem.config.step_units
     scores: dict = {}
+    scored_at = None
     try:
         problem.evaluate([state])
         problem.offer(state)
         while True:
-            if len(state) % every == 0:  # re-score every `every` removals; in between, the last scores stand
-                scores = problem.importance_for(state)
+            if scored_at is None or len(state) - scored_at >= every:  # re-score every `every` removals
+                scores, scored_at = problem.importance_for(state), len(state)
             remaining = [x for x in problem.all_heads if x not in state]
             if not remaining:
                 return "complete"
-            head = min(remaining, key=lambda x: (scores[x], x))
-            child = state | {head}
+            child = state | set(sorted(remaining, key=lambda x: (scores[x], x))[:step])
             problem.evaluate([child])
             problem.expansions += 1  # one greedy step = one node expanded
             if problem.bound_pts(child) > problem.config.max_drop_pts:

@@ -103,6 +103,11 @@ class SearchConfig:
             INT8 model's flips on the search split). 0 = bound the FP32 evaluation alone.
         rescore_every: greedy re-scores importance after every this many removals (1 = after each, as Michel et
             al.; larger values save an importance pass, ~3 evaluations' worth of compute, per skipped step).
+        step_units: units removed per move: a greedy step removes the ``step_units`` least important remaining
+            units, an A* successor adds a window of ``step_units`` consecutive units of the importance order (the
+            ``branching`` windows starting at the first ``branching`` remaining units). 1 = one unit per move (the
+            original formulation). Larger steps reach deep plans within an evaluation budget: a 65% plan of the
+            default model's 144 units needs 94 one-unit moves, more than the default 80 evaluations.
         credit_improvement: False = a candidate's "better" flips count at most as many as its "worse" flips, so
             the search never takes an observed net *gain* of a pruned model as evidence (it is selection noise:
             on the default task the search's picks showed -0.14 to -0.66 points on the search split and +0.47 to
@@ -124,6 +129,7 @@ class SearchConfig:
     offset_worse: int = 0
     offset_better: int = 0
     credit_improvement: bool = True
+    step_units: int = 1
 
     def __post_init__(self) -> None:
         if not (self.max_drop_pts >= 0 and math.isfinite(self.max_drop_pts)):
@@ -133,7 +139,7 @@ class SearchConfig:
         object.__setattr__(self, "correction", Correction(self.correction))
         if self.offset_worse < 0 or self.offset_better < 0:
             raise SearchError("offset_worse and offset_better must be >= 0")
-        for name in ("max_evaluations", "max_expansions", "branching", "batch_size", "rescore_every"):
+        for name in ("max_evaluations", "max_expansions", "branching", "batch_size", "rescore_every", "step_units"):
             if int(getattr(self, name)) < 1:
                 raise SearchError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.resolution_pts is not None and self.resolution_pts < 0:

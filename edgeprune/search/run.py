@@ -217,8 +217,19 @@ def run_search(
         from edgeprune.adapters import get_adapter
 
         block_size = ffn_block_size or default_block_size(get_adapter(model).ffn_sizes(model))
-    evaluator = MaskedEvaluator(model, tokenizer, search_data, batch_size=settings.eval_batch_size, max_length=seq_len,
-                                ffn_block_size=block_size)
+    if settings.pricing == "refit":
+        from edgeprune.recovery.refit import unsupported_reason
+        from edgeprune.search.evaluate import RefitEvaluator
+
+        why = unsupported_reason(model)
+        if why:
+            raise EdgepruneError(f"the search cannot price plans after the least-squares refit: {why}; search with "
+                                 "pricing 'none' (--recovery none or scale)")
+        evaluator = RefitEvaluator(model, tokenizer, search_data, batch_size=settings.eval_batch_size,
+                                   max_length=seq_len, ffn_block_size=block_size, fit_examples=settings.fit_examples)
+    else:
+        evaluator = MaskedEvaluator(model, tokenizer, search_data, batch_size=settings.eval_batch_size,
+                                    max_length=seq_len, ffn_block_size=block_size)
     base_s = time.monotonic() - t0
     layout = evaluator.layout
     space = evaluator.space
@@ -258,13 +269,15 @@ def run_search(
                           max_seconds=settings.max_seconds, branching=settings.branching,
                           batch_size=settings.batch_size, seed=settings.seed, offset_worse=offset_worse,
                           offset_better=offset_better, rescore_every=settings.rescore_every,
-                          credit_improvement=settings.credit_improvement)
+                          credit_improvement=settings.credit_improvement, step_units=settings.step_units)
     fingerprint = {
         "model": model_id or type(model).__name__,
         "data": {"source": getattr(search_data, "source", None), "n": len(search_data)},
         "max_length": seq_len,
         "latency_source": source.get("path") or source["kind"],
         "importance_examples": importance_examples,
+        "pricing": settings.pricing,
+        "fit_examples": settings.fit_examples if settings.pricing == "refit" else None,
     }
     result = _search(evaluator, lat_fn, importance, space, config, algorithm,
                      rescore=rescorer if algorithm in ("greedy", "astar") else None,
@@ -283,6 +296,11 @@ def run_search(
                                 "candidate_batches_run": evaluator.batches_run,
                                 "batches_per_evaluation": len(evaluator.batches)},
             "shipped_model_flips": shipped_counts,
+            "pricing": ({"kind": "refit", "fit_examples": settings.fit_examples, "refits": evaluator.refits,
+                         "refit_seconds": round(evaluator.refit_seconds, 2),
+                         "what": "each candidate evaluated after the full least-squares weight refit "
+                                 "(edgeprune.recovery.refit) fitted on search-split texts"}
+                        if settings.pricing == "refit" else {"kind": "masked"}),
             "versions": versions(),
         }
     )
