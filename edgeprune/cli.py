@@ -337,7 +337,11 @@ def build(
     ffn_block_size: Annotated[Optional[int], typer.Option(help="Neurons per FFN block with --structures heads+ffn (default 128).")] = None,
     certify_fraction: Annotated[float, typer.Option(help="Share of --data that certifies (the rest is the search split); ignored with --certify-data.")] = 0.5,
     certify_plans: Annotated[int, typer.Option(help="Most plans the fixed-sequence certification tests (the unpruned one included).")] = DEFAULT_SEQUENCE_PLANS,
-    recovery: Annotated[bool, typer.Option("--recovery/--no-recovery", help="Least-squares rescaling of the kept heads/neurons, fitted on the search split, before export (default on: it helped on the benchmark; docs/recovery.md).")] = True,
+    recovery: Annotated[str, typer.Option(help="What each pruned plan gets before it is certified: distill (gradual pruning with distillation), refit (least-squares weight refit, no training), scale or none (docs/recovery.md).")] = "distill",
+    distill_epochs: Annotated[float, typer.Option(help="Passes over the distillation texts, shared by the sequence's pruned plans (--recovery distill).")] = 2.0,
+    distill_data: Annotated[Optional[str], typer.Option(help="Extra in-domain texts for distillation (one per line, or a CSV/TSV/JSONL); never the certify data.")] = None,
+    search_slack: Annotated[Optional[float], typer.Option(help="Points the search may lose before distillation, on top of --max-drop (default: 2.5 with --recovery distill, else 0); certification still holds every plan to --max-drop.")] = None,
+    no_recovery: Annotated[bool, typer.Option("--no-recovery", help="Same as --recovery none.", hidden=True)] = False,
 ) -> None:
     """Search, prune, export, quantize, certify and measure: the whole job in one command."""
     from .pipeline import BuildConfig
@@ -349,8 +353,9 @@ def build(
         algorithm=algorithm, max_evaluations=max_evals, search_seconds=search_seconds or None,
         text_column=text_column, text_pair_column=text_pair_column,
         label_column=label_column, seed=seed, force=force, allow_pickle=allow_pickle,
-        structures=structures, ffn_block_size=ffn_block_size, recovery=recovery,
-        certify_fraction=certify_fraction, certify_plans=certify_plans,
+        structures=structures, ffn_block_size=ffn_block_size, recovery="none" if no_recovery else recovery,
+        certify_fraction=certify_fraction, certify_plans=certify_plans, distill_epochs=distill_epochs,
+        distill_data=distill_data, search_slack_pts=search_slack,
     )
     try:
         report = run_build(cfg)

@@ -61,8 +61,8 @@ class SearchSettings:
     batch_size: int = 4
     eval_batch_size: int = 32
     seed: int = 0
-    pricing: str = "none"
-    step_units: int = 1
+    pricing: str = "refit"
+    step_units: int = 4
     fit_examples: int = 256
 
     def __post_init__(self) -> None:

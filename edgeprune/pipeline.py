@@ -34,6 +34,10 @@ from .errors import BuildInterrupted, EdgepruneError, OutputFolderError, arg, fl
 from .versions import versions
 
 STATE_DIR = ".edgeprune"
+#: Default search slack per recovery (points the search may lose before recovery, on top of --max-drop): only
+#: distillation recovers beyond what the refit-priced search sees. Measured on the default task (docs/recovery.md):
+#: distillation recovered 1.3 / 1.9 / 3.6 points over the refit alone at 25 / 50 / 65% of the units removed.
+SEARCH_SLACK_PTS = {"none": 0.0, "scale": 0.0, "refit": 0.0, "distill": 2.5}
 STAGES = ("task", "preflight", "lut", "search", "export", "measure", "report")
 # Relative cost of the stages on the default task (used for the overall progress bar and its ETA).
 STAGE_WEIGHTS = {"task": 3, "preflight": 3, "lut": 12, "search": 50, "export": 20, "measure": 10, "report": 2}
@@ -80,10 +84,19 @@ class BuildConfig:
         importance_examples: examples per head-importance (gradient) pass; None = the whole search split.
         structures: "heads" or "heads+ffn" (heads and FFN neuron blocks in one search; the LUT measures both).
         ffn_block_size: neurons per FFN block for "heads+ffn" (None = 128).
-        recovery: fit the least-squares rescaling of the kept heads/neurons on the search split and fold it into
-            the weights before export (edgeprune.recovery.scale); the certified file includes it. On by default: on the
-            benchmark it turned two uncertifiable heads+FFN plans into certified ones (bounds 1.01 -> 0.80 and
-            2.05 -> 0.85 points); one build A/B went the other way (1.43 -> 1.88), see docs/recovery.md.
+        recovery: what every pruned plan of the certification sequence gets before it is compiled and certified
+            (edgeprune.recovery.chain): ``distill`` (default: gradual pruning with distillation along the sequence,
+            on the default task's fine-tune + search splits or the user's search split / ``distill_data``),
+            ``refit`` (the full least-squares weight refit, no training), ``scale`` (the least-squares rescaling of
+            the kept units) or ``none``. With ``refit`` and ``distill`` the search prices candidates after the
+            refit (``SearchSettings.pricing``). Measured: docs/recovery.md.
+        distill_epochs: passes over the distillation texts, shared by the sequence's pruned plans.
+        distill_data: extra unlabelled (or labelled) in-domain texts for distillation (a file like ``data``; a
+            plain text file has one text per line). Never the certify data.
+        search_slack_pts: points the search may lose *before* distillation on top of ``max_drop_pts`` (the refit-
+            priced estimate under-states what distillation recovers; the certification sequence still tests every
+            shipped-form plan at ``max_drop_pts``). None = the recovery's default (:data:`SEARCH_SLACK_PTS`).
+        step_units: units the search removes per move (SearchSettings.step_units).
         recovery_examples: search-split examples the recovery fit uses (evenly strided).
     """
 
@@ -115,10 +128,26 @@ class BuildConfig:
     importance_examples: Optional[int] = _S.importance_examples
     structures: str = _S.structures
     ffn_block_size: Optional[int] = _S.ffn_block_size
-    recovery: bool = True
+    recovery: str = "distill"
     recovery_examples: int = 1024
+    distill_epochs: float = 2.0
+    distill_data: Optional[str] = None
+    search_slack_pts: Optional[float] = None
+    step_units: int = _S.step_units
 
     def __post_init__(self) -> None:
+        if isinstance(self.recovery, bool):  # the old on/off switch: on meant the scale refit
+            object.__setattr__(self, "recovery", "scale" if self.recovery else "none")
+        from .recovery.chain import RECOVERIES
+
+        if self.recovery not in RECOVERIES:
+            raise EdgepruneError(f"unknown {arg('recovery')} {self.recovery!r}; choose one of {', '.join(RECOVERIES)}")
+        if not self.distill_epochs > 0:
+            raise EdgepruneError(f"{arg('distill_epochs')} must be > 0, got {self.distill_epochs}")
+        if self.search_slack_pts is not None and not 0 <= self.search_slack_pts <= 100:
+            raise EdgepruneError(f"{arg('search_slack_pts')} must be in [0, 100] points, got {self.search_slack_pts}")
+        if self.distill_data is not None and not Path(self.distill_data).is_file():
+            raise EdgepruneError(f"{arg('distill_data')} {self.distill_data}: no such file")
         if (self.model is None) != (self.data is None):
             raise EdgepruneError(f"give both {arg('model')} and {arg('data')}, or neither (then the embedded default "
                                  "task is used)")
@@ -151,7 +180,15 @@ class BuildConfig:
             algorithm=self.algorithm, structures=self.structures, ffn_block_size=self.ffn_block_size,
             max_evaluations=self.max_evaluations, max_seconds=self.search_seconds, correction=self.correction,
             int8_aware=self.int8_aware, rescore_every=self.rescore_every,
-            importance_examples=self.importance_examples, seed=self.seed)
+            importance_examples=self.importance_examples, seed=self.seed, step_units=self.step_units,
+            pricing=_S.pricing if self.recovery in ("refit", "distill") else "none")
+
+    @property
+    def slack_pts(self) -> float:
+        """Points the search may lose before recovery on top of the promise (see ``search_slack_pts``)."""
+        if self.search_slack_pts is not None:
+            return float(self.search_slack_pts)
+        return SEARCH_SLACK_PTS.get(self.recovery, 0.0)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -559,6 +596,7 @@ class _Task:
     search: Any
     certify: Any
     info: dict
+    distill: Any = None  # distillation texts (never the certify split); None = the search split
 
 
 def _split_user_data(cfg: BuildConfig, label2id: dict) -> tuple[Any, Any, dict]:
@@ -621,7 +659,9 @@ def _stage_task(cfg: BuildConfig, show: bool) -> _Task:
                 "finetune_accuracy_note": f"measured once after fine-tuning, at the fine-tuning length ({max_len} "
                                           "tokens); accuracy.baseline is the same model on the certify split at the "
                                           "profile's seq_len, so the two can differ slightly"}
-        return _Task(str(task.model_dir), task.search, task.certify, info)
+        from .recovery.distill import task_distill_data
+
+        return _Task(str(task.model_dir), task.search, task.certify, info, distill=task_distill_data(task))
     from .task.modeling import load_config
 
     config = load_config(cfg.model)
@@ -693,13 +733,15 @@ def _stage_search(cfg: BuildConfig, state: _State, model, tokenizer, task: _Task
     t0 = time.perf_counter()
     result = run_search(
         model, task.search, settings=cfg.search_settings(), profile=cfg.profile, latency_table=lut_path,
-        max_drop_pts=cfg.max_drop_pts, confidence=cfg.confidence, tokenizer=tokenizer,
+        max_drop_pts=cfg.max_drop_pts + cfg.slack_pts, confidence=cfg.confidence, tokenizer=tokenizer,
         journal=state.dir / "search.journal.jsonl", resume=True, on_progress=on_progress,
         shipped_predictions=shipped,
     )
     plan_path = write_plan(result, state.out / "plan.json")
     data = json.loads(Path(plan_path).read_text())
     data.setdefault("search", {})["pipeline_wall_s"] = round(time.perf_counter() - t0, 2)
+    data["search"]["slack_pts"] = cfg.slack_pts
+    data["search"]["promise_pts"] = cfg.max_drop_pts
     return {"plan_path": str(plan_path), "plan": data}
 
 
@@ -710,10 +752,14 @@ def _stage_export(cfg: BuildConfig, state: _State, model_dir: str, task: _Task, 
     from .output.bundle import export_bundle, sequence_lines
     from .task.default import cache_root
 
+    model, tokenizer = _load(cfg, model_dir)
     # The order is frozen here, from the search's results alone, before the certify split is read.
-    sequence = certification_sequence(plan_json, cfg.max_drop_pts, cfg.certify_plans)
+    # Plans whose search estimate exceeds what recovery is expected to bring back (promise + slack) are skipped.
+    sequence = certification_sequence(plan_json, cfg.max_drop_pts + cfg.slack_pts, cfg.certify_plans)
     names = [name for name, _, _ in sequence]
     plans = [plan for _, plan, _ in sequence]
+    recoverer = _recoverer(cfg, state, model, tokenizer, task, plans, display)
+    plans = list(recoverer.plans) if recoverer is not None else plans  # distillation nests the sequence
     steps = ["surgery", "export", "optimize", "quantize", "certify", "ort", "write"]
 
     def hook(step: str) -> None:
@@ -735,10 +781,10 @@ def _stage_export(cfg: BuildConfig, state: _State, model_dir: str, task: _Task, 
                     f"{cfg.confidence:.0%} holds for one build only, or pass fresh --certify-data")
     bundle_dir = state.out / "bundle"
     result = export_bundle(
-        model_dir, plans[-1], cfg.profile, bundle_dir, certify_data=task.certify, max_drop_pts=cfg.max_drop_pts,
+        model, plans[-1], cfg.profile, bundle_dir, certify_data=task.certify, max_drop_pts=cfg.max_drop_pts,
         confidence=cfg.confidence, frontier=plans[:-1], names=names, force=cfg.force,
-        overwrite=True, hook=hook, recovery_data=task.search if cfg.recovery else None,
-        recovery_examples=cfg.recovery_examples, recorded=recorded, on_record=on_record,
+        overwrite=True, hook=hook, recover=recoverer, recorded=recorded, on_record=on_record,
+        tokenizer=tokenizer, model_source=model_dir,
     )
     record_build(cache_root(), key, build_id, n=len(task.certify), tests=len(result.attempts))
     for line in sequence_lines(result.attempts, result.plan_index, (result.sequence or {}).get("stop_reason")):
@@ -749,11 +795,51 @@ def _stage_export(cfg: BuildConfig, state: _State, model_dir: str, task: _Task, 
             "certification": cert, "attempts": result.attempts, "sequence": result.sequence,
             "order": [{"name": n, "heads_removed": p.num_removed, "ffn_blocks_removed": p.ffn_num_removed,
                        "predicted_latency_ms": (pt or {}).get("latency_ms"),
-                       "search_split_drop_pts": (pt or {}).get("drop_pts"),
-                       "search_split_drop_bound_pts": (pt or {}).get("drop_bound_pts")}
-                      for n, p, pt in sequence],
+                       "search_split_drop_pts": (pt or {}).get("drop_pts") if not adj else None,
+                       "search_split_drop_bound_pts": (pt or {}).get("drop_bound_pts") if not adj else None,
+                       **({"adjusted_to_nest": True} if adj else {})}
+                      for (n, _, pt), p, adj in zip(sequence, plans,
+                                                    recoverer.adjusted if recoverer else [False] * len(plans))],
+            "recovery_method": cfg.recovery,
             "earlier_builds_on_certify_split": len(earlier), "checks": result.checks,
             "recovery": result.recovery}
+
+
+def _recoverer(cfg: BuildConfig, state: "_State", model, tokenizer, task: _Task, plans: list, display: "_Display"):
+    """The model each pruned plan of the sequence is compiled from (edgeprune.recovery.chain), or None."""
+    if cfg.recovery == "none":
+        return None
+    from .profiles import load_profile
+    from .recovery.chain import DistillSettings, Recoverer
+
+    distill_data = None
+    if cfg.recovery == "distill":
+        distill_data = task.distill if task.distill is not None else task.search
+        if cfg.distill_data:
+            distill_data = _with_extra_texts(distill_data, cfg.distill_data)
+    return Recoverer(cfg.recovery, model, tokenizer, fit_data=task.search, distill_data=distill_data, plans=plans,
+                     work=state.dir, fit_examples=cfg.recovery_examples, max_length=load_profile(cfg.profile).seq_len,
+                     distill=DistillSettings(epochs=cfg.distill_epochs, seed=cfg.seed),
+                     progress=lambda msg, frac: display.fraction("export", 0.05 + 0.5 * frac, msg[:70]))
+
+
+def _with_extra_texts(data, path: str):
+    """``data`` plus the texts of ``path`` (labelled files keep their labels for the CE term only if ``data`` is
+    labelled alike; plain text files: one text per line, KL only)."""
+    from .task.data import TextDataset
+
+    p = Path(path)
+    if p.suffix.lower() in (".txt", ""):
+        texts = [line.strip() for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
+    else:
+        from .task.data import load_dataset
+
+        texts = list(load_dataset(p).texts)
+    if not texts:
+        raise EdgepruneError(f"{arg('distill_data')} {path}: no texts")
+    # Unlabelled texts carry no gold label: label them -1 so the cross-entropy term ignores them.
+    return TextDataset(list(data.texts) + texts, list(data.labels) + [-100] * len(texts),
+                       source=f"{getattr(data, 'source', 'data')} + {path}")
 
 
 def _percentiles(samples: list[float]) -> dict[str, float]:

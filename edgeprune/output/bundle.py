@@ -153,6 +153,8 @@ def export_bundle(
     hook: Callable[[str], None] | None = None,
     recovery_data: Any = None,
     recovery_examples: int = 2048,
+    recover: Callable[[int, HeadPlan], tuple[Any, Any, Any]] | None = None,
+    model_source: str | None = None,
 ) -> BundleResult:
     """Export a plan as a certified, deployable bundle folder (see the module docstring for the layout).
 
@@ -191,6 +193,12 @@ def export_bundle(
             before surgery; parity checks compare against that folded model, while certification still pairs
             against the original model's predictions. ``None`` = no recovery.
         recovery_examples: examples of ``recovery_data`` used for the fit (an evenly strided subset).
+        model_source: what ``edgeprune.json`` names as the model's source (default: the folder or hub id, or the
+            object's ``name_or_path``).
+        recover: the model to compile for each pruned plan of the sequence, ``recover(index, plan) -> (model, plan
+            to prune it with or None when it is already pruned to the plan, recovery record)``; e.g. an
+            :class:`edgeprune.recovery.chain.Recoverer` (scale, full refit or distillation). Overrides
+            ``recovery_data``. Certification still pairs against the original model's predictions.
 
     Returns:
         A :class:`BundleResult`.
@@ -212,7 +220,8 @@ def export_bundle(
         tokenizer = tokenizer or loaded_tok
         model_source = str(model_dir_or_model)
     else:
-        model, model_source = model_dir_or_model.eval(), getattr(model_dir_or_model, "name_or_path", "<object>")
+        model = model_dir_or_model.eval()
+        model_source = model_source or getattr(model_dir_or_model, "name_or_path", "<object>")
     if tokenizer is None:
         raise EdgepruneError("a tokenizer is needed for the bundle (pass tokenizer=...)")
     plans = [_as_plan(p, load_plan) for p in (frontier or [])] + [_as_plan(plan, load_plan)]
@@ -232,16 +241,29 @@ def export_bundle(
             step("base-predictions")
             base_preds = torch_predictions(model, tokenizer, certify_data, max_length=seq_len, batch_size=batch_size)
 
-        def build(index: int, cand: HeadPlan):
-            source, recovery = model, None
-            if recovery_data is not None and not cand.is_full:
-                from edgeprune.recovery.scale import recovered_copy
+        source_for = recover
+        if source_for is None and recovery_data is not None:
+            from edgeprune.recovery.chain import Recoverer
 
+            source_for = Recoverer("scale", model, tokenizer, fit_data=recovery_data, fit_examples=recovery_examples,
+                                   max_length=seq_len)
+
+        def build(index: int, cand: HeadPlan):
+            source, to_prune, recovery = model, cand, None
+            if source_for is not None and not cand.is_full:
                 step("recovery")
-                source, recovery = recovered_copy(model, tokenizer, recovery_data, cand, examples=recovery_examples,
-                                                  max_length=seq_len, batch_size=batch_size)
-            compiled = compile_plan(source, cand, quant, tmp_root / f"plan{index}", parity_shapes=parity_shapes,
+                source, to_prune, recovery = source_for(index, cand)
+                if to_prune is None:  # already pruned (distilled): its layout must be the candidate's
+                    from edgeprune.adapters import get_adapter
+
+                    current = get_adapter(source).current_plan(source)
+                    if current.kept != cand.kept or (cand.has_ffn and current.ffn_kept != cand.ffn_kept):
+                        raise VerificationError(f"the recovered model for plan {index} has another layout than "
+                                                "the plan")
+            compiled = compile_plan(source, to_prune, quant, tmp_root / f"plan{index}", parity_shapes=parity_shapes,
                                     hook=hook)
+            if to_prune is None:  # pruned during recovery, each step checked pruned == masked there
+                compiled.checks["surgery_max_abs_diff"] = (recovery or {}).get("surgery_max_abs_diff")
             compiled.checks["recovery"] = recovery
             check_int8_tolerance(compiled, int8_atol)
             return compiled

@@ -122,6 +122,7 @@ class DistillResult:
         losses: mean loss per completed epoch.
         last_loss: mean loss of the last up to 50 steps.
         config: the settings.
+        surgery_max_abs_diff: with :func:`distill_gradual_`, the stage's pruned-vs-masked logit difference.
     """
 
     steps: int
@@ -134,6 +135,7 @@ class DistillResult:
     losses: list[float] = field(default_factory=list)
     last_loss: float | None = None
     config: DistillConfig | None = None
+    surgery_max_abs_diff: float | None = None  # gradual pruning: this stage's pruned == masked check
 
     def to_dict(self) -> dict[str, Any]:
         d = dict(self.__dict__)
@@ -227,7 +229,10 @@ def distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, lab
                               reduction="batchmean") * (t * t)
     if labels is None or ce_weight == 0:
         return kl
-    return kl + ce_weight * nn.functional.cross_entropy(student_logits, labels)
+    known = labels >= 0  # unlabelled texts (label -100, e.g. --distill-data) train on the KL term only
+    if not bool(known.any()):
+        return kl
+    return kl + ce_weight * nn.functional.cross_entropy(student_logits[known], labels[known])
 
 
 # ---- checkpoints --------------------------------------------------------------------------------------------------
@@ -426,7 +431,7 @@ def distill_gradual_(student: nn.Module, teacher: nn.Module, tokenizer, data: An
             rec["config"] = DistillConfig.from_dict(rec["config"])
             results.append(DistillResult(**rec))
             continue
-        prune_and_verify_(student, plan)
+        surgery = prune_and_verify_(student, plan)
         if logits_t is None:
             logits_t = teacher_logits(teacher, tokenizer, data, max_length=cfg.max_length)
 
@@ -436,6 +441,7 @@ def distill_gradual_(student: nn.Module, teacher: nn.Module, tokenizer, data: An
 
         res = distill_(student, None, tokenizer, data, cfg, checkpoint_dir=stage, teacher_logits_=logits_t,
                        progress=stage_progress)
+        res.surgery_max_abs_diff = surgery
         if res.stopped_by != "max_seconds":  # a stage cut short by time is resumed on the next call
             save_pruned(student, stage / "model", tokenizer)
             done.write_text(json.dumps(res.to_dict(), indent=2) + "\n")

@@ -217,14 +217,17 @@ def run_search(
         from edgeprune.adapters import get_adapter
 
         block_size = ffn_block_size or default_block_size(get_adapter(model).ffn_sizes(model))
+    pricing_note = None
     if settings.pricing == "refit":
         from edgeprune.recovery.refit import unsupported_reason
+
+        pricing_note = unsupported_reason(model)
+        if pricing_note:  # e.g. ModernBERT: price masked, and say so in plan.json
+            settings = settings.replace(pricing="none")
+            pricing_note = f"candidates priced masked: the least-squares refit does not support this model ({pricing_note})"
+    if settings.pricing == "refit":
         from edgeprune.search.evaluate import RefitEvaluator
 
-        why = unsupported_reason(model)
-        if why:
-            raise EdgepruneError(f"the search cannot price plans after the least-squares refit: {why}; search with "
-                                 "pricing 'none' (--recovery none or scale)")
         evaluator = RefitEvaluator(model, tokenizer, search_data, batch_size=settings.eval_batch_size,
                                    max_length=seq_len, ffn_block_size=block_size, fit_examples=settings.fit_examples)
     else:
@@ -300,7 +303,7 @@ def run_search(
                          "refit_seconds": round(evaluator.refit_seconds, 2),
                          "what": "each candidate evaluated after the full least-squares weight refit "
                                  "(edgeprune.recovery.refit) fitted on search-split texts"}
-                        if settings.pricing == "refit" else {"kind": "masked"}),
+                        if settings.pricing == "refit" else {"kind": "masked", "note": pricing_note}),
             "versions": versions(),
         }
     )
