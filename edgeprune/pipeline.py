@@ -850,8 +850,34 @@ def _percentiles(samples: list[float]) -> dict[str, float]:
             "p99": round(percentile(xs, 99), 4), "mean": round(statistics.fmean(xs), 4), "n": len(xs)}
 
 
-def _stage_measure(cfg: BuildConfig, state: _State, model, export: dict, display: _Display) -> dict:
-    """Dense FP32, dense INT8 (plain ORT dynamic quantization) and the final file, alternated in one run."""
+#: At most this many certify-split texts (every k-th) for the real-length latency: one run per text and model, so
+#: ~600 short runs (seconds for MiniLM), and 300 samples give a usable p90.
+REAL_LENGTH_TEXTS = 300
+
+
+def _real_lengths(cfg: BuildConfig, final: Path, int8: Path, tokenizer, texts, pairs) -> dict:
+    """The final file and dense INT8 at batch 1, each text at its real tokenized length (no padding), alternated."""
+    from .latency.measure import measure_real_lengths
+
+    res = measure_real_lengths([final, int8], cfg.profile, tokenizer, texts, text_pairs=pairs,
+                               max_texts=REAL_LENGTH_TEXTS)
+    return {
+        "final": res.latency_ms[0], "dense_int8": res.latency_ms[1],
+        # median over texts of int8/final on the same text (paired in time)
+        "ratio_dense_int8/final": round(res.ratio_p50_to_first[1], 4),
+        "tokens": res.tokens, "at_max_length": res.at_max_length, "max_length": res.max_length, "batch": 1,
+        "texts": {"source": "certify split (texts only; labels unused)", "total": res.texts_total,
+                  "used": res.texts_used, "stride": res.stride},
+        "threads": res.threads, "where": res.where, "measured_on": res.measured_on,
+        "method": "each text tokenized alone (truncated at max_length, never padded); per text, both models run "
+                  "once in a shuffled order; p50/p90/p99 over texts",
+    }
+
+
+def _stage_measure(cfg: BuildConfig, state: _State, model, export: dict, display: _Display, tokenizer=None,
+                   certify=None) -> dict:
+    """Dense FP32, dense INT8 (plain ORT dynamic quantization) and the final file, alternated in one run at the
+    profile's fixed length; then dense INT8 and the final file at the certify texts' real lengths (when given)."""
     from .onnx.export import export_onnx, onnx_size_bytes
     from .latency.measure import measure_alternating, measure_memory
     from .task.modeling import clone_model
@@ -876,6 +902,10 @@ def _stage_measure(cfg: BuildConfig, state: _State, model, export: dict, display
     latency = {n: _percentiles(list(r)) for n, r in zip(names, alt.rounds_ms)}
     for n, r in zip(names, alt.rounds_ms):
         latency[n]["spread_p10_p90"] = round(_percentiles(list(r))["p90"] - sorted(r)[len(r) // 10], 4)
+    real = None
+    if tokenizer is not None and certify is not None and len(certify):
+        display.fraction("measure", 0.65, "real-length latency")
+        real = _real_lengths(cfg, final, int8, tokenizer, certify.texts, certify.text_pairs)
     display.fraction("measure", 0.8, "memory")
     mem = measure_memory(final, cfg.profile, processes=3)
     return {
@@ -886,6 +916,7 @@ def _stage_measure(cfg: BuildConfig, state: _State, model, export: dict, display
         "files": {"dense_fp32": onnx_size_bytes(fp32), "dense_int8": onnx_size_bytes(int8),
                   "final": onnx_size_bytes(final)},
         "memory": mem.to_dict(),
+        "real_lengths": real,
     }
 
 
@@ -954,6 +985,7 @@ def _assemble(cfg: BuildConfig, state: _State, model, task_info: dict) -> dict:
             "settings": {"threads": meas["threads"], "batch": meas["batch"], "seq_len": meas["seq_len"],
                          "rounds": meas["rounds"]},
             "ratios_p50": meas["ratios_p50"],
+            "real_lengths": meas.get("real_lengths"),
         },
         "memory": {"dense_fp32_file_bytes": meas["files"]["dense_fp32"],
                    "dense_int8_file_bytes": meas["files"]["dense_int8"],
@@ -1136,9 +1168,9 @@ def build(config: BuildConfig | None = None, *, progress: bool = True, heartbeat
             export = state.done.get("export") or state.save(
                 "export", _stage_export(cfg, state, task.model_dir, task, search["plan"], display))
             display.stage("measure", 5, reused="measure" in state.done)
-            model, _ = _load(cfg, task.model_dir)  # the search made the model's attention fusable: start clean
+            model, tokenizer = _load(cfg, task.model_dir)  # the search made the model's attention fusable: start clean
             if "measure" not in state.done:
-                state.save("measure", _stage_measure(cfg, state, model, export, display))
+                state.save("measure", _stage_measure(cfg, state, model, export, display, tokenizer, task.certify))
             display.stage("report", 6)
             report = _assemble(cfg, state, model, state.done["task"])
             _add_build_facts(report, state, prof, warnings, display.current_seconds())

@@ -64,6 +64,14 @@ def test_build_end_to_end(tiny_task, tmp_path):
         lat = report["latency_ms"][name]
         assert 0 < lat["p50"] <= lat["p90"] <= lat["p99"]
     assert "measured on" in report["latency_ms"]["measured_on"]
+    real = report["latency_ms"]["real_lengths"]  # batch 1, each certify text at its own length, alternated
+    assert real["texts"]["used"] == real["texts"]["total"] == 120 and real["batch"] == 1
+    assert real["tokens"]["min"] < real["tokens"]["max"] <= real["max_length"]  # 3-9 words: lengths vary
+    assert real["tokens"]["p50"] <= real["tokens"]["p90"]
+    for name in ("dense_int8", "final"):
+        assert real[name]["n"] == 120 and 0 < real[name]["p50"] <= real[name]["p90"] <= real[name]["p99"]
+    assert real["ratio_dense_int8/final"] > 0 and "measured on" in real["measured_on"]
+    assert "At real input lengths (batch 1, no padding; 120 certify texts" in (out / "report.md").read_text()
     assert report["memory"]["final_file_bytes"] < report["memory"]["dense_fp32_file_bytes"]
     assert "heads removed" in (out / "report.md").read_text()
     _readme_snippet_runs(out / "bundle")

