@@ -154,7 +154,7 @@ class Recoverer:
 
             folded, info = recovered_copy(self.model, self.tokenizer, self.fit_data, plan,
                                           examples=self.fit_examples, max_length=self.max_length, batch_size=32)
-            return folded, plan, {"method": "scale", **info}
+            return folded, plan, {**info, "recovery": "scale"}
         if self.method == "refit":
             from edgeprune.recovery.refit import RefitConfig, refit_plan
 
@@ -162,7 +162,7 @@ class Recoverer:
                                      RefitConfig(max_examples=self.fit_examples, max_length=min(self.max_length, 128)))
             info = rec.to_dict()
             info.pop("sublayers", None)
-            return folded, plan, {"method": "refit", **info}
+            return folded, plan, {**info, "recovery": "refit"}
         return self._distilled(index, plan)
 
     # ---- distillation ------------------------------------------------------------------------------------------
@@ -197,7 +197,7 @@ class Recoverer:
         results = distill_gradual_(student, self.model, self.tokenizer, self.distill_data, chain, cfg,
                                    checkpoint_dir=Path(self.work) / "distill", progress=progress)
         res = results[-1]
-        info = {"method": "distill", "stage": len(chain), "stages": len(chain), "steps": res.steps,
+        info = {"recovery": "distill", "method": "gradual pruning with distillation (KL at T + CE)", "stage": len(chain), "stages": len(chain), "steps": res.steps,
                 "seconds": round(sum(r.seconds for r in results), 2), "examples": res.examples,
                 "last_loss": res.last_loss, "adjusted_to_nest": bool(self.adjusted[index]),
                 "surgery_max_abs_diff": max((r.surgery_max_abs_diff or 0.0) for r in results),

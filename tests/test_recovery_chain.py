@@ -1,0 +1,140 @@
+"""Recovered models for the certification sequence (edgeprune.recovery.chain): nested plans for gradual pruning,
+each recovery's model, lazy and resumable distillation stages, and a build that never distils on the certify split."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from edgeprune.adapters import get_adapter  # noqa: E402
+from edgeprune.errors import EdgepruneError  # noqa: E402
+from edgeprune.plan import HeadPlan  # noqa: E402
+from edgeprune.recovery.chain import DistillSettings, Recoverer, nested_plans  # noqa: E402
+from edgeprune.task.modeling import clone_model  # noqa: E402
+from test_recovery import BS, H, JOINT, L, NB, dataset, tiny_model, tok  # noqa: E402,F401
+
+
+def _plan(heads_removed, blocks_removed):
+    return HeadPlan.from_removed((H,) * L, heads_removed).with_ffn_removed(BS, (NB,) * L, blocks_removed)
+
+
+def _units(plan):
+    return set(plan.removed()) | {("f",) + b for b in plan.ffn_removed()}
+
+
+def test_nested_plans_keep_the_last_and_nest_the_rest():
+    a = _plan([(0, 1)], [(1, 2)])
+    b = _plan([(0, 1), (2, 3)], [(3, 0)])  # drops (1, 2), which the last plan removes: added back by the union
+    c = _plan([(0, 1), (2, 3), (1, 0)], [(1, 2), (3, 0), (3, 1)])
+    x = _plan([(3, 3)], [])  # a unit the last plan keeps: never removed by the nested plans
+    plans, changed = nested_plans([HeadPlan.full((H,) * L).with_ffn(BS, (NB,) * L), a, x, b, c])
+    assert plans[-1] == c and changed[-1] is False
+    for p, q in zip(plans, plans[1:]):
+        assert _units(p) <= _units(q)  # nested
+    assert all(_units(p) <= _units(c) for p in plans)
+    assert _units(plans[3]) == _units(a) | _units(b)
+    assert changed[2] is True and _units(plans[2]) == _units(a)  # x's own unit is not in the last plan
+    assert plans[0].is_full and changed[0] is False
+    assert nested_plans([]) == ([], [])
+
+
+@pytest.mark.parametrize("method", ["none", "scale", "refit"])
+def test_each_recovery_hands_over_a_model_for_the_plan(tok, method):
+    model = tiny_model("bert")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    rec = Recoverer(method, model, tok, fit_data=dataset(48), fit_examples=32, max_length=16)
+    source, to_prune, info = rec(1, JOINT)
+    assert to_prune == JOINT  # still to be pruned by the compile chain
+    assert (info is None) == (method == "none") and (info is None or info["recovery"] == method)
+    if method != "none":
+        assert source is not model
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # the user's model is untouched
+    full = HeadPlan.full((H,) * L).with_ffn(BS, (NB,) * L)
+    assert rec(0, full) == (model, full, None)  # the unpruned plan ships as it is
+
+
+def test_refit_is_refused_for_families_it_cannot_solve(tok):
+    from edgeprune.testing import tiny_model as plain_tiny
+
+    with pytest.raises(EdgepruneError, match="refit is not available"):
+        Recoverer("refit", plain_tiny("modernbert"), tok, fit_data=dataset(8))
+    with pytest.raises(EdgepruneError, match="unknown recovery"):
+        Recoverer("retrain", tiny_model("bert"), tok)
+
+
+def test_distillation_stages_are_lazy_nested_and_resumable(tok, tmp_path):
+    """Plan k's model is plan k-1's distilled model pruned further and distilled again; asking for plan 1 trains
+    only stage 1; a new Recoverer on the same folder (a resumed build) gives the same weights without training."""
+    model = tiny_model("bert")
+    full = HeadPlan.full((H,) * L).with_ffn(BS, (NB,) * L)
+    p1 = _plan([(0, 1)], [(1, 2)])
+    p2 = _plan([(0, 1), (2, 3), (1, 0)], [(1, 2), (3, 0)])
+    data = dataset(64, seed=2)
+    settings = DistillSettings(epochs=2, batch_size=16, max_length=16)
+    rec = Recoverer("distill", model, tok, distill_data=data, plans=[full, p1, p2], work=tmp_path,
+                    distill=settings)
+    assert rec.stage_steps() == 4  # 2 epochs x 4 steps, shared by the 2 pruned plans
+    m1, to_prune, info1 = rec(1, p1)
+    assert to_prune is None and info1["recovery"] == "distill" and info1["stages"] == 1
+    assert info1["surgery_max_abs_diff"] <= 1e-5
+    assert not (tmp_path / "distill" / "plan-1").exists()  # stage 2 not trained yet
+    current = get_adapter(m1).current_plan(m1)
+    assert current.kept == p1.kept and current.ffn_kept == p1.ffn_kept
+    m2, _, info2 = rec(2, p2)
+    assert info2["stages"] == 2 and get_adapter(m2).current_plan(m2).kept == p2.kept
+    # distillation changed the weights (it trained), and the pruned model is not the masked original
+    with torch.no_grad():
+        enc = tok(["good movie", "bad plot"], padding=True, return_tensors="pt")
+        masked = clone_model(model)
+        with get_adapter(masked).mask_heads(masked, p2):
+            ref = masked(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits
+        got = m2(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits
+    assert not torch.allclose(ref, got, atol=1e-4)
+    # resumed: finished stages are reloaded, not retrained; same weights
+    again = Recoverer("distill", model, tok, distill_data=data, plans=[full, p1, p2], work=tmp_path,
+                      distill=settings)
+    m2b, _, _ = again(2, p2)
+    assert all(torch.equal(a, b) for a, b in zip(m2.state_dict().values(), m2b.state_dict().values()))
+    with pytest.raises(EdgepruneError, match="frozen sequence"):
+        again(2, p1)
+
+
+def test_a_build_never_distils_on_the_certify_split(tmp_path, monkeypatch):
+    """The distillation texts of a build are the search split (user data): no certify text among them."""
+    import random
+
+    from edgeprune.pipeline import BuildConfig, build
+    from edgeprune.recovery import chain
+    from edgeprune.testing import tiny_model as plain_tiny
+    from edgeprune.testing import tiny_tokenizer
+
+    words = "the a movie film plot good bad great awful fun boring love hate best worst".split()
+    model = plain_tiny("bert", num_layers=2, num_heads=4, hidden=32)
+    model.config.id2label = {0: "negative", 1: "positive"}
+    model.config.label2id = {"negative": 0, "positive": 1}
+    model.save_pretrained(tmp_path / "model")
+    tiny_tokenizer(tmp_path / "model")
+    rng = random.Random(1)
+    rows = ["text,label"] + [f"{' '.join(rng.choices(words, k=rng.randint(3, 9)))} {i},"
+                             f"{'positive' if rng.random() < 0.5 else 'negative'}" for i in range(240)]
+    (tmp_path / "data.csv").write_text("\n".join(rows) + "\n")
+    seen = {}
+    real_init = chain.Recoverer.__post_init__
+
+    def spy(self):
+        seen["texts"] = list(self.distill_data.texts)
+        real_init(self)
+
+    monkeypatch.setattr(chain.Recoverer, "__post_init__", spy)
+    out = tmp_path / "out"
+    cfg = BuildConfig(profile="x86-64", model=str(tmp_path / "model"), data=str(tmp_path / "data.csv"),
+                      out=str(out), max_drop_pts=60.0, max_evaluations=8, measure_rounds=5, recovery="distill")
+    build(cfg, progress=False)
+    from edgeprune.pipeline import _split_user_data
+
+    search, certify, _ = _split_user_data(cfg, dict(model.config.label2id))
+    assert seen["texts"] and not set(seen["texts"]) & set(certify.texts)
+    assert sorted(seen["texts"]) == sorted(search.texts)
