@@ -55,7 +55,7 @@ class SearchSettings:
     correction: str = "none"
     int8_aware: bool = True
     credit_improvement: bool = False
-    rescore_every: int = 4
+    rescore_every: int = 8
     importance_examples: Optional[int] = 512
     branching: int = 6
     batch_size: int = 4
