@@ -78,6 +78,8 @@ class DistillSettings:
             stage, so a resumed build is step-for-step the same run).
         batch_size, max_length, lr: as :class:`edgeprune.recovery.distill.DistillConfig`.
         seed: batch order and dropout seed.
+        threads: torch threads (None: the physical cores). Fixed, not taken from the load: float sums depend on
+            the thread count, and a resumed build must give the uninterrupted run's weights.
     """
 
     epochs: float = 2.0
@@ -85,6 +87,7 @@ class DistillSettings:
     max_length: int = 64
     lr: float = 1e-4
     seed: int = 0
+    threads: Optional[int] = None
 
     def __post_init__(self) -> None:
         if not self.epochs > 0:
@@ -174,6 +177,7 @@ class Recoverer:
 
     def _distilled(self, index: int, plan: HeadPlan):
         from edgeprune.recovery.distill import DistillConfig, distill_gradual_
+        from edgeprune.search.evaluate import physical_cores
         from edgeprune.task.modeling import clone_model
 
         if index >= len(self.plans) or _units(self.plans[index]) != _units(plan):
@@ -184,7 +188,10 @@ class Recoverer:
         cfg = DistillConfig(epochs=max(1, math.ceil(steps / math.ceil(len(self.distill_data) /
                                                                       self.distill.batch_size))),
                             max_steps=steps, batch_size=self.distill.batch_size, max_length=self.distill.max_length,
-                            lr=self.distill.lr, seed=self.distill.seed)
+                            lr=self.distill.lr, seed=self.distill.seed, threads=self.distill.threads or physical_cores())
+        import torch
+
+        torch.set_num_threads(cfg.threads)  # before the teacher's logits too: they feed every stage
         student = clone_model(self.model)
         total = steps * len(chain)
 
