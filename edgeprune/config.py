@@ -50,7 +50,7 @@ class SearchSettings:
     algorithm: str = "astar"
     structures: str = "heads+ffn"
     ffn_block_size: Optional[int] = None
-    max_evaluations: int = 80
+    max_evaluations: int = 40
     max_seconds: Optional[float] = 600.0
     correction: str = "none"
     int8_aware: bool = True

@@ -128,9 +128,9 @@ class BuildConfig:
     importance_examples: Optional[int] = _S.importance_examples
     structures: str = _S.structures
     ffn_block_size: Optional[int] = _S.ffn_block_size
-    recovery: str = "distill"
+    recovery: str = "refit"
     recovery_examples: int = 1024
-    distill_epochs: float = 2.0
+    distill_epochs: float = 1.5
     distill_data: Optional[str] = None
     search_slack_pts: Optional[float] = None
     step_units: int = _S.step_units
@@ -735,7 +735,7 @@ def _stage_search(cfg: BuildConfig, state: _State, model, tokenizer, task: _Task
         model, task.search, settings=cfg.search_settings(), profile=cfg.profile, latency_table=lut_path,
         max_drop_pts=cfg.max_drop_pts + cfg.slack_pts, confidence=cfg.confidence, tokenizer=tokenizer,
         journal=state.dir / "search.journal.jsonl", resume=True, on_progress=on_progress,
-        shipped_predictions=shipped,
+        shipped_predictions=shipped, bound_scale=len(task.certify) / len(task.search),
     )
     plan_path = write_plan(result, state.out / "plan.json")
     data = json.loads(Path(plan_path).read_text())

@@ -76,7 +76,8 @@ def test_distillation_stages_are_lazy_nested_and_resumable(tok, tmp_path):
     settings = DistillSettings(epochs=2, batch_size=16, max_length=16)
     rec = Recoverer("distill", model, tok, distill_data=data, plans=[full, p1, p2], work=tmp_path,
                     distill=settings)
-    assert rec.stage_steps() == 4  # 2 epochs x 4 steps, shared by the 2 pruned plans
+    # 2 epochs x 4 steps, shared in proportion to the units each stage adds (2, then 3)
+    assert rec.stage_steps() == [3, 5]
     m1, to_prune, info1 = rec(1, p1)
     assert to_prune is None and info1["recovery"] == "distill" and info1["stages"] == 1
     assert info1["surgery_max_abs_diff"] <= 1e-5

@@ -440,3 +440,32 @@ def test_step_units_moves_several_units_at_a_time():
     assert a.heads_removed >= res.heads_removed and max(sizes) >= 4 * 9
     with pytest.raises(SearchError):
         SearchConfig(max_drop_pts=1.0, step_units=0)
+
+
+def test_bound_scale_bounds_as_if_on_a_larger_split():
+    """bound_scale = k bounds the candidate's rates as if seen on k times the examples (the certify split), and
+    early rejection stops exactly the candidates that scaled bound must fail."""
+    layout = (4, 4)
+
+    class Fixed:
+        def evaluate(self, states):
+            return [EvalResult(0, 0, 1000, 0.0) if not s else EvalResult(30, 10, 1000, 0.1) for s in states]
+
+    imp = {(l, h): float(h) for l in range(2) for h in range(4)}
+    p1 = Problem(Fixed(), linear_latency, imp, layout, SearchConfig(max_drop_pts=1.0, correction="none"))
+    p2 = Problem(Fixed(), linear_latency, imp, layout,
+                 SearchConfig(max_drop_pts=1.0, correction="none", bound_scale=2.0))
+    s = frozenset({(0, 0)})
+    for p in (p1, p2):
+        p.evaluate([frozenset(), s])
+    assert p1.bound_pts(s) == pytest.approx(100 * paired_drop_upper_bound(30, 10, 1000, 0.95))
+    assert p2.bound_pts(s) == pytest.approx(100 * paired_drop_upper_bound(60, 20, 2000, 0.95))
+    assert p2.bound_pts(s) < p1.bound_pts(s)
+    no_credit = SearchConfig(max_drop_pts=1.0, correction="none", bound_scale=2.0, credit_improvement=False)
+    p3 = Problem(Fixed(), linear_latency, imp, layout, no_credit)
+    p3.evaluate([frozenset()])
+    t = p3.reject_worse_threshold()
+    assert 100 * paired_drop_upper_bound(round(2 * t), round(2 * t), 2000, 0.95) <= 1.0
+    assert 100 * paired_drop_upper_bound(round(2 * (t + 1)), round(2 * (t + 1)), 2000, 0.95) > 1.0
+    with pytest.raises(SearchError):
+        SearchConfig(max_drop_pts=1.0, bound_scale=0)

@@ -74,15 +74,15 @@ class DistillSettings:
     """Distillation along the sequence.
 
     Attributes:
-        epochs: passes over the distillation texts in total, shared evenly by the stages (a fixed step count per
-            stage, so a resumed build is step-for-step the same run).
+        epochs: passes over the distillation texts in total, shared by the stages in proportion to the units each
+            removes (fixed step counts, so a resumed build is step for step the same run).
         batch_size, max_length, lr: as :class:`edgeprune.recovery.distill.DistillConfig`.
         seed: batch order and dropout seed.
         threads: torch threads (None: the physical cores). Fixed, not taken from the load: float sums depend on
             the thread count, and a resumed build must give the uninterrupted run's weights.
     """
 
-    epochs: float = 2.0
+    epochs: float = 1.5
     batch_size: int = 32
     max_length: int = 64
     lr: float = 1e-4
@@ -169,11 +169,21 @@ class Recoverer:
         return self._distilled(index, plan)
 
     # ---- distillation ------------------------------------------------------------------------------------------
-    def stage_steps(self) -> int:
-        """Optimiser steps per stage: the total epochs' steps shared evenly by the pruned stages."""
-        pruned = sum(1 for p in self.plans if not _is_unpruned(p))
+    def stage_steps(self) -> list[int]:
+        """Optimiser steps of each pruned stage: the total epochs' steps shared in proportion to the units each
+        stage removes beyond the previous one (a stage that removes 4 units needs less repair than one that removes
+        30), each stage getting at least a quarter of an equal share."""
+        pruned = [p for p in self.plans if not _is_unpruned(p)]
         per_epoch = math.ceil(len(self.distill_data) / self.distill.batch_size)
-        return max(1, round(self.distill.epochs * per_epoch / max(pruned, 1)))
+        total = max(len(pruned), round(self.distill.epochs * per_epoch))
+        added, before = [], set()
+        for p in pruned:
+            units = _units(p)
+            added.append(len(units - before))
+            before = units
+        floor = 0.25 * sum(added) / max(len(added), 1)
+        weights = [max(a, floor) for a in added]
+        return [max(1, round(total * w / sum(weights))) for w in weights] if weights else []
 
     def _distilled(self, index: int, plan: HeadPlan):
         from edgeprune.recovery.distill import DistillConfig, distill_gradual_
@@ -184,24 +194,27 @@ class Recoverer:
             raise EdgepruneError(f"plan {index} is not the sequence's plan {index}: distillation follows the frozen "
                                  "sequence (a bug)")
         chain = [p for p in self.plans[:index + 1] if not _is_unpruned(p)]
-        steps = self.stage_steps()
-        cfg = DistillConfig(epochs=max(1, math.ceil(steps / math.ceil(len(self.distill_data) /
-                                                                      self.distill.batch_size))),
-                            max_steps=steps, batch_size=self.distill.batch_size, max_length=self.distill.max_length,
-                            lr=self.distill.lr, seed=self.distill.seed, threads=self.distill.threads or physical_cores())
+        per_epoch = math.ceil(len(self.distill_data) / self.distill.batch_size)
+        budgets = self.stage_steps()[:len(chain)]
+        configs = [DistillConfig(epochs=max(1, math.ceil(n / per_epoch)), max_steps=n,
+                                 batch_size=self.distill.batch_size, max_length=self.distill.max_length,
+                                 lr=self.distill.lr, seed=self.distill.seed,
+                                 threads=self.distill.threads or physical_cores()) for n in budgets]
+        cfg = configs[-1]
         import torch
 
         torch.set_num_threads(cfg.threads)  # before the teacher's logits too: they feed every stage
         student = clone_model(self.model)
-        total = steps * len(chain)
+        total = sum(budgets)
 
         def progress(info: dict) -> None:
             if self.progress:
-                done = info["stage"] * steps + info["step"]
-                self.progress(f"distill plan {index} stage {info['stage'] + 1}/{len(chain)} step {info['step']}/"
-                              f"{steps} loss {info['loss']:.3f}", done / max(total, 1))
+                k = info["stage"]
+                done = sum(budgets[:k]) + info["step"]
+                self.progress(f"distill plan {index} stage {k + 1}/{len(chain)} step {info['step']}/"
+                              f"{budgets[k]} loss {info['loss']:.3f}", done / max(total, 1))
 
-        results = distill_gradual_(student, self.model, self.tokenizer, self.distill_data, chain, cfg,
+        results = distill_gradual_(student, self.model, self.tokenizer, self.distill_data, chain, configs,
                                    checkpoint_dir=Path(self.work) / "distill", progress=progress)
         res = results[-1]
         info = {"recovery": "distill", "method": "gradual pruning with distillation (KL at T + CE)", "stage": len(chain), "stages": len(chain), "steps": res.steps,

@@ -11,7 +11,8 @@ Texts without labels (``ce_weight = 0`` or a plain list of strings) train on the
 
 * **Data**: whatever the caller passes. For the default task use :func:`task_distill_data` (its fine-tune split +
   search split, never the certify split: training on it would void the certificate).
-* **Deterministic for a seed**: the batch order of epoch ``e`` is a permutation drawn from ``seed + e``, dropout
+* **Deterministic for a seed**: the batch order of epoch ``e`` is drawn from ``seed + e`` (length-grouped by
+  default), dropout
   from a generator seeded with ``seed``; on the same machine and thread count two runs give identical weights.
 * **Budget**: ``epochs`` and/or ``max_steps`` and/or ``max_seconds`` (whichever ends first).
 * **Checkpoint / resume**: with ``checkpoint_dir`` the full state (weights, plan, optimizer, RNG, position) is
@@ -31,6 +32,7 @@ import hashlib
 import json
 import math
 import os
+import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -67,6 +69,9 @@ class DistillConfig:
         seed: batch order and dropout seed.
         checkpoint_every: also checkpoint every this many steps (None: only at epoch ends and at the stop).
         threads: torch intra-op threads (None: leave as is).
+        group_by_length: batches of similar lengths (shuffled, sorted inside chunks of 50 batches, batch order
+            shuffled; :func:`edgeprune.task.predict.length_grouped_batches`), each padded to its own longest
+            text: about half the compute of random batches on short sentences. False = random batches.
     """
 
     epochs: int = 2
@@ -81,6 +86,7 @@ class DistillConfig:
     seed: int = 0
     checkpoint_every: int | None = None
     threads: int | None = None
+    group_by_length: bool = True
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.max_length < 2:
@@ -316,6 +322,13 @@ def distill_(student: nn.Module, teacher: nn.Module | None, tokenizer, data: Any
 
     steps_per_epoch = math.ceil(n / cfg.batch_size)
     total = cfg.epochs * steps_per_epoch
+    lengths = None
+    if cfg.group_by_length:
+        from edgeprune.task.predict import length_grouped_batches
+
+        pairs = list(data.text_pairs) if data.text_pairs is not None else None
+        lengths = [len(x) for x in tokenizer(list(data.texts), pairs, truncation=True,
+                                             max_length=cfg.max_length)["input_ids"]]
     if cfg.max_steps is not None:
         total = min(total, cfg.max_steps)
     opt = torch.optim.AdamW(_param_groups(student, cfg.weight_decay), lr=cfg.lr)
@@ -348,12 +361,16 @@ def distill_(student: nn.Module, teacher: nn.Module | None, tokenizer, data: Any
     try:
         with mask_ctx, torch.random.fork_rng(devices=[]):
             while epoch < cfg.epochs:
-                order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed + epoch)).tolist()
+                if cfg.group_by_length:
+                    epoch_batches = length_grouped_batches(lengths, cfg.batch_size, random.Random(cfg.seed + epoch))
+                else:
+                    order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed + epoch)).tolist()
+                    epoch_batches = [order[k:k + cfg.batch_size] for k in range(0, n, cfg.batch_size)]
                 while pos < steps_per_epoch:
                     if step >= total:
                         stopped_by = "max_steps"
                         break
-                    idx = order[pos * cfg.batch_size:(pos + 1) * cfg.batch_size]
+                    idx = epoch_batches[pos]
                     feed = _tokenize(student, tokenizer, data, idx, cfg.max_length)
                     # dropout draws from the global generator: drive it from our own, saved in checkpoints
                     torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=dropout_rng)))
@@ -391,7 +408,7 @@ def distill_(student: nn.Module, teacher: nn.Module | None, tokenizer, data: Any
 
 
 def distill_gradual_(student: nn.Module, teacher: nn.Module, tokenizer, data: Any, plans: Sequence[HeadPlan],
-                     config: DistillConfig | None = None, *, checkpoint_dir: str | os.PathLike,
+                     config: DistillConfig | Sequence[DistillConfig] | None = None, *, checkpoint_dir: str | os.PathLike,
                      progress: Callable[[dict[str, Any]], None] | None = None) -> list[DistillResult]:
     """Gradual pruning along nested plans in one run: for each plan, prune the student to it (physically, with the
     pruned == masked check), distill with ``config``, and save the model to ``checkpoint_dir/plan-<k>/model``.
@@ -405,7 +422,8 @@ def distill_gradual_(student: nn.Module, teacher: nn.Module, tokenizer, data: An
         tokenizer: the tokenizer.
         data: distillation texts (never the certify split).
         plans: nested plans, least to most pruned (each keeps a subset of the previous one's units).
-        config: per-stage :class:`DistillConfig`.
+        config: the :class:`DistillConfig` of every stage, or a list with one per stage (e.g. step budgets in
+            proportion to what each stage removes; the teacher's logits use the first one's ``max_length``).
         checkpoint_dir: the run's folder.
         progress: as in :func:`distill_`, with ``"stage"`` added.
 
@@ -414,12 +432,15 @@ def distill_gradual_(student: nn.Module, teacher: nn.Module, tokenizer, data: An
     """
     from edgeprune.task.modeling import load_pruned, prune_and_verify_, save_pruned
 
-    cfg = config or DistillConfig()
+    configs = list(config) if isinstance(config, (list, tuple)) else [config or DistillConfig()] * len(plans)
+    if len(configs) != len(plans):
+        raise DataError(f"{len(configs)} stage settings for {len(plans)} plans")
     root = Path(checkpoint_dir)
     data, _ = _as_dataset(data)
     logits_t = None
     results = []
     for k, plan in enumerate(plans):
+        cfg = configs[k]
         stage = root / f"plan-{k}"
         done = stage / "result.json"
         if done.is_file():

@@ -108,6 +108,10 @@ class SearchConfig:
             ``branching`` windows starting at the first ``branching`` remaining units). 1 = one unit per move (the
             original formulation). Larger steps reach deep plans within an evaluation budget: a 65% plan of the
             default model's 144 units needs 94 one-unit moves, more than the default 80 evaluations.
+        bound_scale: bound each candidate as if its rates had been observed on a split ``bound_scale`` times as
+            large (counts and n scaled, rounded): the search then accepts what the *certify* split (of that
+            relative size) is expected to certify, instead of what its own smaller split can. 1 = the search
+            split's own bound. Only the certification's test on the certify split carries the promise.
         credit_improvement: False = a candidate's "better" flips count at most as many as its "worse" flips, so
             the search never takes an observed net *gain* of a pruned model as evidence (it is selection noise:
             on the default task the search's picks showed -0.14 to -0.66 points on the search split and +0.47 to
@@ -130,6 +134,7 @@ class SearchConfig:
     offset_better: int = 0
     credit_improvement: bool = True
     step_units: int = 1
+    bound_scale: float = 1.0
 
     def __post_init__(self) -> None:
         if not (self.max_drop_pts >= 0 and math.isfinite(self.max_drop_pts)):
@@ -142,6 +147,8 @@ class SearchConfig:
         for name in ("max_evaluations", "max_expansions", "branching", "batch_size", "rescore_every", "step_units"):
             if int(getattr(self, name)) < 1:
                 raise SearchError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not (self.bound_scale > 0 and math.isfinite(self.bound_scale)):
+            raise SearchError(f"bound_scale must be a finite number > 0, got {self.bound_scale}")
         if self.resolution_pts is not None and self.resolution_pts < 0:
             raise SearchError(f"resolution_pts must be >= 0 or None, got {self.resolution_pts}")
 
@@ -437,9 +444,11 @@ class Problem:
         if self._reject_at is None:
             from edgeprune.certify.sequence import max_discordance
 
+            k = self.config.bound_scale
             n = next(iter(self.cache.values())).n
-            d0 = max_discordance(n, self.config.max_drop_pts / 100.0, self._conf, 0.0)
-            self._reject_at = -1 if d0 is None else d0 // 2 - self.config.offset_worse
+            d0 = max_discordance(round(n * k), self.config.max_drop_pts / 100.0, self._conf, 0.0)
+            # the bound of W worse (scaled: round(W k)) passes at best iff 2 round(W k) <= d0
+            self._reject_at = -1 if d0 is None else int((d0 // 2 + 0.5) / k) - self.config.offset_worse
         return self._reject_at
 
     def result_of(self, state: State | Key) -> EvalResult:
@@ -457,6 +466,9 @@ class Problem:
         better = min(r.n_better + self.config.offset_better, r.n - worse)
         if not self.config.credit_improvement:
             better = min(better, worse)
+        k = self.config.bound_scale
+        if k != 1.0:  # the bound the same rates would get on a split k times as large (the certify split)
+            return 100.0 * paired_drop_upper_bound(round(worse * k), round(better * k), round(r.n * k), self._conf)
         return 100.0 * paired_drop_upper_bound(worse, better, r.n, self._conf)
 
     def latency(self, state: State | Key) -> float:

@@ -134,6 +134,7 @@ def run_search(
     label_column: Optional[str] = None,
     shipped_predictions: Optional[Sequence[int]] = None,
     work_dir: Optional[Union[str, Path]] = None,
+    bound_scale: float = 1.0,
     **overrides: Any,
 ) -> SearchResult:
     """Search a plan for ``model`` on ``search_data`` under an accuracy bound, as ``edgeprune build`` does.
@@ -163,6 +164,9 @@ def run_search(
             (:func:`shipped_dense_predictions`). Their discordance against the FP32 model is added to every
             candidate's counts (:func:`edgeprune.certify.policy.int8_allowance`).
         work_dir: scratch folder for the dense shipped-form file (default: a temporary folder).
+        bound_scale: bound candidates as if observed on a split this many times larger (``SearchConfig.
+            bound_scale``); ``edgeprune build`` passes certify size / search size, so the search accepts what the
+            certify split is expected to certify.
         **overrides: :class:`SearchSettings` fields to change (e.g. ``algorithm="greedy"``).
 
     Returns:
@@ -272,7 +276,8 @@ def run_search(
                           max_seconds=settings.max_seconds, branching=settings.branching,
                           batch_size=settings.batch_size, seed=settings.seed, offset_worse=offset_worse,
                           offset_better=offset_better, rescore_every=settings.rescore_every,
-                          credit_improvement=settings.credit_improvement, step_units=settings.step_units)
+                          credit_improvement=settings.credit_improvement, step_units=settings.step_units,
+                          bound_scale=float(bound_scale))
     fingerprint = {
         "model": model_id or type(model).__name__,
         "data": {"source": getattr(search_data, "source", None), "n": len(search_data)},

@@ -687,24 +687,6 @@ def _cpu_count() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def _length_grouped_batches(lengths: Sequence[int], batch_size: int, rng: random.Random) -> list[list[int]]:
-    """Shuffle, sort by length inside chunks of 50 batches, cut into batches, shuffle the batch order.
-
-    Padding each batch only to its own longest sentence (instead of to max_seq_len) roughly halves the compute on
-    these short sentences; the chunked sort keeps batches random enough for SGD (the same idea as HF Trainer's
-    ``group_by_length``).
-    """
-    order = list(range(len(lengths)))
-    rng.shuffle(order)
-    chunk = batch_size * 50
-    batches = []
-    for start in range(0, len(order), chunk):
-        part = sorted(order[start:start + chunk], key=lambda i: -lengths[i])
-        batches += [part[j:j + batch_size] for j in range(0, len(part), batch_size)]
-    rng.shuffle(batches)
-    return batches
-
-
 def _pad(encoded: list[list[int]], rows: Sequence[int], pad_id: int) -> tuple[Any, Any]:
     import torch
 
@@ -773,7 +755,9 @@ def _finetune(base_dir: Path, train: TextDataset, spec: TaskSpec, progress: bool
     encoded = _encode(tokenizer, train.texts, spec.max_seq_len)
     lengths = [len(e) for e in encoded]
     rng = random.Random(spec.seed)
-    epochs = [_length_grouped_batches(lengths, spec.batch_size, rng) for _ in range(spec.epochs)]
+    from edgeprune.task.predict import length_grouped_batches
+
+    epochs = [length_grouped_batches(lengths, spec.batch_size, rng) for _ in range(spec.epochs)]
     total = sum(len(b) for b in epochs)
     if spec.max_steps is not None:
         total = min(total, spec.max_steps)
