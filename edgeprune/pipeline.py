@@ -38,6 +38,7 @@ STATE_DIR = ".edgeprune"
 #: distillation recovers beyond what the refit-priced search sees. Measured on the default task (docs/recovery.md):
 #: distillation recovered 1.3 / 1.9 / 3.6 points over the refit alone at 25 / 50 / 65% of the units removed.
 SEARCH_SLACK_PTS = {"none": 0.0, "scale": 0.0, "refit": 0.0, "distill": 2.5}
+# (the search already bounds at the certify split's size: SearchConfig.bound_scale)
 STAGES = ("task", "preflight", "lut", "search", "export", "measure", "report")
 # Relative cost of the stages on the default task (used for the overall progress bar and its ETA).
 STAGE_WEIGHTS = {"task": 3, "preflight": 3, "lut": 12, "search": 50, "export": 20, "measure": 10, "report": 2}
@@ -85,11 +86,11 @@ class BuildConfig:
         structures: "heads" or "heads+ffn" (heads and FFN neuron blocks in one search; the LUT measures both).
         ffn_block_size: neurons per FFN block for "heads+ffn" (None = 128).
         recovery: what every pruned plan of the certification sequence gets before it is compiled and certified
-            (edgeprune.recovery.chain): ``distill`` (default: gradual pruning with distillation along the sequence,
-            on the default task's fine-tune + search splits or the user's search split / ``distill_data``),
-            ``refit`` (the full least-squares weight refit, no training), ``scale`` (the least-squares rescaling of
-            the kept units) or ``none``. With ``refit`` and ``distill`` the search prices candidates after the
-            refit (``SearchSettings.pricing``). Measured: docs/recovery.md.
+            (edgeprune.recovery.chain): ``refit`` (default: the full least-squares weight refit, no training),
+            ``distill`` (gradual pruning with distillation along the sequence; opt-in: on the default task a short
+            distillation made a lightly pruned plan *disagree* with the unpruned model far more than the refit did,
+            docs/recovery.md), ``scale`` (the least-squares rescaling of the kept units) or ``none``. With ``refit``
+            and ``distill`` the search prices candidates after the refit (``SearchSettings.pricing``).
         distill_epochs: passes over the distillation texts, shared by the sequence's pruned plans.
         distill_data: extra unlabelled (or labelled) in-domain texts for distillation (a file like ``data``; a
             plain text file has one text per line). Never the certify data.
