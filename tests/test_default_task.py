@@ -165,7 +165,7 @@ def test_load_default_splits_records_seed_sizes_and_fingerprints(tmp_path):
     assert s1.ids_sha256 == s2.ids_sha256 and s1.ids == s2.ids
     assert s1.search.texts == s2.search.texts
     record = s1.record()
-    assert record["seed"] == 5 and record["fractions"] == {"finetune": 0.4, "search": 0.2, "certify": 0.4}
+    assert record["seed"] == 5 and record["fractions"] == {"finetune": 0.6, "search": 0.2, "certify": 0.2}
     limited = dt.load_default_splits(tmp_path / "cache", spec=dt.TaskSpec(data_path=str(sdist), split_seed=5, limit=10),
                                      progress=False)
     assert limited.sizes == {"finetune": 10, "search": 10, "certify": 10}
@@ -382,7 +382,7 @@ def test_real_data_count_and_split_sizes(tmp_path):
     assert len(ds) == dt.EXPECTED_EXAMPLES == 10_568
     assert sum(ds.labels) == dt.EXPECTED_POSITIVES == 5_242
     splits = dt.load_default_splits(sdist.parent.parent, progress=False)
-    assert splits.sizes == {"finetune": 4228, "search": 2113, "certify": 4227}
+    assert splits.sizes == {"finetune": 6342, "search": 2113, "certify": 2113}
     assert max(len(t.split()) for t in ds.texts) < 64
 
 
@@ -394,7 +394,7 @@ def test_cached_real_default_task_is_valid_and_accurate():
     data = dt.load_default_splits(progress=False)
     manifest = dt._verify(folder, dt.TaskSpec(), data)
     assert manifest["accuracy"]["search"] >= 0.80 and manifest["accuracy"]["certify"] >= 0.80
-    assert manifest["splits"]["sizes"] == {"finetune": 4228, "search": 2113, "certify": 4227}
+    assert manifest["splits"]["sizes"] == {"finetune": 6342, "search": 2113, "certify": 2113}
 
 
 def test_split_indices_never_overlaps_on_odd_classes():
