@@ -68,41 +68,28 @@ def wilson(k: int, n: int, z: float = Z975) -> tuple[float, float]:
 
 
 def predict(model_dir: Path, texts: list[str], max_len: int, batch_size: int = 64) -> list[int]:
-    """Argmax predictions of the FP32 PyTorch teacher (length-sorted batches, as ``default._accuracy``)."""
-    import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    """Argmax predictions of the FP32 PyTorch teacher (edgeprune.task.predict.torch_predictions)."""
+    from edgeprune.task.data import TextDataset
+    from edgeprune.task.modeling import load_model
+    from edgeprune.task.predict import torch_predictions
 
-    from edgeprune.task.default import _encode, _pad
-
-    tok = AutoTokenizer.from_pretrained(str(model_dir))
-    model = AutoModelForSequenceClassification.from_pretrained(str(model_dir)).eval()
-    enc = _encode(tok, texts, max_len)
-    order = sorted(range(len(texts)), key=lambda i: len(enc[i]))
-    pred = [0] * len(texts)
-    with torch.inference_mode():
-        for s in range(0, len(order), batch_size):
-            rows = order[s:s + batch_size]
-            ids, mask = _pad(enc, rows, tok.pad_token_id or 0)
-            for i, p in zip(rows, model(input_ids=ids, attention_mask=mask).logits.argmax(-1).tolist()):
-                pred[i] = int(p)
-    return pred
+    model, tok = load_model(model_dir)
+    return [int(p) for p in torch_predictions(model, tok, TextDataset(list(texts), [0] * len(texts)),
+                                              max_length=max_len, batch_size=batch_size)]
 
 
 def teacher(fractions: tuple[float, float, float], cache_dir: Path, reuse_default: Path | None) -> dict[str, Any]:
     """Fine-tune (or reuse) the teacher of ``fractions``; its folder, splits, manifest and how it was obtained."""
-    from edgeprune.task.default import TaskSpec, _CacheInvalid, _verify, default_task, load_default_splits
+    from edgeprune.task.default import TaskSpec, default_task
 
     spec = TaskSpec(fractions=fractions)
     t0 = time.perf_counter()
     if spec.is_default and reuse_default is not None:
-        data = load_default_splits(cache_dir, spec=spec, progress=False)
-        try:
-            manifest = _verify(reuse_default, spec, data)  # reads and hashes only
-            return {"spec": spec, "model_dir": reuse_default, "data": data, "manifest": manifest,
-                    "obtained": f"reused {reuse_default} (verified against its manifest)",
-                    "call_seconds": time.perf_counter() - t0}
-        except _CacheInvalid as exc:
-            log(f"{reuse_default} not usable ({exc}); fine-tuning the default teacher in {cache_dir}")
+        # default_task verifies the cached folder (every file against its manifest) and reuses it when valid
+        task = default_task(cache_dir=reuse_default.parent, spec=spec, progress=False)
+        return {"spec": spec, "model_dir": task.model_dir, "data": task.data, "manifest": task.manifest,
+                "obtained": f"reused {task.model_dir} (verified against its manifest)" if not task.built
+                else "fine-tuned by this run", "call_seconds": time.perf_counter() - t0}
     task = default_task(cache_dir=cache_dir, spec=spec, progress=False)
     return {"spec": spec, "model_dir": task.model_dir, "data": task.data, "manifest": task.manifest,
             "obtained": "fine-tuned by this run" if task.built else f"reused the verified cache {task.model_dir}",

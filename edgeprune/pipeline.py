@@ -812,13 +812,19 @@ def _recoverer(cfg: BuildConfig, state: "_State", model, tokenizer, task: _Task,
         return None
     from .profiles import load_profile
     from .recovery.chain import DistillSettings, Recoverer
+    from .recovery.refit import unsupported_reason
 
+    method = cfg.recovery
+    why = unsupported_reason(model) if method == "refit" else None
+    if why:  # e.g. ModernBERT (bias-free, pre-LayerNorm): the scale refit still applies
+        display.log(f"--recovery refit is not available for this model ({why}); using --recovery scale")
+        method = "scale"
     distill_data = None
     if cfg.recovery == "distill":
         distill_data = task.distill if task.distill is not None else task.search
         if cfg.distill_data:
             distill_data = _with_extra_texts(distill_data, cfg.distill_data)
-    return Recoverer(cfg.recovery, model, tokenizer, fit_data=task.search, distill_data=distill_data, plans=plans,
+    return Recoverer(method, model, tokenizer, fit_data=task.search, distill_data=distill_data, plans=plans,
                      work=state.dir, fit_examples=cfg.recovery_examples, max_length=load_profile(cfg.profile).seq_len,
                      distill=DistillSettings(epochs=cfg.distill_epochs, seed=cfg.seed),
                      progress=lambda msg, frac: display.fraction("export", 0.05 + 0.5 * frac, msg[:70]))

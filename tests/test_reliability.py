@@ -478,7 +478,7 @@ KILL_POINTS = [
     ("preflight", "edgeprune.search.run:shipped_dense_predictions", "before", 1),  # the dense INT8 file (pre-flight)
     *[(f"search-eval-{k}", "edgeprune.search.journal:Journal.add_eval", "after", k) for k in _EVAL_POINTS],
     ("search-end", "edgeprune.search.run:write_plan", "after", 1),
-    ("recovery", "edgeprune.recovery.scale:recovered_copy", "before", 1),
+    ("recovery", "edgeprune.recovery.chain:Recoverer.__call__", "before", 1),
     ("export-compile", "edgeprune.onnx.compile:compile_plan", "after", 2),  # call 1 is the search's dense INT8
     ("certification", "edgeprune.output.bundle:certify_sequence", "before", 1),
     ("export-ort", "edgeprune.onnx.ort_format:to_ort_format", "before", 1),

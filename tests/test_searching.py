@@ -118,7 +118,7 @@ def test_early_rejection_changes_no_result_and_saves_batches(tiny_dir, monkeypat
     from edgeprune.search.core import Problem
 
     kw = dict(max_drop_pts=max_drop, confidence=0.8, max_evaluations=24, structures="heads", int8_aware=False,
-              eval_batch_size=8, latency=lambda kc: float(sum(kc)))
+              eval_batch_size=8, latency=lambda kc: float(sum(kc)), pricing="none", step_units=1, rescore_every=4)
     fast = run_search(str(tiny_dir), str(tiny_dir / "search.csv"), **kw)
     monkeypatch.setattr(Problem, "reject_worse_threshold", lambda self: None)
     full = run_search(str(tiny_dir), str(tiny_dir / "search.csv"), **kw)
