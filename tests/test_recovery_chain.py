@@ -139,3 +139,27 @@ def test_a_build_never_distils_on_the_certify_split(tmp_path, monkeypatch):
     search, certify, _ = _split_user_data(cfg, dict(model.config.label2id))
     assert seen["texts"] and not set(seen["texts"]) & set(certify.texts)
     assert sorted(seen["texts"]) == sorted(search.texts)
+
+
+def test_distill_data_texts_train_on_the_kl_term_only(tmp_path):
+    """--distill-data: plain-text lines are appended unlabelled (-100); the loss then ignores them in the CE term,
+    and a batch of only unlabelled texts is the KL term alone (no NaN)."""
+    from edgeprune.pipeline import _with_extra_texts
+    from edgeprune.recovery.distill import distill_loss
+    from edgeprune.task.data import TextDataset
+
+    extra = tmp_path / "texts.txt"
+    extra.write_text("an in-domain sentence\n\n  another one  \n")
+    data = _with_extra_texts(TextDataset(["a", "b"], [0, 1]), str(extra))
+    assert data.texts == ["a", "b", "an in-domain sentence", "another one"] and data.labels == [0, 1, -100, -100]
+    student, teacher = torch.randn(4, 2), torch.randn(4, 2)
+    labels = torch.tensor(data.labels)
+    kl = distill_loss(student, teacher, None, 2.0, 0.0)
+    mixed = distill_loss(student, teacher, labels, 2.0, 0.5)
+    expected = kl + 0.5 * torch.nn.functional.cross_entropy(student[:2], labels[:2])
+    assert torch.allclose(mixed, expected)
+    only = distill_loss(student[2:], teacher[2:], labels[2:], 2.0, 0.5)
+    assert torch.isfinite(only) and torch.allclose(only, distill_loss(student[2:], teacher[2:], None, 2.0, 0.5))
+    (tmp_path / "empty.txt").write_text("\n")
+    with pytest.raises(EdgepruneError, match="no texts"):
+        _with_extra_texts(data, str(tmp_path / "empty.txt"))
