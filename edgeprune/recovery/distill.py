@@ -253,7 +253,7 @@ def _load_checkpoint(path: Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = torch.load(path, map_location="cpu", weights_only=True)  # tensors and plain data only: no pickle code
     except Exception as exc:  # noqa: BLE001 - a damaged file is reported, not silently ignored
         raise EdgepruneError(f"cannot read distillation checkpoint {path}: {exc}") from exc
     if state.get("format") != CHECKPOINT_FORMAT:
