@@ -152,6 +152,13 @@ class Recoverer:
             return self.model, plan, None  # the unpruned plan is shipped as it is
         if self.method == "none":
             return self.model, plan, None
+        import torch
+
+        from edgeprune.search.evaluate import physical_cores
+
+        # A fixed thread count, not one taken from the load: float sums depend on it, and a resumed build (whose
+        # search stage, which sets threads from the load, is reused) must write the uninterrupted run's bytes.
+        torch.set_num_threads(self.distill.threads or physical_cores())
         if self.method == "scale":
             from edgeprune.recovery.scale import recovered_copy
 
@@ -189,6 +196,7 @@ class Recoverer:
         from edgeprune.recovery.distill import DistillConfig, distill_gradual_
         from edgeprune.search.evaluate import physical_cores
         from edgeprune.task.modeling import clone_model
+        # (threads already fixed by __call__, before the teacher's logits too: they feed every stage)
 
         if index >= len(self.plans) or _units(self.plans[index]) != _units(plan):
             raise EdgepruneError(f"plan {index} is not the sequence's plan {index}: distillation follows the frozen "
@@ -201,9 +209,6 @@ class Recoverer:
                                  lr=self.distill.lr, seed=self.distill.seed,
                                  threads=self.distill.threads or physical_cores()) for n in budgets]
         cfg = configs[-1]
-        import torch
-
-        torch.set_num_threads(cfg.threads)  # before the teacher's logits too: they feed every stage
         student = clone_model(self.model)
         total = sum(budgets)
 
