@@ -20,8 +20,6 @@ label names) for a model fine-tuned elsewhere, or to write out as ``--data`` fil
 
 from __future__ import annotations
 
-import csv
-import io
 import os
 import zipfile
 from dataclasses import dataclass
@@ -29,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeprune.errors import DataError
-from edgeprune.task.data import TextDataset
+from edgeprune.task.data import TextDataset, delimited_rows
 
 __all__ = [
     "EXPECTED_ROWS",
@@ -170,32 +168,12 @@ def _parse(blob: bytes, where: str) -> tuple[list[tuple[str, str]], list[dict]]:
         text = blob.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise DataError(f"{where}: not UTF-8 (byte {exc.start})") from exc
-    # A file object with newline="": quoted fields keep their line breaks and csv counts lines itself.
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t", strict=True)
-    try:
-        header = [h.strip() for h in next(reader)]
-    except StopIteration:
-        raise DataError(f"{where}: empty file") from None
-    except csv.Error as exc:
-        raise DataError(f"{where}: line 1: malformed header ({exc})") from exc
+    header, rows = delimited_rows(text, "\t", where, strict=True)
     if header != HEADER:
         raise DataError(f"{where}: line 1: header {header}, expected {HEADER}")
     out: list[tuple[str, str]] = []
     spans: list[dict] = []
-    row = 0
-    while True:
-        first = reader.line_num + 1
-        try:
-            values = next(reader)
-        except StopIteration:
-            break
-        except csv.Error as exc:
-            raise DataError(f"{where}: line {reader.line_num}: malformed TSV ({exc}); check for an unclosed quote") \
-                from exc
-        if not values or all(not v.strip() for v in values):
-            continue  # a blank line is not a row
-        row += 1
-        last = reader.line_num
+    for row, first, last, values in rows:
         lines = f"line {first}" if last == first else f"lines {first}-{last}"
         if len(values) != 2:
             hint = " (a quoted text that never closes swallows the lines after it)" if last > first else ""

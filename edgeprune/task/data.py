@@ -213,38 +213,66 @@ def _read_text(path: Path) -> str:
         raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from exc
 
 
+def delimited_rows(text: str, delimiter: str, where: str, *, strict: bool = False):
+    """The header and the data rows of delimited text, each row located by its lines.
+
+    A file object, not ``str.splitlines()``: that also splits at form feeds, U+2028 and other characters that are
+    not line ends for CSV, cutting such a row in two. Quoted fields may span lines (a row is located by its first
+    line; csv's ``line_num`` is its last). Blank lines are skipped.
+
+    Args:
+        text: the file's text.
+        delimiter: ``","`` or ``"\t"``.
+        where: how errors name the file.
+        strict: csv's strict mode (a stray quote is an error instead of being kept).
+
+    Returns:
+        ``(header, rows)``: the stripped header cells and an iterator of ``(row number, first line, last line,
+        values)``.
+
+    Raises:
+        DataError: no header, a malformed header or row (with its line).
+    """
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=strict)
+    try:
+        header = [h.strip() for h in next(reader)]
+    except StopIteration:
+        raise DataError(f"{where}: file is empty") from None
+    except csv.Error as exc:
+        raise DataError(f"{where}: line 1: malformed header ({exc})") from exc
+    hint = "; check for an unclosed quote" if strict else ""
+
+    def rows():
+        row_no = 0
+        while True:
+            first = reader.line_num + 1
+            try:
+                values = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as exc:
+                raise DataError(f"{where}: line {reader.line_num}: malformed {_fmt_name(delimiter)} ({exc}){hint}") \
+                    from exc
+            if not values or all(not v.strip() for v in values):
+                continue  # blank line between rows: not an example
+            row_no += 1
+            yield row_no, first, reader.line_num, values
+
+    return header, rows()
+
+
 def _read_delimited(path: Path, delimiter: str) -> _Rows:
     text = _read_text(path)
     if not text.strip():
         raise DataError(f"{path}: file is empty")
-    # A file object, not str.splitlines(): that also splits at form feeds, U+2028 and other characters that are
-    # not line ends for CSV, cutting such a row in two. Quoted fields may span lines (the row is located by its
-    # first line; csv's line_num is its last).
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
-    try:
-        header = next(reader)
-    except csv.Error as exc:
-        raise DataError(f"{path}: line 1: malformed header ({exc})") from exc
-    header = [h.strip() for h in header]
+    header, rows = delimited_rows(text, delimiter, str(path))
     if not any(header):
         raise DataError(f"{path}: line 1: empty header row")
     dupes = sorted(h for h, c in Counter(header).items() if c > 1 and h)
     if dupes:
         raise DataError(f"{path}: line 1: duplicate column name(s) {', '.join(map(repr, dupes))}")
     records: list[tuple[str, Mapping[str, Any]]] = []
-    row_no = 0
-    while True:
-        first = reader.line_num + 1
-        try:
-            values = next(reader)
-        except StopIteration:
-            break
-        except csv.Error as exc:
-            raise DataError(f"{path}: line {reader.line_num}: malformed {_fmt_name(delimiter)} ({exc})") from exc
-        if not values or all(not v.strip() for v in values):
-            continue  # blank line between rows: not an example
-        row_no += 1
-        last = reader.line_num
+    for row_no, first, last, values in rows:
         lines = f"line {first}" if last == first else f"lines {first}-{last}"
         if last > first and len(values) < len(header):
             # A quoted field ran over line ends and the row came out short: almost always a quote never closed.
