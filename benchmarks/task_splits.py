@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import math
 import platform
 import sys
@@ -45,7 +44,6 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-RESULTS = Path(__file__).resolve().parent / "results"
 DEFAULT_FRACTIONS = ("0.6,0.2,0.2", "0.5,0.2,0.3", "0.4,0.2,0.4")
 PROMISE_PTS = 1.0
 CONFIDENCE = 0.95
@@ -238,10 +236,9 @@ def main(argv=None) -> int:
            "", f"Host {record['host']} ({record['machine']}), torch {record['versions']['torch']}, transformers "
            f"{record['versions']['transformers']}; total {record['total_seconds']:.0f} s. Command: "
            f"`{record['command']}`."]
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    stem = RESULTS / f"task_splits-{record['date']}"
-    stem.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
-    stem.with_suffix(".md").write_text("\n".join(md) + "\n")
+    from benchmarks.bench_tools import write_results
+
+    stem = write_results("task_splits", record, "\n".join(md))
     print("\n".join(md))
     log(f"wrote {stem}.json and .md ({record['total_seconds']:.0f} s)")
     return 0
