@@ -78,8 +78,6 @@ class DistillSettings:
             removes (fixed step counts, so a resumed build is step for step the same run).
         batch_size, max_length, lr: as :class:`edgeprune.recovery.distill.DistillConfig`.
         seed: batch order and dropout seed.
-        threads: torch threads (None: the physical cores). Fixed, not taken from the load: float sums depend on
-            the thread count, and a resumed build must give the uninterrupted run's weights.
     """
 
     epochs: float = 1.5
@@ -87,7 +85,6 @@ class DistillSettings:
     max_length: int = 64
     lr: float = 1e-4
     seed: int = 0
-    threads: Optional[int] = None
 
     def __post_init__(self) -> None:
         if not self.epochs > 0:
@@ -110,6 +107,9 @@ class Recoverer:
         max_length: truncation length of the fits.
         distill: :class:`DistillSettings`.
         progress: called with ``(message, fraction of the current stage)`` during distillation.
+        threads: torch threads of every fit and of distillation (None: the physical cores). Fixed, not taken from
+            the load: float sums depend on the thread count, and a resumed build (whose search stage, which sets
+            threads from the load, is reused) must write the uninterrupted run's bytes.
     """
 
     method: str
@@ -123,6 +123,7 @@ class Recoverer:
     max_length: int = 128
     distill: DistillSettings = field(default_factory=DistillSettings)
     progress: Optional[Callable[[str, float], None]] = None
+    threads: Optional[int] = None
 
     def __post_init__(self) -> None:
         if self.method not in RECOVERIES:
@@ -144,6 +145,10 @@ class Recoverer:
                                      "distill, scale or none")
         if self.method in ("scale", "refit") and self.fit_data is None:
             raise EdgepruneError(f"--recovery {self.method} needs fit data (the search split)")
+        if self.threads is None:
+            from edgeprune.search.evaluate import physical_cores
+
+            self.threads = physical_cores()
 
     # ---- the bundle's callback ---------------------------------------------------------------------------------
     def __call__(self, index: int, plan: HeadPlan) -> tuple[Any, Optional[HeadPlan], Optional[dict]]:
@@ -154,11 +159,7 @@ class Recoverer:
             return self.model, plan, None
         import torch
 
-        from edgeprune.search.evaluate import physical_cores
-
-        # A fixed thread count, not one taken from the load: float sums depend on it, and a resumed build (whose
-        # search stage, which sets threads from the load, is reused) must write the uninterrupted run's bytes.
-        torch.set_num_threads(self.distill.threads or physical_cores())
+        torch.set_num_threads(self.threads)  # fixed (see ``threads``), before the teacher's logits too
         if self.method == "scale":
             from edgeprune.recovery.scale import recovered_copy
 
@@ -180,7 +181,7 @@ class Recoverer:
         """Optimiser steps of each pruned stage: the total epochs' steps shared in proportion to the units each
         stage removes beyond the previous one (a stage that removes 4 units needs less repair than one that removes
         30), each stage getting at least a quarter of an equal share."""
-        pruned = [p for p in self.plans if not _is_unpruned(p)]
+        pruned = [p for p in self.plans if not p.is_full]
         per_epoch = math.ceil(len(self.distill_data) / self.distill.batch_size)
         total = max(len(pruned), round(self.distill.epochs * per_epoch))
         added, before = [], set()
@@ -194,20 +195,18 @@ class Recoverer:
 
     def _distilled(self, index: int, plan: HeadPlan):
         from edgeprune.recovery.distill import DistillConfig, distill_gradual_
-        from edgeprune.search.evaluate import physical_cores
         from edgeprune.task.modeling import clone_model
-        # (threads already fixed by __call__, before the teacher's logits too: they feed every stage)
 
         if index >= len(self.plans) or _units(self.plans[index]) != _units(plan):
             raise EdgepruneError(f"plan {index} is not the sequence's plan {index}: distillation follows the frozen "
                                  "sequence (a bug)")
-        chain = [p for p in self.plans[:index + 1] if not _is_unpruned(p)]
+        chain = [p for p in self.plans[:index + 1] if not p.is_full]
         per_epoch = math.ceil(len(self.distill_data) / self.distill.batch_size)
         budgets = self.stage_steps()[:len(chain)]
         configs = [DistillConfig(epochs=max(1, math.ceil(n / per_epoch)), max_steps=n,
                                  batch_size=self.distill.batch_size, max_length=self.distill.max_length,
                                  lr=self.distill.lr, seed=self.distill.seed,
-                                 threads=self.distill.threads or physical_cores()) for n in budgets]
+                                 threads=self.threads) for n in budgets]
         cfg = configs[-1]
         student = clone_model(self.model)
         total = sum(budgets)
@@ -222,16 +221,13 @@ class Recoverer:
         results = distill_gradual_(student, self.model, self.tokenizer, self.distill_data, chain, configs,
                                    checkpoint_dir=Path(self.work) / "distill", progress=progress)
         res = results[-1]
-        info = {"recovery": "distill", "method": "gradual pruning with distillation (KL at T + CE)", "stage": len(chain), "stages": len(chain), "steps": res.steps,
+        info = {"recovery": "distill", "method": "gradual pruning with distillation (KL at T + CE)",
+                "stage": len(chain), "stages": len(chain), "steps": res.steps,
                 "seconds": round(sum(r.seconds for r in results), 2), "examples": res.examples,
                 "last_loss": res.last_loss, "adjusted_to_nest": bool(self.adjusted[index]),
                 "surgery_max_abs_diff": max((r.surgery_max_abs_diff or 0.0) for r in results),
                 "config": cfg.to_dict(), "data": str(getattr(self.distill_data, "source", "texts"))}
         return student.eval(), None, info
-
-
-def _is_unpruned(plan: HeadPlan) -> bool:
-    return plan.is_full
 
 
 __all__ = ["RECOVERIES", "DistillSettings", "Recoverer", "nested_plans"]
