@@ -147,7 +147,8 @@ def run(args) -> dict[str, Any]:
     full = get_adapter(model).full_plan(model, BLOCK)
     dense = score("dense", model, full, fp32_model=model)
     distill_data = task_distill_data(task)
-    dcfg = DistillConfig(epochs=args.distill_epochs, max_seconds=args.distill_seconds, seed=0)
+    dcfg = DistillConfig(epochs=args.distill_epochs, max_seconds=args.distill_seconds, seed=0,
+                         schedule=args.schedule, ce_weight=args.ce_weight, temperature=args.temperature)
     t = time.monotonic()
     logits_t = teacher_logits(model, tok, distill_data, max_length=dcfg.max_length)
     teacher_s = time.monotonic() - t
@@ -283,6 +284,10 @@ def main(argv=None) -> int:
     ap.add_argument("--fit-examples", type=int, default=2048)
     ap.add_argument("--importance-examples", type=int, default=1024)
     ap.add_argument("--distill-epochs", type=int, default=2)
+    ap.add_argument("--schedule", choices=("linear", "constant"), default="linear", help="distillation LR schedule")
+    ap.add_argument("--ce-weight", type=float, default=0.5, help="distillation cross-entropy weight (0 = KL only)")
+    ap.add_argument("--temperature", type=float, default=2.0, help="distillation temperature")
+    ap.add_argument("--out-name", default=None, help="results file name (default: the benchmark's name)")
     ap.add_argument("--distill-seconds", type=float, default=None, help="time cap per distillation run")
     ap.add_argument("--no-control", dest="control", action="store_false")
     ap.add_argument("--rounds", type=int, default=15)
@@ -301,7 +306,7 @@ def main(argv=None) -> int:
             d = row["distill"]
             lines.append(f"| {row['plan']} | {d['steps']} | {d['seconds']:.0f} | {100 * row['int8_accuracy']:.2f}%, "
                          f"{row['int8_bound_pts']:.2f} | {100 * row['fp32_accuracy']:.2f}%, {row['fp32_bound_pts']:.2f} |")
-        write_results("recovery_calibration_distill", record, "\n".join(lines))
+        write_results(args.out_name or "recovery_calibration_distill", record, "\n".join(lines))
         print("\n".join(lines))
         return 0
     record = run(args)
@@ -339,7 +344,8 @@ def run_distill_only(args) -> dict[str, Any]:
     plans = oneshot_plans(model, tok, task.search, args.fractions, seq, args.importance_examples)
     base = torch_predictions(model, tok, task.certify, max_length=seq, batch_size=64)
     data = task_distill_data(task)
-    cfg = DistillConfig(epochs=args.distill_epochs, seed=0)
+    cfg = DistillConfig(epochs=args.distill_epochs, seed=0, schedule=args.schedule, ce_weight=args.ce_weight,
+                        temperature=args.temperature)
     work = Path(tempfile.mkdtemp(prefix="recovery-cal-d-"))
     rows = []
     for name, plan in plans.items():

@@ -169,6 +169,13 @@ def test_certification_sequence_is_least_to_most_compressed_dense_first():
     assert [p.num_removed for _, p, _ in four] == sorted(p.num_removed for _, p, _ in four)
     assert not any((pt or {}).get("searched") for _, _, pt in certification_sequence(dict(plan_json, removed=[]), 1.0, 4))
     assert [n for n, _, _ in certification_sequence(plan_json, 1.0, max_plans=1)] == ["dense"]
+    # Distillation: the search may go beyond the promise (slack), but only the searched plan, which alone is
+    # distilled, may lie beyond it; the ladder before it stays within the promise.
+    wide = dict(plan_json, search=dict(plan_json["search"], search_split_drop_pts=2.4))
+    ladder = certification_sequence(wide, 3.5, max_plans=20, ladder_max_pts=1.0)
+    drops = [pt["drop_pts"] for _, _, pt in ladder[1:]]
+    assert all(d <= 1.0 for d in drops[:-1]) and drops[-1] == 2.4 and ladder[-1][2]["searched"]
+    assert len(certification_sequence(wide, 3.5, max_plans=20)) > len(ladder)  # without it: plans up to 3.5
 
 
 def test_certification_sequence_of_a_joint_search_keeps_the_ffn_part():

@@ -9,10 +9,10 @@ torch = pytest.importorskip("torch")
 
 from edgeprune.adapters import get_adapter  # noqa: E402
 from edgeprune.task.data import TextDataset  # noqa: E402
-from edgeprune.recovery.distill import (DistillConfig, distill_, distill_gradual_, distill_loss, make_trainable_,  # noqa: E402
+from edgeprune.recovery.distill import (DistillConfig, distill_, distill_loss, make_trainable_,  # noqa: E402
                                task_distill_data, teacher_logits)
 from edgeprune.errors import EdgepruneError  # noqa: E402
-from edgeprune.task.modeling import clone_model, load_pruned, prune_and_verify_  # noqa: E402
+from edgeprune.task.modeling import clone_model, prune_and_verify_  # noqa: E402
 from edgeprune.plan import HeadPlan  # noqa: E402
 from test_recovery import BS, H, JOINT, L, NB, dataset, tiny_model, tok  # noqa: E402,F401
 
@@ -201,20 +201,3 @@ def test_masked_student(tok):
     prune_and_verify_(student, JOINT)
 
 
-def test_gradual_along_nested_plans(tok, tmp_path):
-    teacher = tiny_model("bert")
-    student = clone_model(teacher)
-    plans = [MILD, JOINT]
-    cfg = DistillConfig(max_steps=3, batch_size=8, max_length=16)
-    stages = []
-    res = distill_gradual_(student, teacher, tok, dataset(), plans, cfg, checkpoint_dir=tmp_path,
-                           progress=lambda i: stages.append(i["stage"]))
-    assert [r.steps for r in res] == [3, 3] and sorted(set(stages)) == [0, 1]
-    assert get_adapter(student).current_plan(student) == JOINT
-    m0 = load_pruned(tmp_path / "plan-0" / "model")
-    assert get_adapter(m0).current_plan(m0) == MILD
-    # a rerun reloads both finished stages instead of training again
-    again = clone_model(teacher)
-    res2 = distill_gradual_(again, teacher, tok, dataset(), plans, cfg, checkpoint_dir=tmp_path,
-                            progress=lambda i: pytest.fail("a finished stage trained again"))
-    assert [r.steps for r in res2] == [3, 3] and _same(_state(again), _state(student))

@@ -28,7 +28,8 @@ def test_smoke_run_writes_every_column(tmp_path, monkeypatch):
     monkeypatch.setattr(rc, "wait_for_task", lambda minutes: Task())
     monkeypatch.setattr(rc, "BLOCK", 8)  # tiny FFN width 64
     args = argparse.Namespace(fractions=[0.5], profile="raspberrypi4", max_length=32, fit_examples=48,
-                              importance_examples=48, distill_epochs=1, distill_seconds=None, control=True,
+                              importance_examples=48, distill_epochs=1, distill_seconds=None, control=True, schedule="linear",
+                              ce_weight=0.5, temperature=2.0,
                               rounds=2, reps=1, wait=0)
     rec = rc.run(args)
     row = rec["rows"][0]

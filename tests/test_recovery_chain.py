@@ -1,9 +1,8 @@
-"""Recovered models for the certification sequence (edgeprune.recovery.chain): nested plans for gradual pruning,
-each recovery's model, lazy and resumable distillation stages, and a build that never distils on the certify split."""
+"""Recovered models for the certification sequence (edgeprune.recovery.chain): each recovery's model, lazy and
+resumable distillation of the plans beyond the refit's reach, and a build that never distils on the certify
+split."""
 
 from __future__ import annotations
-
-import json
 
 import pytest
 
@@ -12,7 +11,7 @@ torch = pytest.importorskip("torch")
 from edgeprune.adapters import get_adapter  # noqa: E402
 from edgeprune.errors import EdgepruneError  # noqa: E402
 from edgeprune.plan import HeadPlan  # noqa: E402
-from edgeprune.recovery.chain import DistillSettings, Recoverer, nested_plans  # noqa: E402
+from edgeprune.recovery.chain import DistillSettings, Recoverer  # noqa: E402
 from edgeprune.task.modeling import clone_model  # noqa: E402
 from test_recovery import BS, H, JOINT, L, NB, dataset, tiny_model, tok  # noqa: E402,F401
 
@@ -23,22 +22,6 @@ def _plan(heads_removed, blocks_removed):
 
 def _units(plan):
     return set(plan.removed()) | {("f",) + b for b in plan.ffn_removed()}
-
-
-def test_nested_plans_keep_the_last_and_nest_the_rest():
-    a = _plan([(0, 1)], [(1, 2)])
-    b = _plan([(0, 1), (2, 3)], [(3, 0)])  # drops (1, 2), which the last plan removes: added back by the union
-    c = _plan([(0, 1), (2, 3), (1, 0)], [(1, 2), (3, 0), (3, 1)])
-    x = _plan([(3, 3)], [])  # a unit the last plan keeps: never removed by the nested plans
-    plans, changed = nested_plans([HeadPlan.full((H,) * L).with_ffn(BS, (NB,) * L), a, x, b, c])
-    assert plans[-1] == c and changed[-1] is False
-    for p, q in zip(plans, plans[1:]):
-        assert _units(p) <= _units(q)  # nested
-    assert all(_units(p) <= _units(c) for p in plans)
-    assert _units(plans[3]) == _units(a) | _units(b)
-    assert changed[2] is True and _units(plans[2]) == _units(a)  # x's own unit is not in the last plan
-    assert plans[0].is_full and changed[0] is False
-    assert nested_plans([]) == ([], [])
 
 
 @pytest.mark.parametrize("method", ["none", "scale", "refit"])
@@ -65,39 +48,47 @@ def test_refit_is_refused_for_families_it_cannot_solve(tok):
         Recoverer("retrain", tiny_model("bert"), tok)
 
 
-def test_distillation_stages_are_lazy_nested_and_resumable(tok, tmp_path):
-    """Plan k's model is plan k-1's distilled model pruned further and distilled again; asking for plan 1 trains
-    only stage 1; a new Recoverer on the same folder (a resumed build) gives the same weights without training."""
+def test_distillation_trains_only_plans_beyond_the_refit_lazily_and_resumably(tok, tmp_path):
+    """Plans priced within the promise get the refit alone; a plan beyond it is refitted, pruned and distilled
+    with the whole budget, only when asked for; a new Recoverer on the same folder (a resumed build) gives the
+    same weights without training again."""
+    from edgeprune.recovery.refit import RefitConfig, refit_plan
+
     model = tiny_model("bert")
     full = HeadPlan.full((H,) * L).with_ffn(BS, (NB,) * L)
     p1 = _plan([(0, 1)], [(1, 2)])
     p2 = _plan([(0, 1), (2, 3), (1, 0)], [(1, 2), (3, 0)])
     data = dataset(64, seed=2)
-    settings = DistillSettings(epochs=2, batch_size=16, max_length=16)
-    rec = Recoverer("distill", model, tok, distill_data=data, plans=[full, p1, p2], work=tmp_path,
-                    distill=settings)
-    # 2 epochs x 4 steps, shared in proportion to the units each stage adds (2, then 3)
-    assert rec.stage_steps() == [3, 5]
+    settings = DistillSettings(epochs=1.5, batch_size=16, max_length=16)
+    kw = dict(fit_data=dataset(48), distill_data=data, plans=[full, p1, p2], beyond_refit=[False, False, True],
+              work=tmp_path, distill=settings, fit_examples=32, max_length=16)
+    rec = Recoverer("distill", model, tok, **kw)
+    assert rec.distill_steps() == 6  # 1.5 epochs x 4 batches
     m1, to_prune, info1 = rec(1, p1)
-    assert to_prune is None and info1["recovery"] == "distill" and info1["stages"] == 1
-    assert info1["surgery_max_abs_diff"] <= 1e-5
-    assert not (tmp_path / "distill" / "plan-1").exists()  # stage 2 not trained yet
-    current = get_adapter(m1).current_plan(m1)
-    assert current.kept == p1.kept and current.ffn_kept == p1.ffn_kept
-    m2, _, info2 = rec(2, p2)
-    assert info2["stages"] == 2 and get_adapter(m2).current_plan(m2).kept == p2.kept
-    # distillation changed the weights (it trained), and the pruned model is not the masked original
+    assert to_prune == p1 and info1["recovery"] == "refit"  # within the promise: the refit alone
+    assert not (tmp_path / "distill").exists()
+    m2, to_prune, info2 = rec(2, p2)
+    assert to_prune is None and info2["recovery"] == "distill" and info2["steps"] == 6
+    assert "refit" in info2["method"] and info2["surgery_max_abs_diff"] <= 1e-5
+    current = get_adapter(m2).current_plan(m2)
+    assert current.kept == p2.kept and current.ffn_kept == p2.ffn_kept
+    assert not (tmp_path / "distill" / "plan-1").exists()  # plan 1 was never distilled
+    # distillation trained: the pruned model is neither the masked original nor the refit alone
     with torch.no_grad():
         enc = tok(["good movie", "bad plot"], padding=True, return_tensors="pt")
+        feed = dict(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])
         masked = clone_model(model)
         with get_adapter(masked).mask_heads(masked, p2):
-            ref = masked(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits
-        got = m2(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits
-    assert not torch.allclose(ref, got, atol=1e-4)
-    # resumed: finished stages are reloaded, not retrained; same weights
-    again = Recoverer("distill", model, tok, distill_data=data, plans=[full, p1, p2], work=tmp_path,
-                      distill=settings)
-    m2b, _, _ = again(2, p2)
+            ref = masked(**feed).logits
+        refitted, _ = refit_plan(model, tok, dataset(48), p2, RefitConfig(max_examples=32, max_length=16))
+        with get_adapter(refitted).mask_heads(refitted, p2):
+            ref_fit = refitted(**feed).logits
+        got = m2(**feed).logits
+    assert not torch.allclose(ref, got, atol=1e-4) and not torch.allclose(ref_fit, got, atol=1e-4)
+    # resumed: the finished run is read back from its checkpoint, not retrained; same weights
+    again = Recoverer("distill", model, tok, **kw)
+    m2b, _, info2b = again(2, p2)
+    assert info2b["resumed_from_step"] == 6
     assert all(torch.equal(a, b) for a, b in zip(m2.state_dict().values(), m2b.state_dict().values()))
     with pytest.raises(EdgepruneError, match="frozen sequence"):
         again(2, p1)

@@ -26,7 +26,8 @@ def search_confidence(confidence: float) -> float:
     return float(confidence)
 
 
-def certification_sequence(plan_json: dict, max_drop_pts: float, max_plans: int = DEFAULT_SEQUENCE_PLANS) -> list:
+def certification_sequence(plan_json: dict, max_drop_pts: float, max_plans: int = DEFAULT_SEQUENCE_PLANS, *,
+                           ladder_max_pts: float | None = None) -> list:
     """The frozen test order: ``[(name, HeadPlan, frontier point or None), ...]``, least to most compressed.
 
     The unpruned model (quantized as it ships) comes first; then frontier plans by decreasing predicted latency,
@@ -39,6 +40,8 @@ def certification_sequence(plan_json: dict, max_drop_pts: float, max_plans: int 
         plan_json: the search's plan.json (``num_heads``, ``ffn``, ``removed``/``ffn_removed``, ``search.frontier``).
         max_drop_pts: the promise, in points.
         max_plans: most plans in the sequence, the unpruned one included (>= 1).
+        ladder_max_pts: when given, frontier plans before the searched one are skipped if their estimate exceeds
+            this (distillation: only the searched plan, which alone is distilled, may lie beyond the promise).
 
     Returns:
         The sequence; its names are ``dense`` and ``plan-<k>`` (k = frontier rank, 1 = least compressed).
@@ -64,7 +67,8 @@ def certification_sequence(plan_json: dict, max_drop_pts: float, max_plans: int 
     points, seen = [], set()
     for p in sorted(search.get("frontier", []), key=lambda q: (-q["latency_ms"], q["drop_bound_pts"])):
         key = units(p)
-        if not any(key) or key in seen or key == chosen or float(p["drop_pts"]) > max_drop_pts:
+        limit = max_drop_pts if ladder_max_pts is None else min(max_drop_pts, ladder_max_pts)
+        if not any(key) or key in seen or key == chosen or float(p["drop_pts"]) > limit:
             continue
         seen.add(key)
         points.append(p)

@@ -6,12 +6,14 @@ asks this module, plan by plan, for the PyTorch model to compile. What that mode
 * ``none``: the unpruned model (the compile chain prunes it);
 * ``scale``: the least-squares rescaling of the kept units (:mod:`edgeprune.recovery.scale`), folded into a copy;
 * ``refit``: the full least-squares weight refit (:mod:`edgeprune.recovery.refit`), folded into a copy;
-* ``distill``: gradual pruning with distillation along the sequence (:func:`edgeprune.recovery.distill.
-  distill_gradual_`): the plans are made nested (:func:`nested_plans`), the student is pruned to plan 1 and
-  distilled from the unpruned model, then pruned further to plan 2 and distilled again, ... one saved model per
-  plan. Stages are built lazily, when certification asks for them, so a sequence that stops at plan 2 never
-  trains plan 3. Each stage is checkpointed (``work/distill/plan-<k>``): a resumed build continues where it stopped
-  and gets the weights of an uninterrupted run (fixed step counts, seeded).
+* ``distill``: for the plans the search priced beyond the promise (``beyond_refit``: the refit alone is not
+  expected to pass them), the full weight refit *then* distillation from the unpruned model with the whole budget
+  (:func:`edgeprune.recovery.distill.distill_`, a linear warm-up and decay so the run ends on settled weights); the
+  other plans get the refit alone. Each distilled plan starts from its own refit (no gradual chain: measured on the
+  default task, a stage trained on a share of the budget ends mid-training and loses accuracy against the teacher:
+  117 worse / 80 better for 2 heads + 2 blocks after 106 steps). A distillation is built only when certification
+  asks for its plan, and checkpointed (``work/distill/plan-<k>``): a resumed build continues where it stopped and
+  gets the weights of an uninterrupted run (fixed step counts, seeded, fixed threads).
 
 Fit and distillation data never include the certify split (the caller passes the search split, the default task's
 fine-tune + search splits, or the user's ``--distill-data``).
@@ -30,57 +32,19 @@ from edgeprune.plan import HeadPlan
 RECOVERIES = ("none", "scale", "refit", "distill")
 
 
-def nested_plans(plans: Sequence[HeadPlan]) -> tuple[list[HeadPlan], list[bool]]:
-    """Make a least-to-most-compressed sequence nested, keeping its last plan.
-
-    Plan ``j`` becomes the units removed by any of plans ``1..j`` that the last plan removes too, so every plan
-    removes a superset of the previous one's units and the last plan is unchanged (gradual pruning needs nested
-    plans; an A* frontier is nested along its greedy path but not always beyond it).
-
-    Returns:
-        ``(plans, changed)``: the nested plans and, per plan, whether it differs from the input.
-    """
-    if not plans:
-        return [], []
-    last = plans[-1]
-    final_units = _units(last)
-    out, changed, union = [], [], set()
-    for p in plans[:-1]:
-        union |= _units(p)
-        units = union & final_units
-        q = _plan_from_units(last, units)
-        out.append(q)
-        changed.append(_units(q) != _units(p))
-    out.append(last)
-    changed.append(False)
-    return out, changed
-
-
-def _units(plan: HeadPlan) -> set:
-    return {("h", l, h) for l, h in plan.removed()} | ({("f", l, b) for l, b in plan.ffn_removed()}
-                                                       if plan.has_ffn else set())
-
-
-def _plan_from_units(template: HeadPlan, units: set) -> HeadPlan:
-    plan = HeadPlan.from_removed(template.num_heads, [(l, h) for k, l, h in units if k == "h"])
-    if template.has_ffn:
-        plan = plan.with_ffn_removed(template.ffn_block_size, template.ffn_num_blocks,
-                                     [(l, b) for k, l, b in units if k == "f"])
-    return plan
-
-
 @dataclass
 class DistillSettings:
     """Distillation along the sequence.
 
     Attributes:
-        epochs: passes over the distillation texts in total, shared by the stages in proportion to the units each
-            removes (fixed step counts, so a resumed build is step for step the same run).
-        batch_size, max_length, lr: as :class:`edgeprune.recovery.distill.DistillConfig`.
+        epochs: passes over the distillation texts for each distilled plan (a fixed step count, so a resumed build
+            is step for step the same run).
+        batch_size, max_length, lr: as :class:`edgeprune.recovery.distill.DistillConfig` (peak lr, linear warm-up
+            and decay).
         seed: batch order and dropout seed.
     """
 
-    epochs: float = 1.5
+    epochs: float = 2.0
     batch_size: int = 32
     max_length: int = 64
     lr: float = 1e-4
@@ -101,7 +65,9 @@ class Recoverer:
         tokenizer: its tokenizer.
         fit_data: texts for the scale/refit fits (the search split).
         distill_data: texts for distillation (``TextDataset``; never the certify split).
-        plans: the whole frozen sequence (``distill`` makes it nested: :attr:`plans` is what is compiled).
+        plans: the whole frozen sequence.
+        beyond_refit: per plan of ``plans``, whether the search priced it beyond the promise (``distill`` distils
+            those and refits the others; empty: every pruned plan is distilled).
         work: folder for distillation checkpoints and stage models.
         fit_examples: fit texts for scale/refit.
         max_length: truncation length of the fits.
@@ -118,6 +84,7 @@ class Recoverer:
     fit_data: Any = None
     distill_data: Any = None
     plans: Sequence[HeadPlan] = ()
+    beyond_refit: Sequence[bool] = ()
     work: Optional[Path] = None
     fit_examples: int = 1024
     max_length: int = 128
@@ -129,20 +96,21 @@ class Recoverer:
         if self.method not in RECOVERIES:
             raise EdgepruneError(f"unknown recovery {self.method!r}; choose one of {', '.join(RECOVERIES)}")
         self.plans = list(self.plans)
-        self.adjusted = [False] * len(self.plans)
+        self.beyond_refit = list(self.beyond_refit) or [True] * len(self.plans)
+        if len(self.beyond_refit) != len(self.plans):
+            raise EdgepruneError(f"{len(self.beyond_refit)} beyond-refit flags for {len(self.plans)} plans (a bug)")
+        self._teacher_logits = None
+        from edgeprune.recovery.refit import unsupported_reason
+
+        self.refit_unsupported = unsupported_reason(self.model)
         if self.method == "distill":
             if self.work is None or self.distill_data is None:
                 raise EdgepruneError("distillation needs a work folder and distillation texts")
             if not self.plans:
                 raise EdgepruneError("distillation needs the sequence's plans")
-            self.plans, self.adjusted = nested_plans(self.plans)
-        if self.method in ("refit",):
-            from edgeprune.recovery.refit import unsupported_reason
-
-            why = unsupported_reason(self.model)
-            if why:
-                raise EdgepruneError(f"--recovery refit is not available for this model: {why}; use --recovery "
-                                     "distill, scale or none")
+        if self.method == "refit" and self.refit_unsupported:
+            raise EdgepruneError(f"--recovery refit is not available for this model: {self.refit_unsupported}; use "
+                                 "--recovery distill, scale or none")
         if self.method in ("scale", "refit") and self.fit_data is None:
             raise EdgepruneError(f"--recovery {self.method} needs fit data (the search split)")
         if self.threads is None:
@@ -166,68 +134,74 @@ class Recoverer:
             folded, info = recovered_copy(self.model, self.tokenizer, self.fit_data, plan,
                                           examples=self.fit_examples, max_length=self.max_length, batch_size=32)
             return folded, plan, {**info, "recovery": "scale"}
-        if self.method == "refit":
-            from edgeprune.recovery.refit import RefitConfig, refit_plan
-
-            folded, rec = refit_plan(self.model, self.tokenizer, self.fit_data, plan,
-                                     RefitConfig(max_examples=self.fit_examples, max_length=min(self.max_length, 128)))
-            info = rec.to_dict()
-            info.pop("sublayers", None)
-            return folded, plan, {**info, "recovery": "refit"}
+        if self.method == "refit" or (self.method == "distill" and not self._distils(index, plan)):
+            folded, info = self._refit(plan)
+            return folded, plan, info
         return self._distilled(index, plan)
 
+    def _refit(self, plan: HeadPlan) -> tuple[Any, dict]:
+        from edgeprune.recovery.refit import RefitConfig, refit_plan
+
+        folded, rec = refit_plan(self.model, self.tokenizer, self.fit_data, plan,
+                                 RefitConfig(max_examples=self.fit_examples, max_length=min(self.max_length, 128)))
+        info = rec.to_dict()
+        info.pop("sublayers", None)
+        return folded, {**info, "recovery": "refit"}
+
+    def _distils(self, index: int, plan: HeadPlan) -> bool:
+        """Whether plan ``index`` is distilled (``distill`` only): it was priced beyond the promise, or the family
+        has no refit to fall back on, or there is no fit data."""
+        if index >= len(self.plans) or _units(self.plans[index]) != _units(plan):
+            raise EdgepruneError(f"plan {index} is not the sequence's plan {index}: the recovery follows the frozen "
+                                 "sequence (a bug)")
+        return bool(self.beyond_refit[index]) or bool(self.refit_unsupported) or self.fit_data is None
+
     # ---- distillation ------------------------------------------------------------------------------------------
-    def stage_steps(self) -> list[int]:
-        """Optimiser steps of each pruned stage: the total epochs' steps shared in proportion to the units each
-        stage removes beyond the previous one (a stage that removes 4 units needs less repair than one that removes
-        30), each stage getting at least a quarter of an equal share."""
-        pruned = [p for p in self.plans if not p.is_full]
+    def distill_steps(self) -> int:
+        """Optimiser steps of each distilled plan: ``epochs`` passes over the distillation texts."""
         per_epoch = math.ceil(len(self.distill_data) / self.distill.batch_size)
-        total = max(len(pruned), round(self.distill.epochs * per_epoch))
-        added, before = [], set()
-        for p in pruned:
-            units = _units(p)
-            added.append(len(units - before))
-            before = units
-        floor = 0.25 * sum(added) / max(len(added), 1)
-        weights = [max(a, floor) for a in added]
-        return [max(1, round(total * w / sum(weights))) for w in weights] if weights else []
+        return max(1, round(self.distill.epochs * per_epoch))
 
     def _distilled(self, index: int, plan: HeadPlan):
-        from edgeprune.recovery.distill import DistillConfig, distill_gradual_
-        from edgeprune.task.modeling import clone_model
+        from edgeprune.recovery.distill import CHECKPOINT, DistillConfig, distill_, teacher_logits
+        from edgeprune.task.modeling import clone_model, prune_and_verify_
 
-        if index >= len(self.plans) or _units(self.plans[index]) != _units(plan):
-            raise EdgepruneError(f"plan {index} is not the sequence's plan {index}: distillation follows the frozen "
-                                 "sequence (a bug)")
-        chain = [p for p in self.plans[:index + 1] if not p.is_full]
+        if self.refit_unsupported or self.fit_data is None:
+            student, start = clone_model(self.model), "the unpruned weights"
+        else:
+            student, _ = self._refit(plan)
+            start = "the full weight refit"
+        surgery = prune_and_verify_(student, plan)
+        steps = self.distill_steps()
         per_epoch = math.ceil(len(self.distill_data) / self.distill.batch_size)
-        budgets = self.stage_steps()[:len(chain)]
-        configs = [DistillConfig(epochs=max(1, math.ceil(n / per_epoch)), max_steps=n,
-                                 batch_size=self.distill.batch_size, max_length=self.distill.max_length,
-                                 lr=self.distill.lr, seed=self.distill.seed,
-                                 threads=self.threads) for n in budgets]
-        cfg = configs[-1]
-        student = clone_model(self.model)
-        total = sum(budgets)
+        cfg = DistillConfig(epochs=max(1, math.ceil(steps / per_epoch)), max_steps=steps,
+                            batch_size=self.distill.batch_size, max_length=self.distill.max_length,
+                            lr=self.distill.lr, seed=self.distill.seed, threads=self.threads)
+        folder = Path(self.work) / "distill" / f"plan-{index}"
+        logits = None
+        if not (folder / CHECKPOINT).is_file():  # a resumed run reads the teacher's logits from its checkpoint
+            if self._teacher_logits is None:
+                self._teacher_logits = teacher_logits(self.model, self.tokenizer, self.distill_data,
+                                                      max_length=cfg.max_length)
+            logits = self._teacher_logits
 
         def progress(info: dict) -> None:
             if self.progress:
-                k = info["stage"]
-                done = sum(budgets[:k]) + info["step"]
-                self.progress(f"distill plan {index} stage {k + 1}/{len(chain)} step {info['step']}/"
-                              f"{budgets[k]} loss {info['loss']:.3f}", done / max(total, 1))
+                self.progress(f"distill plan {index} step {info['step']}/{steps} loss {info['loss']:.3f}",
+                              info["step"] / steps)
 
-        results = distill_gradual_(student, self.model, self.tokenizer, self.distill_data, chain, configs,
-                                   checkpoint_dir=Path(self.work) / "distill", progress=progress)
-        res = results[-1]
-        info = {"recovery": "distill", "method": "gradual pruning with distillation (KL at T + CE)",
-                "stage": len(chain), "stages": len(chain), "steps": res.steps,
-                "seconds": round(sum(r.seconds for r in results), 2), "examples": res.examples,
-                "last_loss": res.last_loss, "adjusted_to_nest": bool(self.adjusted[index]),
-                "surgery_max_abs_diff": max((r.surgery_max_abs_diff or 0.0) for r in results),
+        res = distill_(student, self.model, self.tokenizer, self.distill_data, cfg, checkpoint_dir=folder,
+                       teacher_logits_=logits, progress=progress)
+        info = {"recovery": "distill", "method": f"distillation (KL at T + CE) from {start}",
+                "steps": res.steps, "seconds": round(res.seconds, 2), "examples": res.examples,
+                "last_loss": res.last_loss, "surgery_max_abs_diff": surgery, "resumed_from_step": res.resumed_from_step,
                 "config": cfg.to_dict(), "data": str(getattr(self.distill_data, "source", "texts"))}
         return student.eval(), None, info
 
 
-__all__ = ["RECOVERIES", "DistillSettings", "Recoverer", "nested_plans"]
+def _units(plan: HeadPlan) -> set:
+    return {("h", l, h) for l, h in plan.removed()} | ({("f", l, b) for l, b in plan.ffn_removed()}
+                                                       if plan.has_ffn else set())
+
+
+__all__ = ["RECOVERIES", "DistillSettings", "Recoverer"]

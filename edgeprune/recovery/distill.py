@@ -4,7 +4,7 @@ Loss per batch (Hinton et al. 2015)::
 
     T^2 * KL(softmax(teacher / T) || softmax(student / T))  +  ce_weight * CE(student, label)
 
-with T = 2 and ce_weight = 0.5 by default, AdamW (lr 1e-4, decoupled weight decay 0.01 except biases and
+with T = 2 and ce_weight = 0.5 by default, AdamW (peak lr 1e-4 with a linear warm-up and decay to 0, decoupled weight decay 0.01 except biases and
 LayerNorms), batch 32, texts truncated to 64 tokens and padded per batch. The teacher's logits are computed once
 over the distillation texts (eval mode, no dropout) and reused for every epoch; the student trains with dropout.
 Texts without labels (``ce_weight = 0`` or a plain list of strings) train on the KL term alone.
@@ -21,8 +21,6 @@ Texts without labels (``ce_weight = 0`` or a plain list of strings) train on the
   exactly the weights of an uninterrupted run.
 * **Masked or pruned students**: a physically pruned student (``prune_and_verify_``) trains as is; an unpruned
   student with ``plan`` trains under the plan's masks (the removed units get no gradient; prune afterwards).
-* **Gradual pruning** (:func:`distill_gradual_`): nested plans in one run: prune to plan 1, train, checkpoint and
-  save, prune to plan 2, train, ... (one model folder per plan).
 """
 
 from __future__ import annotations
@@ -60,7 +58,11 @@ class DistillConfig:
         max_seconds: stop once this call has trained this long (None: no cap; checked after every step, so it is
             a budget, not a deterministic point: a run stopped by time is not reproducible step for step; a resumed
             call gets its own budget).
-        lr: AdamW learning rate (constant).
+        lr: AdamW peak learning rate.
+        schedule: ``"linear"`` (warm up linearly over the first ``warmup`` share of the run's steps, then decay
+            linearly to 0 at its last step, so the run ends on settled weights) or ``"constant"``. The run's steps
+            are ``epochs x batches per epoch``, capped by ``max_steps``; a resumed run must be given the same.
+        warmup: share of the steps spent warming up (``"linear"`` only).
         weight_decay: AdamW decoupled weight decay (not on biases and LayerNorm weights).
         batch_size: texts per step.
         max_length: truncation length in tokens.
@@ -78,6 +80,8 @@ class DistillConfig:
     max_steps: int | None = None
     max_seconds: float | None = None
     lr: float = 1e-4
+    schedule: str = "linear"
+    warmup: float = 0.06
     weight_decay: float = 0.01
     batch_size: int = 32
     max_length: int = 64
@@ -93,6 +97,10 @@ class DistillConfig:
             raise DataError("distillation needs epochs >= 1, batch_size >= 1 and max_length >= 2")
         if not (self.lr > 0 and self.temperature > 0 and self.ce_weight >= 0 and self.weight_decay >= 0):
             raise DataError("distillation needs lr > 0, temperature > 0, ce_weight >= 0 and weight_decay >= 0")
+        if self.schedule not in ("linear", "constant"):
+            raise DataError(f"distillation schedule must be 'linear' or 'constant', got {self.schedule!r}")
+        if not 0 <= self.warmup < 1:
+            raise DataError(f"warmup must be in [0, 1), got {self.warmup}")
         if self.max_steps is not None and self.max_steps < 1:
             raise DataError(f"max_steps must be >= 1, got {self.max_steps}")
         if self.checkpoint_every is not None and self.checkpoint_every < 1:
@@ -111,6 +119,15 @@ class DistillConfig:
         for k in ("epochs", "max_steps", "max_seconds", "checkpoint_every", "threads"):
             d.pop(k)
         return d
+
+    def lr_at(self, step: int, total: int) -> float:
+        """The learning rate of optimiser step ``step`` (0-based) of a ``total``-step run."""
+        if self.schedule == "constant":
+            return self.lr
+        warm = max(1, round(self.warmup * total)) if self.warmup > 0 else 0
+        if step < warm:
+            return self.lr * (step + 1) / warm
+        return self.lr * max(0.0, (total - step) / max(1, total - warm))
 
 
 @dataclass
@@ -379,6 +396,8 @@ def distill_(student: nn.Module, teacher: nn.Module | None, tokenizer, data: Any
                                         cfg.temperature, cfg.ce_weight)
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
+                    for group in opt.param_groups:
+                        group["lr"] = cfg.lr_at(step, total)
                     opt.step()
                     step, pos = step + 1, pos + 1
                     lv = float(loss.detach())
@@ -405,68 +424,3 @@ def distill_(student: nn.Module, teacher: nn.Module | None, tokenizer, data: Any
     return DistillResult(steps=step, epochs_done=epoch, seconds=elapsed, teacher_seconds=teacher_seconds,
                          stopped_by=stopped_by, resumed_from_step=resumed_from, examples=n, losses=losses,
                          last_loss=sum(recent) / len(recent) if recent else None, config=cfg)
-
-
-def distill_gradual_(student: nn.Module, teacher: nn.Module, tokenizer, data: Any, plans: Sequence[HeadPlan],
-                     config: DistillConfig | Sequence[DistillConfig] | None = None, *, checkpoint_dir: str | os.PathLike,
-                     progress: Callable[[dict[str, Any]], None] | None = None) -> list[DistillResult]:
-    """Gradual pruning along nested plans in one run: for each plan, prune the student to it (physically, with the
-    pruned == masked check), distill with ``config``, and save the model to ``checkpoint_dir/plan-<k>/model``.
-
-    Each stage has its own ``checkpoint_dir/plan-<k>/distill.pt``; a rerun skips finished stages (reloading their
-    saved model) and resumes an interrupted one.
-
-    Args:
-        student: the unpruned (or less pruned) model, trained and pruned in place.
-        teacher: the unpruned model (the distillation target of every stage).
-        tokenizer: the tokenizer.
-        data: distillation texts (never the certify split).
-        plans: nested plans, least to most pruned (each keeps a subset of the previous one's units).
-        config: the :class:`DistillConfig` of every stage, or a list with one per stage (e.g. step budgets in
-            proportion to what each stage removes; the teacher's logits use the first one's ``max_length``).
-        checkpoint_dir: the run's folder.
-        progress: as in :func:`distill_`, with ``"stage"`` added.
-
-    Returns:
-        One :class:`DistillResult` per stage (a finished stage reloaded from disk gives its saved record).
-    """
-    from edgeprune.task.modeling import load_pruned, prune_and_verify_, save_pruned
-
-    configs = list(config) if isinstance(config, (list, tuple)) else [config or DistillConfig()] * len(plans)
-    if len(configs) != len(plans):
-        raise DataError(f"{len(configs)} stage settings for {len(plans)} plans")
-    root = Path(checkpoint_dir)
-    data, _ = _as_dataset(data)
-    logits_t = None
-    results = []
-    for k, plan in enumerate(plans):
-        cfg = configs[k]
-        stage = root / f"plan-{k}"
-        done = stage / "result.json"
-        if done.is_file():
-            saved = load_pruned(stage / "model")
-            make_trainable_(student)
-            get_adapter(student).prune_heads_(student, plan)
-            student.load_state_dict(saved.state_dict())
-            rec = json.loads(done.read_text())
-            rec["config"] = DistillConfig.from_dict(rec["config"])
-            results.append(DistillResult(**rec))
-            continue
-        surgery = prune_and_verify_(student, plan)
-        if logits_t is None:
-            logits_t = teacher_logits(teacher, tokenizer, data, max_length=cfg.max_length)
-
-        def stage_progress(info, k=k):
-            if progress:
-                progress({**info, "stage": k})
-
-        res = distill_(student, None, tokenizer, data, cfg, checkpoint_dir=stage, teacher_logits_=logits_t,
-                       progress=stage_progress)
-        res.surgery_max_abs_diff = surgery
-        if res.stopped_by != "max_seconds":  # a stage cut short by time is resumed on the next call
-            save_pruned(student, stage / "model", tokenizer)
-            done.write_text(json.dumps(res.to_dict(), indent=2) + "\n")
-        results.append(res)
-        if res.stopped_by == "max_seconds":
-            break
-    return results
