@@ -12,7 +12,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .certify.policy import DEFAULT_SEQUENCE_PLANS
+from .certify.policy import DEFAULT_SEQUENCE_PLANS, DISTILL_SEQUENCE_PLANS
 from .config import DEFAULT_SEARCH as _S
 from .errors import EXIT_INTERNAL, EdgepruneError, Interrupted, reset_names, use_cli_names
 
@@ -336,7 +336,7 @@ def build(
     structures: Annotated[str, typer.Option(help="heads+ffn (default: attention heads and FFN neuron blocks) | heads (heads only).")] = _S.structures,
     ffn_block_size: Annotated[Optional[int], typer.Option(help="Neurons per FFN block with --structures heads+ffn (default 128).")] = None,
     certify_fraction: Annotated[float, typer.Option(help="Share of --data that certifies (the rest is the search split); ignored with --certify-data.")] = 0.5,
-    certify_plans: Annotated[int, typer.Option(help="Most plans the fixed-sequence certification tests (the unpruned one included).")] = DEFAULT_SEQUENCE_PLANS,
+    certify_plans: Annotated[Optional[int], typer.Option(help=f"Most plans the fixed-sequence certification tests (the unpruned one included; default {DEFAULT_SEQUENCE_PLANS}, {DISTILL_SEQUENCE_PLANS} with --recovery distill).")] = None,
     recovery: Annotated[str, typer.Option(help="What each pruned plan gets before it is certified: refit (least-squares weight refit, no training), distill (the refit, then distillation of the searched plan when it lies beyond --max-drop; see docs/recovery.md), scale or none.")] = "refit",
     distill_epochs: Annotated[float, typer.Option(help="Passes over the distillation texts for the distilled plan (--recovery distill).")] = 2.0,
     distill_data: Annotated[Optional[str], typer.Option(help="Extra in-domain texts for distillation (one per line, or a CSV/TSV/JSONL); never the certify data.")] = None,

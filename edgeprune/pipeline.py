@@ -29,7 +29,7 @@ from typing import Any, Callable, Optional
 
 from .config import DEFAULT_SEARCH as _S
 from .config import SearchSettings
-from .certify.policy import DEFAULT_SEQUENCE_PLANS
+from .certify.policy import DEFAULT_SEQUENCE_PLANS, DISTILL_SEQUENCE_PLANS
 from .errors import BuildInterrupted, EdgepruneError, OutputFolderError, arg, flag
 from .versions import versions
 
@@ -75,7 +75,8 @@ class BuildConfig:
             used (recorded as ``search.stopped_by``) and the result depends on machine speed.
         correction: multiple-comparison correction of the search bound ("bonferroni" or "none"; docs/search.md).
         certify_plans: most plans the fixed-sequence certification tests, the unpruned one included
-            (edgeprune.certify.policy.certification_sequence).
+            (edgeprune.certify.policy.certification_sequence); None = 6, or 4 with ``distill`` (the dense file, two
+            refitted fallbacks, the distilled plan).
         seed: seed for splits and the search.
         force: write the bundle even when certification fails (marked, non-zero exit).
         allow_pickle: allow pickle checkpoints of the user's model (only for trusted files).
@@ -120,7 +121,7 @@ class BuildConfig:
     max_evaluations: int = _S.max_evaluations
     search_seconds: Optional[float] = _S.max_seconds
     correction: str = _S.correction
-    certify_plans: int = DEFAULT_SEQUENCE_PLANS
+    certify_plans: Optional[int] = None
     seed: int = _S.seed
     force: bool = False
     allow_pickle: bool = False
@@ -162,7 +163,7 @@ class BuildConfig:
             raise EdgepruneError(f"{arg('confidence')} must be in [0.5, 1), got {self.confidence}")
         if not 0.05 <= self.certify_fraction <= 0.95:
             raise EdgepruneError(f"{arg('certify_fraction')} must be in [0.05, 0.95], got {self.certify_fraction}")
-        if self.certify_plans < 1:
+        if self.certify_plans is not None and self.certify_plans < 1:
             raise EdgepruneError(f"{arg('certify_plans')} must be >= 1, got {self.certify_plans}")
         self.search_settings()  # validates the search settings (one place: edgeprune.config.SearchSettings)
         if self.measure_rounds < 5:
@@ -184,6 +185,13 @@ class BuildConfig:
             int8_aware=self.int8_aware, rescore_every=self.rescore_every,
             importance_examples=self.importance_examples, seed=self.seed, step_units=self.step_units,
             pricing=_S.pricing if self.recovery in ("refit", "distill") else "none")
+
+    @property
+    def sequence_plans(self) -> int:
+        """Most plans the certification sequence tests (``certify_plans``, or the recovery's default)."""
+        if self.certify_plans is not None:
+            return int(self.certify_plans)
+        return DISTILL_SEQUENCE_PLANS if self.recovery == "distill" else DEFAULT_SEQUENCE_PLANS
 
     @property
     def slack_pts(self) -> float:
@@ -757,12 +765,13 @@ def _stage_export(cfg: BuildConfig, state: _State, model_dir: str, task: _Task, 
     model, tokenizer = _load(cfg, model_dir)
     # The order is frozen here, from the search's results alone, before the certify split is read.
     # Plans whose search estimate exceeds what recovery is expected to bring back (promise + slack) are skipped;
-    # with distillation only the searched plan may lie beyond the promise (it alone is distilled).
-    sequence = certification_sequence(plan_json, cfg.max_drop_pts + cfg.slack_pts, cfg.certify_plans,
+    # with distillation the ladder holds the plans whose search bound is within the promise (refitted), and only
+    # the searched plan may lie beyond it (it alone is distilled).
+    sequence = certification_sequence(plan_json, cfg.max_drop_pts + cfg.slack_pts, cfg.sequence_plans,
                                       ladder_max_pts=cfg.max_drop_pts if cfg.recovery == "distill" else None)
     names = [name for name, _, _ in sequence]
     plans = [plan for _, plan, _ in sequence]
-    beyond = [pt is not None and float(pt.get("drop_pts") or 0.0) > cfg.max_drop_pts for _, _, pt in sequence]
+    beyond = [pt is not None and float(pt.get("drop_bound_pts") or 0.0) > cfg.max_drop_pts for _, _, pt in sequence]
     recoverer = _recoverer(cfg, state, model, tokenizer, task, plans, beyond, display)
     steps = ["surgery", "export", "optimize", "quantize", "certify", "ort", "write"]
 

@@ -171,11 +171,16 @@ def test_certification_sequence_is_least_to_most_compressed_dense_first():
     assert [n for n, _, _ in certification_sequence(plan_json, 1.0, max_plans=1)] == ["dense"]
     # Distillation: the search may go beyond the promise (slack), but only the searched plan, which alone is
     # distilled, may lie beyond it; the ladder before it stays within the promise.
-    wide = dict(plan_json, search=dict(plan_json["search"], search_split_drop_pts=2.4))
+    wide = dict(plan_json, search=dict(plan_json["search"], search_split_drop_pts=2.4, search_split_drop_bound_pts=3.1))
     ladder = certification_sequence(wide, 3.5, max_plans=20, ladder_max_pts=1.0)
-    drops = [pt["drop_pts"] for _, _, pt in ladder[1:]]
-    assert all(d <= 1.0 for d in drops[:-1]) and drops[-1] == 2.4 and ladder[-1][2]["searched"]
+    bounds = [pt["drop_bound_pts"] for _, _, pt in ladder[1:]]
+    assert all(b <= 1.0 for b in bounds[:-1]) and bounds[-1] == 3.1 and ladder[-1][2]["searched"]
+    assert any(pt["drop_pts"] <= 1.0 < pt["drop_bound_pts"] for pt in frontier)  # ... by bound, not estimate
     assert len(certification_sequence(wide, 3.5, max_plans=20)) > len(ladder)  # without it: plans up to 3.5
+    # thinned (distillation's 4 plans): dense, the ladder's middle and its most compressed plan, the searched one
+    short = certification_sequence(wide, 3.5, max_plans=4, ladder_max_pts=1.0)
+    assert [p.num_removed for _, p, _ in ladder] == [0, 1, 2, 3, 4, 5, 8]  # bounds 0.30 .. 0.90, then the searched
+    assert [p.num_removed for _, p, _ in short] == [0, 2, 5, 8]  # ladder quantiles 1/2 and 2/2 (its last) kept
 
 
 def test_certification_sequence_of_a_joint_search_keeps_the_ffn_part():

@@ -18,6 +18,10 @@ from typing import Sequence
 #: Most plans a certification sequence tests (the dense INT8 file included): each costs a recovery fit, a compile
 #: and a pass over the certify split (~30-40 s on the default task on this project's 2-core host).
 DEFAULT_SEQUENCE_PLANS = 6
+#: With distillation: the dense file, two refitted ladder plans (the ladder's middle and its most compressed plan,
+#: the fallbacks) and the distilled plan. Each refitted plan costs ~60 s on the default task here; the ladder is a
+#: fallback, so it is kept short to leave the build's time to distillation.
+DISTILL_SEQUENCE_PLANS = 4
 
 
 def search_confidence(confidence: float) -> float:
@@ -40,8 +44,10 @@ def certification_sequence(plan_json: dict, max_drop_pts: float, max_plans: int 
         plan_json: the search's plan.json (``num_heads``, ``ffn``, ``removed``/``ffn_removed``, ``search.frontier``).
         max_drop_pts: the promise, in points.
         max_plans: most plans in the sequence, the unpruned one included (>= 1).
-        ladder_max_pts: when given, frontier plans before the searched one are skipped if their estimate exceeds
-            this (distillation: only the searched plan, which alone is distilled, may lie beyond the promise).
+        ladder_max_pts: when given, frontier plans before the searched one are skipped unless their search-split
+            *bound* is within this (distillation: the ladder holds the plans the refit alone is expected to carry,
+            as a refit-only search would have accepted them; only the searched plan, which alone is distilled, may
+            lie beyond).
 
     Returns:
         The sequence; its names are ``dense`` and ``plan-<k>`` (k = frontier rank, 1 = least compressed).
@@ -67,8 +73,9 @@ def certification_sequence(plan_json: dict, max_drop_pts: float, max_plans: int 
     points, seen = [], set()
     for p in sorted(search.get("frontier", []), key=lambda q: (-q["latency_ms"], q["drop_bound_pts"])):
         key = units(p)
-        limit = max_drop_pts if ladder_max_pts is None else min(max_drop_pts, ladder_max_pts)
-        if not any(key) or key in seen or key == chosen or float(p["drop_pts"]) > limit:
+        over = float(p["drop_pts"]) > max_drop_pts or (
+            ladder_max_pts is not None and float(p["drop_bound_pts"]) > ladder_max_pts)
+        if not any(key) or key in seen or key == chosen or over:
             continue
         seen.add(key)
         points.append(p)
@@ -78,6 +85,11 @@ def certification_sequence(plan_json: dict, max_drop_pts: float, max_plans: int 
                        "drop_pts": search.get("search_split_drop_pts"),
                        "drop_bound_pts": search.get("search_split_drop_bound_pts"), "searched": True})
     room = max_plans - 1
+    if ladder_max_pts is not None and len(points) > room >= 2 and points[-1].get("searched"):
+        # Distillation: the searched plan is kept and the refit ladder before it thinned to its quantiles, its most
+        # compressed plan always kept (the fallbacks worth having if the distilled plan fails).
+        ladder, k = points[:-1], room - 1
+        points = [ladder[round((j + 1) * len(ladder) / k) - 1] for j in range(k)] + points[-1:]
     if len(points) > room:
         if room <= 0:
             points = []
