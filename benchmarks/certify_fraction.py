@@ -38,7 +38,7 @@ import numpy as np
 
 from benchmarks.certify_simulation import _frontier, _nested, _Table
 
-FRACTIONS = (0.3, 0.4, 0.5, 0.6, 0.7)
+FRACTIONS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 SIZES = (2000, 4000, 10566)  # 10,566 = the default task's search + certify splits as one user file would be
 
 

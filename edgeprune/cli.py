@@ -337,7 +337,7 @@ def build(
     ffn_block_size: Annotated[Optional[int], typer.Option(help="Neurons per FFN block with --structures heads+ffn (default 128).")] = None,
     certify_fraction: Annotated[float, typer.Option(help="Share of --data that certifies (the rest is the search split); ignored with --certify-data.")] = 0.5,
     certify_plans: Annotated[Optional[int], typer.Option(help=f"Most plans the fixed-sequence certification tests (the unpruned one included; default {DEFAULT_SEQUENCE_PLANS}, {DISTILL_SEQUENCE_PLANS} with --recovery distill).")] = None,
-    recovery: Annotated[str, typer.Option(help="What each pruned plan gets before it is certified: refit (least-squares weight refit, no training), distill (the refit, then distillation of the searched plan when it lies beyond --max-drop; see docs/recovery.md), scale or none.")] = "refit",
+    recovery: Annotated[str, typer.Option(help="What each pruned plan gets before it is certified: distill (default: the least-squares weight refit, then distillation of the searched plan when it lies beyond --max-drop; see docs/recovery.md), refit (the refit alone, no training), scale or none.")] = "distill",
     distill_epochs: Annotated[float, typer.Option(help="Passes over the distillation texts for the distilled plan (--recovery distill).")] = 2.0,
     distill_data: Annotated[Optional[str], typer.Option(help="Extra in-domain texts for distillation (one per line, or a CSV/TSV/JSONL); never the certify data.")] = None,
     search_slack: Annotated[Optional[float], typer.Option(help="Points the search may lose before distillation, on top of --max-drop (default: 2.5 with --recovery distill, else 0); certification still holds every plan to --max-drop.")] = None,

@@ -75,8 +75,8 @@ class BuildConfig:
             used (recorded as ``search.stopped_by``) and the result depends on machine speed.
         correction: multiple-comparison correction of the search bound ("bonferroni" or "none"; docs/search.md).
         certify_plans: most plans the fixed-sequence certification tests, the unpruned one included
-            (edgeprune.certify.policy.certification_sequence); None = 6, or 4 with ``distill`` (the dense file, two
-            refitted fallbacks, the distilled plan).
+            (edgeprune.certify.policy.certification_sequence); None = 6, or 3 with ``distill`` (the dense file, the
+            refitted fallback, the distilled plan).
         seed: seed for splits and the search.
         force: write the bundle even when certification fails (marked, non-zero exit).
         allow_pickle: allow pickle checkpoints of the user's model (only for trusted files).
@@ -88,9 +88,9 @@ class BuildConfig:
         structures: "heads" or "heads+ffn" (heads and FFN neuron blocks in one search; the LUT measures both).
         ffn_block_size: neurons per FFN block for "heads+ffn" (None = 128).
         recovery: what every pruned plan of the certification sequence gets before it is compiled and certified
-            (edgeprune.recovery.chain): ``refit`` (default: the full least-squares weight refit, no training),
-            ``distill`` (the refit for the plans the search priced within the promise; the refit then distillation
-            for the searched plan when it lies beyond, up to ``search_slack_pts``; docs/recovery.md), ``scale``
+            (edgeprune.recovery.chain): ``distill`` (default: the full least-squares weight refit for the plans the
+            search priced within the promise; the refit then distillation for the searched plan when it lies
+            beyond, up to ``search_slack_pts``; docs/recovery.md), ``refit`` (the refit alone, no training), ``scale``
             (the least-squares rescaling of the kept units) or ``none``. With ``refit`` and ``distill`` the search
             prices candidates after the refit (``SearchSettings.pricing``).
         distill_epochs: passes over the distillation texts for the distilled plan.
@@ -131,7 +131,7 @@ class BuildConfig:
     importance_examples: Optional[int] = _S.importance_examples
     structures: str = _S.structures
     ffn_block_size: Optional[int] = _S.ffn_block_size
-    recovery: str = "refit"
+    recovery: str = "distill"
     recovery_examples: int = 1024
     distill_epochs: float = 2.0
     distill_data: Optional[str] = None

@@ -181,6 +181,8 @@ def test_certification_sequence_is_least_to_most_compressed_dense_first():
     short = certification_sequence(wide, 3.5, max_plans=4, ladder_max_pts=1.0)
     assert [p.num_removed for _, p, _ in ladder] == [0, 1, 2, 3, 4, 5, 8]  # bounds 0.30 .. 0.90, then the searched
     assert [p.num_removed for _, p, _ in short] == [0, 2, 5, 8]  # ladder quantiles 1/2 and 2/2 (its last) kept
+    three = certification_sequence(wide, 3.5, max_plans=3, ladder_max_pts=1.0)  # the distillation default
+    assert [p.num_removed for _, p, _ in three] == [0, 5, 8]  # the most compressed refitted plan is the fallback
 
 
 def test_certification_sequence_of_a_joint_search_keeps_the_ffn_part():

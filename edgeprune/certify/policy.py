@@ -18,10 +18,10 @@ from typing import Sequence
 #: Most plans a certification sequence tests (the dense INT8 file included): each costs a recovery fit, a compile
 #: and a pass over the certify split (~30-40 s on the default task on this project's 2-core host).
 DEFAULT_SEQUENCE_PLANS = 6
-#: With distillation: the dense file, two refitted ladder plans (the ladder's middle and its most compressed plan,
-#: the fallbacks) and the distilled plan. Each refitted plan costs ~60 s on the default task here; the ladder is a
-#: fallback, so it is kept short to leave the build's time to distillation.
-DISTILL_SEQUENCE_PLANS = 4
+#: With distillation: the dense file, the most compressed refitted ladder plan (the fallback) and the distilled
+#: plan. Each refitted plan costs ~50 s on the default task here (refit, compile, a pass over the certify split);
+#: the ladder is only a fallback, so it is kept short to leave the build's time budget to distillation.
+DISTILL_SEQUENCE_PLANS = 3
 
 
 def search_confidence(confidence: float) -> float:
