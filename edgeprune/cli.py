@@ -335,7 +335,7 @@ def build(
     allow_pickle: Annotated[bool, typer.Option(help="Allow pickle checkpoints (runs code from the file: trusted files only).")] = False,
     structures: Annotated[str, typer.Option(help="heads+ffn (default: attention heads and FFN neuron blocks) | heads (heads only).")] = _S.structures,
     ffn_block_size: Annotated[Optional[int], typer.Option(help="Neurons per FFN block with --structures heads+ffn (default 128).")] = None,
-    certify_fraction: Annotated[float, typer.Option(help="Share of --data that certifies (the rest is the search split); ignored with --certify-data.")] = 0.5,
+    certify_fraction: Annotated[float, typer.Option(help="Share of --data that certifies (the rest is the search split); ignored with --certify-data; 0.6 by measurement, docs/certification.md).")] = 0.6,
     certify_plans: Annotated[Optional[int], typer.Option(help=f"Most plans the fixed-sequence certification tests (the unpruned one included; default {DEFAULT_SEQUENCE_PLANS}, {DISTILL_SEQUENCE_PLANS} with --recovery distill).")] = None,
     recovery: Annotated[str, typer.Option(help="What each pruned plan gets before it is certified: distill (default: the least-squares weight refit, then distillation of the searched plan when it lies beyond --max-drop; see docs/recovery.md), refit (the refit alone, no training), scale or none.")] = "distill",
     distill_epochs: Annotated[float, typer.Option(help="Passes over the distillation texts for the distilled plan (--recovery distill).")] = 2.0,
