@@ -9,8 +9,8 @@ torch = pytest.importorskip("torch")
 
 from edgeprune.adapters import get_adapter  # noqa: E402
 from edgeprune.task.data import TextDataset  # noqa: E402
-from edgeprune.recovery.distill import (DistillConfig, distill_, distill_loss, make_trainable_,  # noqa: E402
-                               task_distill_data, teacher_logits)
+from edgeprune.recovery.distill import (DistillConfig, distill_, distill_loss, hidden_loss,  # noqa: E402
+                                        make_trainable_, task_distill_data, teacher_logits, teacher_targets)
 from edgeprune.errors import EdgepruneError  # noqa: E402
 from edgeprune.task.modeling import clone_model, prune_and_verify_  # noqa: E402
 from edgeprune.plan import HeadPlan  # noqa: E402
@@ -201,3 +201,81 @@ def test_masked_student(tok):
     prune_and_verify_(student, JOINT)
 
 
+
+
+# ---- the layer-wise hidden-state term -----------------------------------------------------------------------------
+def _hidden_error(student, teacher, tok, data):
+    """The hidden-state term of the student against the teacher on ``data`` (eval mode)."""
+    _, cache = teacher_targets(teacher, tok, data, max_length=16, hidden=True)
+    enc = tok(list(data.texts), truncation=True, max_length=16, padding=True, return_tensors="pt")
+    student.eval()
+    with torch.no_grad():
+        hs = student(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
+                     output_hidden_states=True).hidden_states
+    return float(hidden_loss(hs, cache.batch(list(range(len(data))), enc["attention_mask"]), enc["attention_mask"]))
+
+
+def test_hidden_cache_is_the_teachers_unpadded_states(tok):
+    teacher = tiny_model("bert")
+    data = dataset(20)
+    logits, cache = teacher_targets(teacher, tok, data, max_length=16, hidden=True)
+    assert torch.allclose(logits, teacher_logits(teacher, tok, data, max_length=16))
+    assert cache.layers == teacher.config.num_hidden_layers and cache.states.dtype == torch.float16
+    # text 3 alone (no padding) gives the same states as its slice of the padded batches
+    enc = tok([data.texts[3]], truncation=True, max_length=16, return_tensors="pt")
+    with torch.no_grad():
+        alone = torch.stack(teacher(**enc, output_hidden_states=True).hidden_states, 0)[:, 0]
+    lo, hi = int(cache.offsets[3]), int(cache.offsets[4])
+    assert hi - lo == enc["input_ids"].shape[1]
+    assert torch.allclose(cache.states[lo:hi].transpose(0, 1).float(), alone, atol=2e-3)
+    # a batch is scattered to the real tokens of either padding side
+    mask = torch.tensor([[0, 0] + [1] * (hi - lo)])
+    left = cache.batch([3], mask)
+    assert torch.equal(left[:, 0, 2:], cache.states[lo:hi].transpose(0, 1).float()) and not left[:, 0, :2].any()
+    with pytest.raises(Exception, match="tokens now"):
+        cache.batch([3], torch.ones(1, hi - lo + 1, dtype=torch.long))
+
+
+def test_hidden_loss_is_zero_only_for_the_teacher_and_maps_fewer_layers(tok):
+    teacher = tiny_model("bert")
+    data = dataset(16)
+    assert _hidden_error(teacher, teacher, tok, data) < 1e-5
+    _, student = _pruned()
+    assert _hidden_error(student, teacher, tok, data) > 1e-3
+    # a 2-layer student is matched to teacher layers round(j * L / 2)
+    short = clone_model(teacher)
+    get_adapter(short).keep_layers_(short, [0, 1])
+    assert short.config.num_hidden_layers == 2 < teacher.config.num_hidden_layers
+    assert _hidden_error(short, teacher, tok, data) > 1e-3
+
+
+def test_hidden_distillation_moves_the_states_toward_the_teachers(tok):
+    teacher, s_kl = _pruned()
+    s_hid = clone_model(s_kl)
+    data = dataset(64)
+    cfg = DistillConfig(epochs=3, batch_size=8, max_length=16, lr=3e-3, ce_weight=0.0)
+    before = _hidden_error(s_kl, teacher, tok, data)
+    distill_(s_kl, teacher, tok, data, cfg)
+    res = distill_(s_hid, teacher, tok, data, DistillConfig(**{**cfg.to_dict(), "hidden_weight": 1.0}))
+    assert res.teacher_seconds > 0 and res.epochs_done == 3
+    after_kl, after_hid = _hidden_error(s_kl, teacher, tok, data), _hidden_error(s_hid, teacher, tok, data)
+    assert after_hid < 0.7 * before and after_hid < after_kl
+    assert _kl(s_hid, teacher, tok, data) < _kl(_pruned()[1], teacher, tok, data)
+
+
+def test_hidden_distillation_resumes_exactly(tok, tmp_path):
+    teacher, s1 = _pruned()
+    s2 = clone_model(s1)
+    cfg = DistillConfig(**{**CFG.to_dict(), "checkpoint_every": 3, "hidden_weight": 0.5})
+    distill_(s1, teacher, tok, dataset(), cfg)
+
+    def kill(info):
+        if info["step"] == 7:
+            raise _Interrupt
+
+    with pytest.raises(_Interrupt):
+        distill_(s2, teacher, tok, dataset(), cfg, checkpoint_dir=tmp_path, progress=kill)
+    with pytest.raises(Exception, match="needs a teacher"):  # the hidden states are not in the checkpoint
+        distill_(clone_model(s2), None, tok, dataset(), cfg, checkpoint_dir=tmp_path)
+    got = distill_(s2, teacher, tok, dataset(), cfg, checkpoint_dir=tmp_path)
+    assert got.resumed_from_step == 6 and _same(_state(s1), _state(s2))

@@ -68,6 +68,12 @@ class DistillConfig:
         max_length: truncation length in tokens.
         temperature: softening temperature T of the KL term (scaled by T^2).
         ce_weight: weight of the cross-entropy on the gold labels (0 = KL only).
+        hidden_weight: weight of the layer-wise hidden-state term (0 = off): the mean over the student's layer
+            outputs of the relative squared error ``sum ||h_s - h_t||^2 / sum ||h_t||^2`` over the real (unpadded)
+            tokens, student layer ``j`` of ``L_s`` matched to teacher layer ``round(j * L_t / L_s)`` (TinyBERT /
+            CoFi-style layer distillation). The teacher's hidden states are computed once with its logits and kept
+            in memory in float16 (unpadded: about ``tokens x layers x hidden x 2`` bytes, ~1.3 GB for the default
+            task); a resumed run recomputes them, so it needs the teacher model.
         seed: batch order and dropout seed.
         checkpoint_every: also checkpoint every this many steps (None: only at epoch ends and at the stop).
         threads: torch intra-op threads (None: leave as is).
@@ -87,6 +93,7 @@ class DistillConfig:
     max_length: int = 64
     temperature: float = 2.0
     ce_weight: float = 0.5
+    hidden_weight: float = 0.0
     seed: int = 0
     checkpoint_every: int | None = None
     threads: int | None = None
@@ -95,8 +102,10 @@ class DistillConfig:
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.max_length < 2:
             raise DataError("distillation needs epochs >= 1, batch_size >= 1 and max_length >= 2")
-        if not (self.lr > 0 and self.temperature > 0 and self.ce_weight >= 0 and self.weight_decay >= 0):
-            raise DataError("distillation needs lr > 0, temperature > 0, ce_weight >= 0 and weight_decay >= 0")
+        if not (self.lr > 0 and self.temperature > 0 and self.ce_weight >= 0 and self.weight_decay >= 0
+                and self.hidden_weight >= 0):
+            raise DataError("distillation needs lr > 0, temperature > 0 and ce_weight, hidden_weight, weight_decay "
+                            ">= 0")
         if self.schedule not in ("linear", "constant"):
             raise DataError(f"distillation schedule must be 'linear' or 'constant', got {self.schedule!r}")
         if not 0 <= self.warmup < 1:
@@ -118,6 +127,8 @@ class DistillConfig:
         d = self.to_dict()
         for k in ("epochs", "max_steps", "max_seconds", "checkpoint_every", "threads"):
             d.pop(k)
+        if not d["hidden_weight"]:
+            d.pop("hidden_weight")  # checkpoints written before the field existed stay resumable
         return d
 
     def lr_at(self, step: int, total: int) -> float:
@@ -210,14 +221,70 @@ def _tokenize(model, tokenizer, data: TextDataset, idx: Sequence[int], max_lengt
 
 def teacher_logits(teacher, tokenizer, data: Any, *, max_length: int = 64, batch_size: int = 64) -> torch.Tensor:
     """The teacher's logits ``(N, classes)`` on every text of ``data`` (eval mode, no gradient), in data order."""
+    return teacher_targets(teacher, tokenizer, data, max_length=max_length, batch_size=batch_size)[0]
+
+
+class HiddenCache:
+    """The teacher's hidden states of every text, unpadded, float16: ``states[offsets[i]:offsets[i+1]]`` is text
+    ``i``'s ``(tokens, layers + 1, hidden)`` block (embeddings first)."""
+
+    def __init__(self, states: torch.Tensor, offsets: torch.Tensor) -> None:
+        self.states, self.offsets = states, offsets
+
+    @property
+    def layers(self) -> int:
+        return self.states.shape[1] - 1
+
+    def batch(self, idx: Sequence[int], attention_mask: torch.Tensor) -> torch.Tensor:
+        """``(layers + 1, batch, length, hidden)`` float32 for a padded batch of texts ``idx``: each text's states
+        at the positions of its real tokens in ``attention_mask`` (either padding side), zeros elsewhere."""
+        mask = attention_mask.bool()
+        out = torch.zeros(self.states.shape[1], len(idx), mask.shape[1], self.states.shape[2])
+        for b, i in enumerate(idx):
+            lo, hi = int(self.offsets[i]), int(self.offsets[i + 1])
+            if hi - lo != int(mask[b].sum()):
+                raise DataError(f"text {i}: {int(mask[b].sum())} tokens now, {hi - lo} when the teacher ran "
+                                "(another tokenizer or max_length?)")
+            out[:, b, mask[b]] = self.states[lo:hi].transpose(0, 1).float()
+        return out
+
+
+def teacher_targets(teacher, tokenizer, data: Any, *, max_length: int = 64, batch_size: int = 64,
+                    hidden: bool = False) -> tuple[torch.Tensor, "HiddenCache | None"]:
+    """The teacher's logits ``(N, classes)`` in data order and, with ``hidden``, its :class:`HiddenCache`."""
     data, _ = _as_dataset(data)
     teacher.eval()
-    out = []
+    out, blocks = [], []
     with torch.inference_mode():
         for start in range(0, len(data), batch_size):
             idx = list(range(start, min(start + batch_size, len(data))))
-            out.append(teacher(**_tokenize(teacher, tokenizer, data, idx, max_length)).logits.float())
-    return torch.cat(out).clone()  # a normal tensor (not an inference tensor), safe to save and index
+            feed = _tokenize(teacher, tokenizer, data, idx, max_length)
+            res = teacher(**feed, output_hidden_states=hidden)
+            out.append(res.logits.float())
+            if hidden:
+                hs = torch.stack(res.hidden_states, 2)  # (batch, seq, layers + 1, hidden)
+                mask = feed["attention_mask"].bool()
+                for b in range(len(idx)):
+                    blocks.append(hs[b][mask[b]].to(torch.float16))
+    logits = torch.cat(out).clone()  # a normal tensor (not an inference tensor), safe to save and index
+    if not hidden:
+        return logits, None
+    lengths = torch.tensor([0] + [blk.shape[0] for blk in blocks])
+    return logits, HiddenCache(torch.cat(blocks).clone(), torch.cumsum(lengths, 0))
+
+
+def hidden_loss(student_states: Sequence[torch.Tensor], teacher_states: torch.Tensor,
+                attention_mask: torch.Tensor) -> torch.Tensor:
+    """Mean over the student's layer outputs of ``sum ||h_s - h_t||^2 / sum ||h_t||^2`` on the real tokens
+    (``student_states``: the model's ``hidden_states``, embeddings first; ``teacher_states``:
+    :meth:`HiddenCache.batch`)."""
+    ls, lt = len(student_states) - 1, teacher_states.shape[0] - 1
+    mask = attention_mask.unsqueeze(-1).to(teacher_states.dtype)
+    total = student_states[0].new_zeros(())
+    for j in range(1, ls + 1):
+        t = teacher_states[round(j * lt / ls)]
+        total = total + (((student_states[j] - t) * mask) ** 2).sum() / ((t * mask) ** 2).sum().clamp_min(1e-12)
+    return total / ls
 
 
 # ---- trainability -------------------------------------------------------------------------------------------------
@@ -282,7 +349,7 @@ def _load_checkpoint(path: Path) -> dict[str, Any] | None:
 def distill_(student: nn.Module, teacher: nn.Module | None, tokenizer, data: Any,
              config: DistillConfig | None = None, *, plan: HeadPlan | None = None,
              checkpoint_dir: str | os.PathLike | None = None, teacher_logits_: torch.Tensor | None = None,
-             progress: Callable[[dict[str, Any]], None] | None = None) -> DistillResult:
+             teacher_hidden_: HiddenCache | None = None, progress: Callable[[dict[str, Any]], None] | None = None) -> DistillResult:
     """Train ``student`` in place to match ``teacher`` on ``data`` (module docstring).
 
     Args:
@@ -297,6 +364,7 @@ def distill_(student: nn.Module, teacher: nn.Module | None, tokenizer, data: Any
         checkpoint_dir: folder for ``distill.pt`` (resumed from when it exists).
         teacher_logits_: precomputed :func:`teacher_logits` for ``data`` (saves one pass when distilling several
             students from one teacher).
+        teacher_hidden_: precomputed :func:`teacher_targets` hidden states for ``data`` (``hidden_weight > 0``).
         progress: called after every step with ``{"step", "total_steps", "epoch", "loss", "seconds"}``.
 
     Returns:
@@ -324,15 +392,24 @@ def distill_(student: nn.Module, teacher: nn.Module | None, tokenizer, data: Any
         raise EdgepruneError(f"{ckpt_path} belongs to another distillation run (settings, data or model layout "
                              "differ); use another folder or delete it")
     t_teacher = time.time()
-    if state is not None and "teacher_logits" in state:
+    teacher_seconds = 0.0
+    want_hidden = cfg.hidden_weight > 0 and teacher_hidden_ is None
+    hidden_t = teacher_hidden_
+    if state is not None and "teacher_logits" in state and not want_hidden:
         logits_t = state["teacher_logits"]
-    elif teacher_logits_ is not None:
+    elif teacher_logits_ is not None and not want_hidden:
         logits_t = teacher_logits_
     else:
         if teacher is None:
-            raise DataError("distill_ needs a teacher or precomputed teacher logits")
-        logits_t = teacher_logits(teacher, tokenizer, data, max_length=cfg.max_length)
-    teacher_seconds = time.time() - t_teacher if state is None or "teacher_logits" not in state else 0.0
+            raise DataError("distill_ needs a teacher, or precomputed teacher logits (and hidden states with "
+                            "hidden_weight > 0)")
+        logits_t, hidden_t = teacher_targets(teacher, tokenizer, data, max_length=cfg.max_length,
+                                             hidden=cfg.hidden_weight > 0)
+        if teacher_logits_ is not None:
+            logits_t = teacher_logits_
+        teacher_seconds = time.time() - t_teacher
+    if hidden_t is not None and len(hidden_t.offsets) != n + 1:
+        raise DataError(f"teacher hidden states for {len(hidden_t.offsets) - 1} texts, {n} texts given")
     if logits_t.shape[0] != n:
         raise DataError(f"{logits_t.shape[0]} teacher logits for {n} texts")
     labels = torch.tensor(list(data.labels), dtype=torch.long) if has_labels and cfg.ce_weight > 0 else None
@@ -391,9 +468,12 @@ def distill_(student: nn.Module, teacher: nn.Module | None, tokenizer, data: Any
                     feed = _tokenize(student, tokenizer, data, idx, cfg.max_length)
                     # dropout draws from the global generator: drive it from our own, saved in checkpoints
                     torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=dropout_rng)))
-                    out = student(**feed).logits
-                    loss = distill_loss(out, logits_t[idx], labels[idx] if labels is not None else None,
+                    res = student(**feed, output_hidden_states=cfg.hidden_weight > 0)
+                    loss = distill_loss(res.logits, logits_t[idx], labels[idx] if labels is not None else None,
                                         cfg.temperature, cfg.ce_weight)
+                    if cfg.hidden_weight > 0:
+                        loss = loss + cfg.hidden_weight * hidden_loss(
+                            res.hidden_states, hidden_t.batch(idx, feed["attention_mask"]), feed["attention_mask"])
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     for group in opt.param_groups:
