@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.recovery_calibration import log, wait_for_task
+from benchmarks.recovery_calibration import bench_setup, log
 
 
 def _build_row(out: Path) -> dict[str, Any]:
@@ -50,21 +50,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     from edgeprune.adapters import get_adapter
     from edgeprune.certify.core import certify
-    from edgeprune.latency.measure import effective_threads, measure_alternating, measure_real_lengths
+    from edgeprune.latency.measure import measure_alternating, measure_real_lengths
     from edgeprune.onnx.compile import compile_plan
-    from edgeprune.profiles import load_profile
     from edgeprune.recovery.distill import DistillConfig, distill_, task_distill_data, teacher_logits
-    from edgeprune.search.evaluate import physical_cores
-    from edgeprune.task.modeling import clone_model, load_model
+    from edgeprune.task.modeling import clone_model
     from edgeprune.task.predict import onnx_predictions, torch_predictions
 
     t_all = time.monotonic()
-    task = wait_for_task(args.wait)
-    prof = load_profile(args.profile)
-    threads, _ = effective_threads(prof)
-    torch.set_num_threads(physical_cores())
-    model, tok = load_model(task.model_dir)
-    model.eval()
+    task, prof, threads, model, tok = bench_setup(args, torch_cores="physical")
     cert, labels, seq = task.certify, list(task.certify.labels), prof.seq_len
     work = Path(tempfile.mkdtemp(prefix="smaller-model-"))
     base = torch_predictions(model, tok, cert, max_length=seq, batch_size=64)

@@ -10,21 +10,12 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 
-from test_bundle import word_tokenizer  # noqa: E402
-from test_recovery import dataset, tiny_model  # noqa: E402
 
-
-def test_smoke_run_scores_and_times_every_student(tmp_path, monkeypatch):
+def test_smoke_run_scores_and_times_every_student(tiny_task, monkeypatch):
+    import benchmarks.recovery_calibration as rc
     import benchmarks.smaller_model as sm
 
-    model, tok = tiny_model("bert"), word_tokenizer(tmp_path / "tok")
-    model.save_pretrained(tmp_path / "model")
-    tok.save_pretrained(tmp_path / "model")
-
-    class Task:  # distillation reads fine-tune + search only; certify is scored
-        model_dir, finetune, search, certify = tmp_path / "model", dataset(48, 1), dataset(48, 2), dataset(40, 3)
-
-    monkeypatch.setattr(sm, "wait_for_task", lambda minutes: Task())
+    monkeypatch.setattr(rc, "wait_for_task", lambda minutes: tiny_task)  # bench_setup's module
     args = argparse.Namespace(build=[], layers=[1, 2], epochs=1, seed=0, max_drop=1.0, profile="raspberrypi4",
                               rounds=2, reps=1, real_texts=10, wait=0)
     rec = sm.run(args)
