@@ -8,6 +8,7 @@ see ``optimum_python``). The failure paths need no optimum.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
@@ -213,3 +214,22 @@ def test_the_tf457_run_includes_this_file():
     script = (REPO / "scripts" / "test.sh").read_text()
     listed = re.search(r"TF457_TESTS=\$\(ls (.*?) 2>/dev/null\)", script, re.DOTALL)
     assert listed and "tests/test_optimum_peer.py" in listed.group(1).split()
+
+
+def test_smaller_model_row_with_the_real_quantizer(tiny_task, monkeypatch):
+    """benchmarks/smaller_model.py end to end with the real subprocess: the other environment's INT8 file loads,
+    is certified and timed here, and the report names that environment's versions."""
+    pytest.importorskip("onnxruntime")
+    import benchmarks.recovery_calibration as rc
+    import benchmarks.smaller_model as sm
+
+    python = optimum_python()
+    monkeypatch.setattr(rc, "wait_for_task", lambda minutes: tiny_task)
+    rec = sm.run(argparse.Namespace(build=[], layers=[], epochs=1, seed=0, max_drop=1.0, profile="raspberrypi4",
+                                    rounds=2, reps=1, real_texts=10, wait=0, optimum=True, optimum_python=python))
+    assert rec["optimum"]["status"] == "ok", rec["optimum"].get("detail")
+    dense, row = rec["rows"]
+    assert row["name"] == sm.OPTIMUM_ROW and row["versions"] == rec["optimum"]["versions"]
+    assert 0 <= row["accuracy"] <= 1 and row["bound_pts"] >= 0 and row["p50_ms"] > 0
+    assert row["speedup_vs_dense_int8"] > 0 and dense["name"] == "dense ORT INT8"
+    assert f"quantized in `{python}` ({op.versions_text(rec['optimum'])})" in sm.markdown(rec)
