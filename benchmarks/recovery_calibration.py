@@ -42,7 +42,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 BLOCK = 128
 
@@ -63,6 +63,44 @@ def wait_for_task(wait_minutes: float):
         log(f"waiting for the default task in {final} ...")
         time.sleep(30)
     return default_task(progress=False)
+
+
+class BenchSetup(NamedTuple):
+    """What every default-task benchmark starts from (:func:`bench_setup`); unpacks as a tuple."""
+
+    task: Any  #: the cached default task (``edgeprune.task.default.default_task``)
+    prof: Any  #: the loaded device profile
+    threads: int  #: ORT intra-op threads (the profile's, clipped to this host: ``effective_threads``)
+    model: Any  #: the task's fine-tuned model, in eval mode
+    tok: Any  #: its tokenizer
+
+
+def bench_setup(args: Any, torch_cores: str = "free") -> BenchSetup:
+    """Wait for the default task, load the profile, its ORT threads, set torch's threads and load the model.
+
+    Args:
+        args: the benchmark's parsed arguments (reads ``args.wait``, minutes, and ``args.profile``).
+        torch_cores: torch's intra-op threads: ``"free"`` (``search.evaluate.free_cores``, the physical cores no
+            other process is busy on) or ``"physical"`` (``physical_cores``).
+
+    Returns:
+        A :class:`BenchSetup` ``(task, prof, threads, model, tok)``.
+    """
+    import torch
+
+    from edgeprune.latency.measure import effective_threads
+    from edgeprune.profiles import load_profile
+    from edgeprune.search.evaluate import free_cores, physical_cores
+    from edgeprune.task.modeling import load_model
+
+    cores = {"free": free_cores, "physical": physical_cores}[torch_cores]
+    task = wait_for_task(args.wait)
+    prof = load_profile(args.profile)
+    threads, _ = effective_threads(prof)
+    torch.set_num_threads(cores())
+    model, tok = load_model(task.model_dir)
+    model.eval()
+    return BenchSetup(task, prof, threads, model, tok)
 
 
 def oneshot_plans(model, tok, search, fractions, max_length: int, examples: int) -> dict[str, Any]:
@@ -96,20 +134,13 @@ def run(args) -> dict[str, Any]:
     from edgeprune.onnx.compile import compile_plan
     from edgeprune.task.predict import onnx_predictions, torch_predictions
     from edgeprune.recovery.distill import DistillConfig, distill_, task_distill_data, teacher_logits
-    from edgeprune.search.evaluate import free_cores
-    from edgeprune.latency.measure import effective_threads, measure_alternating
-    from edgeprune.task.modeling import clone_model, load_model, prune_and_verify_
-    from edgeprune.profiles import load_profile
+    from edgeprune.latency.measure import measure_alternating
+    from edgeprune.task.modeling import clone_model, prune_and_verify_
     from edgeprune.recovery.scale import apply_recovery_, fit_recovery
     from edgeprune.recovery.refit import RefitConfig, refit_plan
 
     t_all = time.monotonic()
-    task = wait_for_task(args.wait)
-    prof = load_profile(args.profile)
-    threads, _ = effective_threads(prof)
-    torch.set_num_threads(free_cores())
-    model, tok = load_model(task.model_dir)
-    model.eval()
+    task, prof, threads, model, tok = bench_setup(args)
     search, certify_split = task.search, task.certify
     labels = list(certify_split.labels)
     seq = args.max_length
@@ -321,25 +352,15 @@ def main(argv=None) -> int:
 def run_distill_only(args) -> dict[str, Any]:
     """Follow-up: LS refit + an *uncapped* distillation (``--distill-epochs``) for the given fractions only, to
     see what distillation does when the time cap of the main run does not starve it."""
-    import torch
-
     from edgeprune.certify.core import certify
     from edgeprune.onnx.compile import compile_plan
     from edgeprune.task.predict import onnx_predictions, torch_predictions
     from edgeprune.recovery.distill import DistillConfig, distill_, task_distill_data
-    from edgeprune.search.evaluate import free_cores
-    from edgeprune.latency.measure import effective_threads
-    from edgeprune.task.modeling import load_model, prune_and_verify_
-    from edgeprune.profiles import load_profile
+    from edgeprune.task.modeling import prune_and_verify_
     from edgeprune.recovery.refit import RefitConfig, refit_plan
 
     t_all = time.monotonic()
-    task = wait_for_task(args.wait)
-    prof = load_profile(args.profile)
-    threads, _ = effective_threads(prof)
-    torch.set_num_threads(free_cores())
-    model, tok = load_model(task.model_dir)
-    model.eval()
+    task, prof, threads, model, tok = bench_setup(args)
     seq, labels = args.max_length, list(task.certify.labels)
     plans = oneshot_plans(model, tok, task.search, args.fractions, seq, args.importance_examples)
     base = torch_predictions(model, tok, task.certify, max_length=seq, batch_size=64)

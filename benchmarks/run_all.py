@@ -9,7 +9,9 @@ this folder). Two parts:
    profile's preset on the stock export, dense edgeprune INT8 (``onnx.compile.compile_plan`` with the profile: the
    shipped chain, whatever ``quant.graph`` the profile names), Michel greedy + INT8, one-shot + INT8, edgeprune A*
    heads + INT8, edgeprune A* heads+FFN + INT8 and the same plan with recovery (``export_bundle(recovery_data=...)``,
-   least-squares rescaling fitted on the search split) + INT8 (random + INT8 with ``--random``). Per row: observed
+   least-squares rescaling fitted on the search split) + INT8 (random + INT8 with ``--random``), and optimum's arm64
+   preset on the stock export (``benchmarks.optimum_peer``: run in the transformers 4.57 environment as a subprocess,
+   its versions recorded; the row is left out, with the reason, when that environment is missing). Per row: observed
    accuracy and certified drop bound of the *file* on the certify split (``edgeprune.task.predict.onnx_predictions`` +
    ``edgeprune.certify.core.certify`` at the build's per-look confidence, paired against the unpruned PyTorch model),
    heads and FFN blocks removed, p50 latency and its paired ratio to dense ORT FP32 from one alternating run
@@ -43,7 +45,6 @@ import json
 import os
 import platform
 import random
-import shutil
 import statistics
 import sys
 import tempfile
@@ -51,6 +52,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from benchmarks.optimum_peer import versions_text
 from edgeprune.config import DEFAULT_SEARCH
 
 HERE = Path(__file__).resolve().parent
@@ -365,28 +367,14 @@ def dense_files(model: Any, prof: Any, work: Path) -> dict[str, tuple[Path, dict
 
 
 def optimum_arm64(fp32: Path, model: Any, work: Path) -> dict[str, Any]:
-    """optimum's arm64 dynamic preset, only where the optional extra is importable (it is not in the dev venv)."""
-    try:
-        from optimum.onnxruntime import ORTQuantizer  # noqa: F401
-        from optimum.onnxruntime.configuration import AutoQuantizationConfig  # noqa: F401
-    except Exception as exc:  # noqa: BLE001 - any import failure means "not available here"
-        return {"status": "not installed", "detail": f"{type(exc).__name__}: {exc}"[:200]}
-    try:
-        from optimum.onnxruntime import ORTQuantizer
-        from optimum.onnxruntime.configuration import AutoQuantizationConfig
+    """optimum's arm64 dynamic preset (``ORTQuantizer`` + ``AutoQuantizationConfig.arm64(is_static=False,
+    per_channel=True)``) on the stock FP32 export, run in the transformers 4.57 environment as a subprocess
+    (``benchmarks.optimum_peer.quantize_with_optimum``: optimum does not install next to transformers 5.x; the
+    interpreter comes from ``$EDGEPRUNE_OPTIMUM_PYTHON`` or ``.venv-tf457``). Returns its result dict (status ``ok``
+    with the file and that environment's versions, or ``not available`` / ``failed`` with the reason)."""
+    from benchmarks.optimum_peer import quantize_with_optimum
 
-        src = work / "optimum-src"
-        src.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(fp32, src / "model.onnx")
-        model.config.save_pretrained(src)
-        q = ORTQuantizer.from_pretrained(str(src), file_name="model.onnx")
-        out = work / "optimum-arm64"
-        q.quantize(save_dir=str(out), quantization_config=AutoQuantizationConfig.arm64(is_static=False,
-                                                                                         per_channel=True))
-        files = sorted(out.glob("*.onnx"))
-        return {"status": "ok", "path": str(files[0])} if files else {"status": "failed", "detail": "no file"}
-    except Exception as exc:  # noqa: BLE001 - optional baseline: record the failure, keep benchmarking
-        return {"status": "failed", "detail": f"{type(exc).__name__}: {exc}"[:300]}
+    return quantize_with_optimum(fp32, model, work / "optimum-arm64")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -581,7 +569,7 @@ def bench_task(args: argparse.Namespace, prof: Any, work: Path, gemm: dict, log:
     opt = optimum_arm64(files["ort_fp32"][0], base, work)
     if opt["status"] == "ok":
         rows.insert(2, {"key": "optimum_int8", "name": "dense ORT INT8 (optimum arm64 preset)", "precision": "int8",
-                        "path": Path(opt["path"]), "kept_counts": list(heads)})
+                        "path": Path(opt["path"]), "kept_counts": list(heads), "versions": opt["versions"]})
     _structure_totals(rows, arch, args.ffn_block_size)
     for r in rows:
         r["runtime"] = "onnxruntime"
@@ -872,7 +860,10 @@ def render_markdown(res: dict[str, Any]) -> str:
         L += [_row_md(r) for r in task["rows"]]
         opt = task["optimum_arm64"]
         L += ["", f"optimum arm64 preset: {opt['status']}"
-              + (f" ({opt.get('detail', '')})" if opt["status"] != "ok" else ""), ""]
+              + (f" ({opt.get('detail', '')[:300]})" if opt["status"] != "ok" else
+                 f": `ORTQuantizer` + `AutoQuantizationConfig.arm64(is_static=False, per_channel=True)` on the stock "
+                 f"FP32 export, quantized in `{opt.get('python')}` ({versions_text(opt)}), a subprocess of the "
+                 "transformers 4.57 environment; scored and timed in this run's environment"), ""]
         L += ["### Goals (what was reached)", "", "| goal | measured | reached |", "|---|---|---|"]
         L += [f"| {g['goal']} | {g['value']} | {'yes' if g['reached'] else 'NO'} |" for g in res["goals"]]
         L += ["", "### Plans", ""]

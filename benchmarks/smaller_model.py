@@ -8,14 +8,22 @@ epochs over the fine-tune + search splits, never the certify split). Each studen
 chain (``onnx.compile.compile_plan``, the profile's INT8 preset) and scored like a build's plan: the INT8 file's
 accuracy on the certify split, paired against the unpruned FP32 model, one look at 95% (``certify.core.certify``).
 
-Latency: dense ORT INT8, the shipped file of each given edgeprune build folder (``--build OUT``, its
-``bundle/model.onnx``) and every student, timed side by side (``latency.measure.measure_alternating``, the
+Peer row (issue #20): optimum's ``ORTQuantizer`` with ``AutoQuantizationConfig.arm64(is_static=False,
+per_channel=True)`` on the stock FP32 export of the dense model (``onnx.export.export_onnx``, no edgeprune graph
+preparation), run in the transformers 4.57 environment as a subprocess (``benchmarks.optimum_peer``: optimum does
+not install next to transformers 5.x); scored and timed like every other row here, in this environment's
+onnxruntime. The versions of both environments are recorded. ``--no-optimum`` leaves the row out; an unavailable
+or failing optimum is reported, not fatal.
+
+Latency: dense ORT INT8, the optimum file, the shipped file of each given edgeprune build folder (``--build OUT``,
+its ``bundle/model.onnx``) and every student, timed side by side (``latency.measure.measure_alternating``, the
 profile's threads, batch and sequence length; p50 ratio to dense INT8) and at the certify texts' real lengths
 (``measure_real_lengths``, batch 1, no padding). Measured on this host, not on the profile's device.
 
 Usage::
 
-    python -m benchmarks.smaller_model --build /path/to/build [--build ...] [--layers 3 4] [--epochs 2]
+    python -m benchmarks.smaller_model --build /path/to/build [--build ...] [--layers 3 4] [--epochs 2] \
+        [--no-optimum] [--optimum-python /path/to/.venv-tf457/bin/python]
 
 Writes ``benchmarks/results/smaller_model-<date>.json`` and ``.md``.
 """
@@ -31,7 +39,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.recovery_calibration import log, wait_for_task
+from benchmarks.optimum_peer import quantize_with_optimum, versions_text
+from benchmarks.recovery_calibration import bench_setup, log
+
+OPTIMUM_ROW = "optimum arm64 preset (dense)"
 
 
 def _build_row(out: Path) -> dict[str, Any]:
@@ -50,21 +61,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     from edgeprune.adapters import get_adapter
     from edgeprune.certify.core import certify
-    from edgeprune.latency.measure import effective_threads, measure_alternating, measure_real_lengths
+    from edgeprune.latency.measure import measure_alternating, measure_real_lengths
     from edgeprune.onnx.compile import compile_plan
-    from edgeprune.profiles import load_profile
+    from edgeprune.onnx.export import export_onnx
     from edgeprune.recovery.distill import DistillConfig, distill_, task_distill_data, teacher_logits
-    from edgeprune.search.evaluate import physical_cores
-    from edgeprune.task.modeling import clone_model, load_model
+    from edgeprune.task.modeling import clone_model
     from edgeprune.task.predict import onnx_predictions, torch_predictions
 
     t_all = time.monotonic()
-    task = wait_for_task(args.wait)
-    prof = load_profile(args.profile)
-    threads, _ = effective_threads(prof)
-    torch.set_num_threads(physical_cores())
-    model, tok = load_model(task.model_dir)
-    model.eval()
+    task, prof, threads, model, tok = bench_setup(args, torch_cores="physical")
     cert, labels, seq = task.certify, list(task.certify.labels), prof.seq_len
     work = Path(tempfile.mkdtemp(prefix="smaller-model-"))
     base = torch_predictions(model, tok, cert, max_length=seq, batch_size=64)
@@ -79,6 +84,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     adapter = get_adapter(model)
     dense = compile_plan(model, adapter.full_plan(model), prof.quant, work / "dense").onnx
     rows = [{"name": "dense ORT INT8", "kind": "dense", "path": str(dense), **score(dense)}]
+    optimum: dict[str, Any] = {"status": "skipped (--no-optimum)"}
+    if args.optimum:
+        # The stock export (as run_all's peer rows): optimum's preset on what a user exports, config.json beside it.
+        fp32 = export_onnx(clone_model(model), work / "dense-fp32" / "model.onnx")
+        optimum = quantize_with_optimum(fp32, model, work / "optimum-arm64", python=args.optimum_python)
+        if optimum["status"] == "ok":
+            rows.append({"name": OPTIMUM_ROW, "kind": "optimum", "path": optimum["path"],
+                         "versions": optimum["versions"], **score(Path(optimum["path"]))})
+            log(f"{OPTIMUM_ROW} ({versions_text(optimum)}): INT8 {100 * rows[-1]['accuracy']:.2f}% "
+                f"bound {rows[-1]['bound_pts']:.2f}")
+        else:
+            log(f"{OPTIMUM_ROW}: {optimum['status']}: {optimum.get('detail', '')[:300]}")
     rows += [_build_row(Path(b)) for b in args.build]
 
     data = task_distill_data(task)
@@ -107,15 +124,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                     real.ratio_p50_to_first):
         r.update({"p50_ms": ms, "speedup_vs_dense_int8": 1.0 / ratio, "real_p50_ms": rl["p50"],
                   "real_speedup_vs_dense_int8": 1.0 / rr})
+    import onnxruntime
+    import transformers
+
     return {"benchmark": "smaller_model", "date": dt.date.today().isoformat(), "host": platform.node(),
             "machine": platform.machine(), "measured_on": "this host (not the profile's device)",
             "profile": prof.name, "ort_threads": threads, "seq_len": alt.seq_len, "batch": alt.batch,
             "real_length_tokens": real.tokens, "certify_n": len(labels), "max_drop_pts": args.max_drop,
             "base_fp32_accuracy": sum(p == y for p, y in zip(base, labels)) / len(labels),
-            "distill_n": len(data), "distill_config": cfg.to_dict(), "torch": torch.__version__, "rows": rows,
+            "distill_n": len(data), "distill_config": cfg.to_dict(), "torch": torch.__version__,
+            "transformers": transformers.__version__, "onnxruntime": onnxruntime.__version__, "optimum": optimum,
+            "rows": rows,
             "command": "python -m benchmarks.smaller_model " + " ".join(
                 [f"--build {b}" for b in args.build] + ["--layers"] + [str(k) for k in args.layers]
-                + [f"--epochs {args.epochs}"]),
+                + [f"--epochs {args.epochs}"] + ([] if args.optimum else ["--no-optimum"])),
             "total_s": round(time.monotonic() - t_all, 1)}
 
 
@@ -133,6 +155,16 @@ def markdown(r: dict[str, Any]) -> str:
         lines.append(f"| {row['name']} | {100 * row['accuracy']:.2f}% | {row['bound_pts']:.2f} ({row['bound_note']}) "
                      f"| {'yes' if row['certified'] else 'no'} | {row['p50_ms']:.2f} | "
                      f"{row['speedup_vs_dense_int8']:.2f}x | {row['real_speedup_vs_dense_int8']:.2f}x |")
+    opt = r.get("optimum") or {"status": "not run"}
+    lines.append("")
+    if opt["status"] == "ok":
+        lines.append(f"{OPTIMUM_ROW}: optimum's `ORTQuantizer` with `AutoQuantizationConfig.arm64(is_static=False, "
+                     f"per_channel=True)` on the stock FP32 export, quantized in `{opt['python']}` "
+                     f"({versions_text(opt)}); scored and timed here with onnxruntime {r['onnxruntime']} "
+                     f"(transformers {r['transformers']}, torch {r['torch']}).")
+    else:
+        lines.append(f"{OPTIMUM_ROW}: {opt['status']}" + (f" ({opt['detail'][:300]})" if opt.get("detail") else "")
+                     + f". Other rows: onnxruntime {r['onnxruntime']}, transformers {r['transformers']}.")
     return "\n".join(lines)
 
 
@@ -148,6 +180,10 @@ def main(argv=None) -> int:
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--real-texts", type=int, default=300)
     ap.add_argument("--wait", type=float, default=30.0, help="minutes to wait for the default task")
+    ap.add_argument("--no-optimum", dest="optimum", action="store_false",
+                    help="leave out the optimum arm64 preset row (run in the transformers 4.57 environment)")
+    ap.add_argument("--optimum-python", default=None,
+                    help="the interpreter with optimum (default: $EDGEPRUNE_OPTIMUM_PYTHON, then .venv-tf457)")
     args = ap.parse_args(argv)
     from benchmarks.bench_tools import write_results
 

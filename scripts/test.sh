@@ -32,6 +32,7 @@ if [ "${EDGEPRUNE_SKIP_TF457:-0}" != 1 ]; then
   echo "== test suite on $(.venv-tf457/bin/python -c 'import transformers as t; print("transformers", t.__version__)')"
   TF457_TESTS=$(ls tests/test_adapters.py tests/test_modeling.py tests/test_real_minilm.py tests/test_ffn.py \
                    tests/test_export.py tests/test_bundle.py tests/test_evaluate.py tests/test_build.py \
-                   tests/test_recovery.py tests/test_latency.py tests/test_families.py 2>/dev/null)
+                   tests/test_recovery.py tests/test_latency.py tests/test_families.py tests/test_optimum_peer.py \
+                   2>/dev/null)
   .venv-tf457/bin/python -m pytest -q "${PAR[@]}" -m "not arm" $TF457_TESTS
 fi

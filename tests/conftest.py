@@ -34,3 +34,25 @@ def sdpa_supported(model_type: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+@pytest.fixture
+def tiny_task(tmp_path):
+    """A stand-in for the default task, for benchmark smoke runs: a tiny 4-layer BERT (random biases too) and the
+    word-level tokenizer saved in ``tmp_path/"model"``, with random-word splits of 48 / 48 / 40 texts.
+
+    Attributes as ``edgeprune.task.default.default_task``'s that the benchmarks read (``model_dir``, ``finetune``,
+    ``search``, ``certify``), plus ``model`` and ``tok`` (the saved model and tokenizer). Distillation reads
+    fine-tune + search only (96 texts); certify is scored.
+    """
+    import types
+
+    pytest.importorskip("torch")
+    from test_bundle import word_tokenizer
+    from test_recovery import dataset, tiny_model
+
+    model, tok = tiny_model("bert"), word_tokenizer(tmp_path / "tok")
+    model.save_pretrained(tmp_path / "model")
+    tok.save_pretrained(tmp_path / "model")
+    return types.SimpleNamespace(model_dir=tmp_path / "model", finetune=dataset(48, 1), search=dataset(48, 2),
+                                 certify=dataset(40, 3), model=model, tok=tok)

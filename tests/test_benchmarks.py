@@ -125,13 +125,28 @@ def test_quick_run_writes_json_markdown_and_plot(tmp_path):
     for key in ("astar", "astar_ffn"):
         shares = data["default_task"]["breakdown"][key]["shares"]
         assert sum(shares.values()) == pytest.approx(1.0)
-    assert data["default_task"]["optimum_arm64"]["status"] in ("ok", "not installed", "failed")
+    # optimum's arm64 preset: run in the transformers 4.57 environment when there is one (benchmarks.optimum_peer),
+    # otherwise left out with the reason; where the environment exists the peer row must really be there.
+    from benchmarks.optimum_peer import find_optimum_python
+
+    opt = data["default_task"]["optimum_arm64"]
+    if find_optimum_python()[0] is None:
+        assert opt["status"] == "not available" and "tried" in opt["detail"] and "optimum_int8" not in rows
+    else:
+        assert opt["status"] == "ok", opt.get("detail")
+        assert opt["versions"]["optimum"] and opt["versions"]["transformers"].startswith("4.57")
+        r = rows["optimum_int8"]
+        assert r["versions"] == opt["versions"] and 0.0 <= r["accuracy"]["accuracy"] <= 1.0
+        assert r["latency"]["p50_ms"] > 0 and "drop_bound_pts" in r["accuracy"]
     assert {r["key"] for r in data["bert_base"]["rows"]} >= {"torch_fp32", "ort_fp32", "ort_int8", "pruned_int8"}
     assert len(data["goals"]) == 6 and all(isinstance(g["reached"], bool) for g in data["goals"])
     assert [g["issue"] for g in data["goals"]] == ["#9"] * 4 + ["#10"] * 2
     assert data["goals"][4]["row"] in ("astar_ffn", "astar_ffn_rec")
     md = (tmp_path / "RESULTS.md").read_text()
     assert run_all.TABLE_HEADER in md and "### Goals" in md
+    assert f"optimum arm64 preset: {opt['status']}" in md
+    if opt["status"] == "ok":  # the versions of the environment that quantized the file
+        assert run_all.versions_text(opt) in md and "| dense ORT INT8 (optimum arm64 preset) |" in md
     for name in ("edgeprune A* heads + INT8", "edgeprune A* heads+FFN + INT8",
                  "edgeprune A* heads+FFN + recovery + INT8"):
         assert f"| {name} |" in md, name
