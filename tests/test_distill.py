@@ -279,3 +279,45 @@ def test_hidden_distillation_resumes_exactly(tok, tmp_path):
         distill_(clone_model(s2), None, tok, dataset(), cfg, checkpoint_dir=tmp_path)
     got = distill_(s2, teacher, tok, dataset(), cfg, checkpoint_dir=tmp_path)
     assert got.resumed_from_step == 6 and _same(_state(s1), _state(s2))
+
+
+# ---- quantization-aware distillation ------------------------------------------------------------------------------
+def test_straight_through_int8_simulation_keeps_values_and_passes_gradients():
+    from edgeprune.recovery.refit import simulate_int8
+
+    lin = torch.nn.Linear(8, 4)
+    x = torch.randn(3, 8, requires_grad=True)
+    with simulate_int8([lin]):
+        plain = lin(x)
+    with simulate_int8([lin], ste=True):
+        ste = lin(x)
+    assert torch.equal(plain, ste) and not torch.allclose(ste, lin(x), atol=1e-6)
+    ste.sum().backward()
+    # straight through: d/dx = W_q^T 1 with the quantized weight, d/dW = 1^T q(x) ~ x
+    assert x.grad is not None and float(x.grad.abs().sum()) > 0
+    assert lin.weight.grad is not None and torch.allclose(lin.weight.grad, x.detach().sum(0).expand(4, 8), atol=0.05)
+
+
+def test_int8_aware_distillation_trains_the_float_weights(tok):
+    from edgeprune.recovery.refit import simulate_int8
+
+    teacher, s_fp = _pruned()
+    s_q = clone_model(s_fp)
+    data = dataset(64)
+    cfg = DistillConfig(epochs=3, batch_size=8, max_length=16, lr=3e-3, ce_weight=0.0)
+
+    def q_kl(student):
+        with simulate_int8([student]):
+            return _kl(student, teacher, tok, data)
+
+    before = q_kl(s_q)
+    res = distill_(s_q, teacher, tok, data, DistillConfig(**{**cfg.to_dict(), "int8_aware": True}))
+    assert res.epochs_done == 3 and q_kl(s_q) < 0.7 * before
+    assert all(not p.is_inference() and p.dtype == torch.float32 for p in s_q.parameters())
+    # the simulation is gone after training: a plain forward is the float model's again
+    enc = tok(["good movie"], return_tensors="pt")
+    with torch.no_grad():
+        a = s_q(**enc).logits
+        with simulate_int8([s_q]):
+            b = s_q(**enc).logits
+    assert not torch.equal(a, b)

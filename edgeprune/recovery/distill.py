@@ -74,6 +74,10 @@ class DistillConfig:
             CoFi-style layer distillation). The teacher's hidden states are computed once with its logits and kept
             in memory in float16 (unpadded: about ``tokens x layers x hidden x 2`` bytes, ~1.3 GB for the default
             task); a resumed run recomputes them, so it needs the teacher model.
+        int8_aware: train through a simulation of the shipped INT8 file (quantization-aware distillation): every
+            ``nn.Linear`` of the student computes with fake-quantized S8 per-channel weights and U8 per-tensor
+            inputs, as ORT's dynamic quantization runs them (``refit.simulate_int8``), gradients passed straight
+            through the rounding; the trained weights stay float (they are quantized at export).
         seed: batch order and dropout seed.
         checkpoint_every: also checkpoint every this many steps (None: only at epoch ends and at the stop).
         threads: torch intra-op threads (None: leave as is).
@@ -94,6 +98,7 @@ class DistillConfig:
     temperature: float = 2.0
     ce_weight: float = 0.5
     hidden_weight: float = 0.0
+    int8_aware: bool = False
     seed: int = 0
     checkpoint_every: int | None = None
     threads: int | None = None
@@ -127,8 +132,9 @@ class DistillConfig:
         d = self.to_dict()
         for k in ("epochs", "max_steps", "max_seconds", "checkpoint_every", "threads"):
             d.pop(k)
-        if not d["hidden_weight"]:
-            d.pop("hidden_weight")  # checkpoints written before the field existed stay resumable
+        for k in ("hidden_weight", "int8_aware"):
+            if not d[k]:
+                d.pop(k)  # checkpoints written before the field existed stay resumable
         return d
 
     def lr_at(self, step: int, total: int) -> float:
@@ -448,12 +454,18 @@ def distill_(student: nn.Module, teacher: nn.Module | None, tokenizer, data: Any
         })
 
     mask_ctx = adapter.mask_heads(student, plan) if plan is not None else contextlib.nullcontext()
+    if cfg.int8_aware:
+        from edgeprune.recovery.refit import simulate_int8
+
+        sim_ctx = simulate_int8([student], ste=True)
+    else:
+        sim_ctx = contextlib.nullcontext()
     stopped_by = "epochs"
     t_start = time.time() - elapsed
     t_call = time.time()
     student.train()
     try:
-        with mask_ctx, torch.random.fork_rng(devices=[]):
+        with mask_ctx, sim_ctx, torch.random.fork_rng(devices=[]):
             while epoch < cfg.epochs:
                 if cfg.group_by_length:
                     epoch_batches = length_grouped_batches(lengths, cfg.batch_size, random.Random(cfg.seed + epoch))

@@ -141,7 +141,7 @@ def fake_quant_activation(x: torch.Tensor) -> torch.Tensor:
     lo = torch.clamp(x.min(), max=0.0)
     hi = torch.clamp(x.max(), min=0.0)
     scale = (hi - lo) / 255.0
-    if float(scale) == 0.0:
+    if float(scale.detach()) == 0.0:
         return x
     zp = torch.clamp(torch.round(-lo / scale), 0, 255)
     q = torch.clamp(torch.round(x / scale) + zp, 0, 255)
@@ -149,22 +149,27 @@ def fake_quant_activation(x: torch.Tensor) -> torch.Tensor:
 
 
 @contextlib.contextmanager
-def simulate_int8(modules: list[nn.Module]) -> Iterator[None]:
+def simulate_int8(modules: list[nn.Module], *, ste: bool = False) -> Iterator[None]:
     """Inside the block, every ``nn.Linear`` under ``modules`` computes with fake-quantized input and weight.
 
     The weight is quantize-dequantized at call time, so weights changed inside the block are simulated as changed.
+    With ``ste`` the rounding passes gradients straight through (``x + (q(x) - x).detach()``: quantization-aware
+    training; without it the rounding's gradient is 0).
     """
     handles = []
 
+    def fq(fn, x):
+        return x + (fn(x) - x).detach() if ste else fn(x)
+
     def hook(mod, args):
-        return (fake_quant_activation(args[0]),) + tuple(args[1:])
+        return (fq(fake_quant_activation, args[0]),) + tuple(args[1:])
 
     linears = [m for root in modules for m in root.modules() if isinstance(m, nn.Linear)]
     originals: dict[nn.Linear, Callable | None] = {}  # the instance's own ``forward`` attribute, if it had one
 
     def forward(mod):
         def f(x):
-            return nn.functional.linear(x, fake_quant_weight(mod.weight), mod.bias)
+            return nn.functional.linear(x, fq(fake_quant_weight, mod.weight), mod.bias)
         return f
 
     try:
