@@ -102,7 +102,8 @@ def summarise(out: Path) -> dict[str, Any]:
                             "data": (report.get("settings") or {}).get("data")}
     if manifest is not None:
         tr = manifest.get("training") or {}
-        task.update(finetune_accuracy=manifest.get("accuracy"), sizes=(manifest.get("data") or {}).get("sizes"),
+        base = manifest.get("base_model") or {}
+        task.update(base_model=base.get("package") or base.get("path"), finetune_accuracy=manifest.get("accuracy"), sizes=(manifest.get("data") or {}).get("sizes"),
                     num_labels=len(manifest.get("id2label") or {}), spec=manifest.get("spec"),
                     finetune_steps=tr.get("steps"), finetune_s=tr.get("seconds"),
                     finetune_threads=tr.get("threads"), created_utc=manifest.get("created_utc"))
@@ -138,7 +139,7 @@ def markdown(rec: dict[str, Any]) -> str:
                                                    f" (exit code {rec['exit_code']})") + ".")
     if fa:
         spec = {k: v for k, v in (t.get("spec") or {}).items() if v is not None}
-        lines += ["", (f"Fine-tuned MiniLM-L6 ({t.get('num_labels')} intents; {t.get('finetune_steps')} steps, "
+        lines += ["", (f"Fine-tuned {t.get('base_model')} ({t.get('num_labels')} intents; {t.get('finetune_steps')} steps, "
                        f"{(t.get('finetune_s') or 0) / 60:.1f} min on {t.get('finetune_threads')} threads; spec "
                        f"`{json.dumps(spec)}`): train {pct(fa.get('train'))}, dev {pct(fa.get('dev'))}, test "
                        f"{pct(fa.get('test'))} (FP32 PyTorch at the fine-tuning length).")]

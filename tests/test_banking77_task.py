@@ -261,3 +261,55 @@ def test_benchmark_summarise_only_and_a_failed_build(tmp_path, monkeypatch):
         bench.main([])  # neither --out nor --summarise
     with pytest.raises(FileNotFoundError):
         bench.summarise(tmp_path)  # no report.json
+
+
+@pytest.mark.slow
+def test_benchmark_end_to_end_with_a_real_build(tmp_path, monkeypatch):
+    """The real `edgeprune build` subprocess on a tiny fine-tuned task (4 intents, 160 dev + test rows, about 20 s):
+    the build accepts the task's --model and --data, and the summary reads the report it really writes."""
+    import random
+
+    import benchmarks.banking77 as bench
+    from edgeprune.testing import tiny_model, tiny_tokenizer
+
+    base = tmp_path / "base"
+    tiny_model("bert", num_layers=2, num_heads=2, hidden=16).bert.save_pretrained(str(base))
+    tiny_tokenizer(base)
+    rng = random.Random(0)
+    words = "the a movie film plot actor story good bad great awful fun boring love hate best worst".split()
+    intents = ["card_lost", "pin_blocked", "refund", "top_up"]
+
+    def tsv(n):
+        return "text\tlabel\n" + "".join(f"{' '.join(rng.choices(words, k=rng.randint(2, 8)))}\t{intents[i % 4]}\n"
+                                         for i in range(n))
+
+    wheel = make_wheel(tmp_path / "w.whl", train=tsv(40), dev=tsv(60), test=tsv(100))
+    tiny = {"base_model_dir": str(base), "wheel_path": str(wheel), "max_steps": 3, "batch_size": 8, "max_seq_len": 16}
+    real_task, tasks = b77.banking77_task, []
+
+    def tiny_task(cache_dir, *, spec, progress):
+        tasks.append(real_task(tmp_path / "cache", spec=b77.Banking77Spec(**{**spec.to_dict(), **tiny}),
+                               progress=False))
+        return tasks[-1]
+
+    monkeypatch.setattr(b77, "banking77_task", tiny_task)
+    written = {}
+    monkeypatch.setattr("benchmarks.bench_tools.write_results",
+                        lambda name, rec, md: written.update(rec=rec, md=md) or tmp_path / name)
+    out = tmp_path / "build"
+    # a random tiny model: a loose bound so the plumbing, not the statistics, is under test
+    code = bench.main(["--out", str(out), "--profile", "x86-64", "--max-drop", "60", "--max-evals", "6",
+                       "--recovery", "refit", "--seed", "3"])
+    assert code == 0 and (out / "bundle" / "model.onnx").is_file()
+    report = json.loads((out / "report.json").read_text())
+    task = tasks[0]
+    assert report["settings"]["model"] == str(task.model_dir) and report["settings"]["data"] == str(task.data_csv)
+    assert report["settings"]["seed"] == 3 and report["settings"]["max_evaluations"] == 6  # passed through
+    s = written["rec"]["summary"]
+    assert s["split"]["search"] + s["split"]["certify"] == 160 and s["split"]["certify"] == 96
+    assert s["accuracy"]["certify_examples"] == 96 and s["task"]["num_labels"] == 4
+    assert s["accuracy"]["dense_int8"] == report["certification"]["tests"][0]["accuracy"]
+    assert s["build"]["shipped"] == report["certification"]["shipped"]
+    assert all(v > 0 for v in s["build"]["p50_ms"].values()) and all(v > 0 for v in s["real_lengths"]["p50_ms"].values())
+    assert s["task"]["finetune_accuracy"] == task.accuracy
+    assert f"on {96} certify queries" in written["md"]
