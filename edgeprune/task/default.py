@@ -27,6 +27,10 @@ The fine-tuned model is written to a temporary folder which is renamed into plac
 ``manifest.json`` (every file's size and SHA-256, the split record, accuracies, versions) written last. A folder
 without a manifest or whose files do not match it is rebuilt, never used. A file lock serialises concurrent
 builders (several processes asking for the default task at once wait for one fine-tune instead of running two).
+
+The fine-tune (:func:`finetune_classifier`, :class:`FinetuneConfig`, :func:`train_and_save`) and that cache protocol
+(:func:`cached_folder`, :func:`load_manifest`, :func:`verify_files`) are generic: the Banking77 task
+(:mod:`edgeprune.task.banking77`) uses them with its own labels, hyperparameters and manifest.
 """
 
 from __future__ import annotations
@@ -48,7 +52,7 @@ import tarfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from edgeprune.task.data import TextDataset
 from edgeprune.errors import DataError, EdgepruneError
@@ -59,6 +63,8 @@ __all__ = [
     "ID2LABEL",
     "SPLIT_NAMES",
     "TaskSpec",
+    "FinetuneConfig",
+    "CacheInvalid",
     "DefaultSplits",
     "DefaultTask",
     "cache_root",
@@ -69,6 +75,11 @@ __all__ = [
     "ensure_base_model",
     "ensure_data_archive",
     "download_pinned",
+    "finetune_classifier",
+    "train_and_save",
+    "cached_folder",
+    "load_manifest",
+    "verify_files",
 ]
 
 CACHE_ENV = "EDGEPRUNE_CACHE"
@@ -166,6 +177,49 @@ class TaskSpec:
             return "default-task"
         digest = hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
         return f"custom-task-{digest}"
+
+    def finetune_config(self) -> "FinetuneConfig":
+        """The fine-tuning hyperparameters of this spec."""
+        return FinetuneConfig(seed=self.seed, epochs=self.epochs, max_steps=self.max_steps, lr=self.lr,
+                              batch_size=self.batch_size, max_seq_len=self.max_seq_len,
+                              warmup_fraction=self.warmup_fraction, weight_decay=self.weight_decay)
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """How :func:`finetune_classifier` trains: the default task's recipe, shared with the other tasks (Banking77).
+
+    AdamW (no weight decay on biases and LayerNorm weights), linear warm-up then linear decay to 0, gradient norm
+    clipped at 1, length-grouped batches padded per batch. Seeded: classifier initialisation, dropout and batch
+    order depend on ``seed`` only. The defaults are the default task's (:class:`TaskSpec`).
+
+    Attributes:
+        seed: Seed of classifier initialisation, dropout and batch order.
+        epochs: Passes over the training data.
+        max_steps: Stop after this many optimiser steps; None = all epochs.
+        lr: Peak AdamW learning rate.
+        batch_size: Training batch size.
+        max_seq_len: Tokens per example (longer texts are truncated).
+        warmup_fraction: Fraction of the steps spent warming the learning rate up.
+        weight_decay: AdamW weight decay.
+    """
+
+    seed: int = 0
+    epochs: int = 2
+    max_steps: int | None = None
+    lr: float = 5e-5
+    batch_size: int = 32
+    max_seq_len: int = 64
+    warmup_fraction: float = 0.06
+    weight_decay: float = 0.01
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1 or self.max_seq_len < 8 or not self.lr > 0:
+            raise EdgepruneError("epochs, batch_size must be >= 1, max_seq_len >= 8 and lr > 0")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict of the fields."""
+        return asdict(self)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -736,43 +790,72 @@ def _progress_bar(enabled: bool) -> Any:
     )
 
 
-def _finetune(base_dir: Path, train: TextDataset, spec: TaskSpec, progress: bool) -> tuple[Any, Any, dict[str, Any]]:
+def finetune_classifier(
+    base_dir: str | os.PathLike[str],
+    train: TextDataset,
+    id2label: dict[int, str],
+    cfg: FinetuneConfig,
+    *,
+    progress: bool = True,
+) -> tuple[Any, Any, dict[str, Any]]:
+    """Fine-tune the encoder in ``base_dir`` with a fresh classification head for ``id2label`` on ``train``.
+
+    The model's config carries ``id2label`` and the matching ``label2id``, so a file labelled with the class names
+    maps onto the model's ids (``edgeprune build --data``).
+
+    Args:
+        base_dir: Model folder (a transformers encoder and its tokenizer).
+        train: Training examples, labels in ``0 .. len(id2label) - 1``.
+        id2label: Class id -> name.
+        cfg: Hyperparameters.
+        progress: Show a progress bar with the loss and an ETA on stderr (lines every 5% when not a terminal).
+
+    Returns:
+        ``(model, tokenizer, record)``: the model in eval mode; ``record`` has ``steps``, ``seconds``,
+        ``final_loss_ema`` and ``warmup_steps``.
+
+    Raises:
+        DataError: a training label outside ``id2label``.
+    """
     import numpy as np
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    random.seed(spec.seed)
-    np.random.seed(spec.seed)
-    torch.manual_seed(spec.seed)  # classifier initialisation and dropout
+    bad = sorted(set(train.labels) - set(id2label))
+    if bad:
+        raise DataError(f"{train.source}: label id(s) {bad[:5]} not in the {len(id2label)} classes being trained")
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)  # classifier initialisation and dropout
     tokenizer = AutoTokenizer.from_pretrained(str(base_dir))
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # "newly initialized classifier weights" is expected here
     try:
         model = AutoModelForSequenceClassification.from_pretrained(
-            str(base_dir), num_labels=len(ID2LABEL), id2label=dict(ID2LABEL),
-            label2id={v: k for k, v in ID2LABEL.items()},
+            str(base_dir), num_labels=len(id2label), id2label=dict(id2label),
+            label2id={v: k for k, v in id2label.items()},
         )
     finally:
         hf_logging.set_verbosity(verbosity)
-    encoded = _encode(tokenizer, train.texts, spec.max_seq_len)
+    encoded = _encode(tokenizer, train.texts, cfg.max_seq_len)
     lengths = [len(e) for e in encoded]
-    rng = random.Random(spec.seed)
+    rng = random.Random(cfg.seed)
     from edgeprune.task.predict import length_grouped_batches
 
-    epochs = [length_grouped_batches(lengths, spec.batch_size, rng) for _ in range(spec.epochs)]
+    epochs = [length_grouped_batches(lengths, cfg.batch_size, rng) for _ in range(cfg.epochs)]
     total = sum(len(b) for b in epochs)
-    if spec.max_steps is not None:
-        total = min(total, spec.max_steps)
-    warmup = max(1, int(round(total * spec.warmup_fraction)))
+    if cfg.max_steps is not None:
+        total = min(total, cfg.max_steps)
+    warmup = max(1, int(round(total * cfg.warmup_fraction)))
 
     no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
     groups = [
         {"params": [p for n, p in model.named_parameters() if not n.endswith(no_decay)],
-         "weight_decay": spec.weight_decay},
+         "weight_decay": cfg.weight_decay},
         {"params": [p for n, p in model.named_parameters() if n.endswith(no_decay)], "weight_decay": 0.0},
     ]
-    opt = torch.optim.AdamW(groups, lr=spec.lr)
+    opt = torch.optim.AdamW(groups, lr=cfg.lr)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: (s + 1) / warmup if s < warmup else max(0.0, (total - s) / max(1, total - warmup))
     )
@@ -797,7 +880,7 @@ def _finetune(base_dir: Path, train: TextDataset, spec: TaskSpec, progress: bool
                 step += 1
                 loss = out.loss.item()
                 ema = loss if ema is None else 0.95 * ema + 0.05 * loss
-                info = f"epoch {epoch}/{spec.epochs} loss {ema:.3f}"
+                info = f"epoch {epoch}/{cfg.epochs} loss {ema:.3f}"
                 bar.update(task, advance=1, info=info)
                 if log_every and step % log_every == 0:
                     # Not a terminal (log file, CI): a live bar would only show at the end, so print lines.
@@ -817,100 +900,201 @@ def _file_list(folder: Path) -> list[dict[str, Any]]:
     ]
 
 
-class _CacheInvalid(Exception):
-    """The cached task folder cannot be trusted (reason in the message)."""
+class CacheInvalid(Exception):
+    """A cached task folder cannot be trusted (reason in the message)."""
 
 
-def _verify(folder: Path, spec: TaskSpec, data: DefaultSplits) -> dict[str, Any]:
-    """Return the manifest if ``folder`` is a complete build of ``spec`` on ``data``; raise _CacheInvalid if not."""
+_CacheInvalid = CacheInvalid  # the name the default task's tests use
+
+
+def load_manifest(folder: Path, fmt: str, format_version: int) -> dict[str, Any]:
+    """The parsed ``folder/manifest.json`` if it exists, parses and has the given format.
+
+    Raises:
+        CacheInvalid: no manifest (an interrupted build?), an unreadable one, or another format.
+    """
     manifest_path = folder / MANIFEST
     if not manifest_path.is_file():
-        raise _CacheInvalid("no manifest (an interrupted build?)")
+        raise CacheInvalid("no manifest (an interrupted build?)")
     try:
         manifest = json.loads(manifest_path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
-        raise _CacheInvalid(f"unreadable manifest ({exc})") from exc
-    if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
-        raise _CacheInvalid("manifest of another format")
-    if manifest.get("spec") != json.loads(json.dumps(spec.to_dict())):
-        raise _CacheInvalid("built with another spec")
-    rec = manifest.get("splits", {})
-    if rec.get("ids_sha256") != data.ids_sha256 or manifest.get("data", {}).get("sha256") != data.data_sha256:
-        raise _CacheInvalid("built on other data or other splits")
-    files = manifest.get("files") or []
-    listed = {f["path"] for f in files}
-    present = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST}
-    if "model.safetensors" not in listed or "config.json" not in listed:
-        raise _CacheInvalid("manifest lists no model.safetensors/config.json")
-    if present - listed:
-        raise _CacheInvalid(f"unlisted files {sorted(present - listed)}")
-    for f in files:
-        p = folder / f["path"]
-        if not p.is_file():
-            raise _CacheInvalid(f"missing {f['path']}")
-        if p.stat().st_size != f["size"]:
-            raise _CacheInvalid(f"{f['path']} has {p.stat().st_size} bytes, manifest says {f['size']}")
-        if _sha256_file(p) != f["sha256"]:
-            raise _CacheInvalid(f"{f['path']} does not match its SHA-256")
+        raise CacheInvalid(f"unreadable manifest ({exc})") from exc
+    if manifest.get("format") != fmt or manifest.get("format_version") != format_version:
+        raise CacheInvalid("manifest of another format")
     return manifest
 
 
-def _build(cache: Path, final: Path, spec: TaskSpec, data: DefaultSplits, progress: bool) -> dict[str, Any]:
-    import torch
+def verify_files(folder: Path, manifest: dict[str, Any], required: Sequence[str]) -> None:
+    """Check ``folder`` holds exactly the files ``manifest["files"]`` lists, with their sizes and SHA-256 digests.
 
-    base = Path(spec.base_model_dir) if spec.base_model_dir else ensure_base_model(cache, progress=progress)
-    tmp = cache / f"{final.name}.tmp-{os.getpid()}-{time.time_ns()}"
-    tmp.mkdir(parents=True)
-    threads_before = torch.get_num_threads()
-    torch.set_num_threads(_cpu_count())  # fine-tuning is the one place that may use the whole machine
+    Args:
+        folder: The cached folder.
+        manifest: Its parsed manifest.
+        required: Paths (relative, POSIX) the manifest must list.
+
+    Raises:
+        CacheInvalid: a required file not listed, an unlisted file, a missing file, a size or a digest that differs.
+    """
+    files = manifest.get("files") or []
+    listed = {f["path"] for f in files}
+    present = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST}
+    if not set(required) <= listed:
+        raise CacheInvalid(f"manifest lists no {'/'.join(sorted(set(required) - listed))}")
+    if present - listed:
+        raise CacheInvalid(f"unlisted files {sorted(present - listed)}")
+    for f in files:
+        p = folder / f["path"]
+        if not p.is_file():
+            raise CacheInvalid(f"missing {f['path']}")
+        if p.stat().st_size != f["size"]:
+            raise CacheInvalid(f"{f['path']} has {p.stat().st_size} bytes, manifest says {f['size']}")
+        if _sha256_file(p) != f["sha256"]:
+            raise CacheInvalid(f"{f['path']} does not match its SHA-256")
+
+
+def cached_folder(
+    cache: Path,
+    name: str,
+    *,
+    verify: Callable[[Path], dict[str, Any]],
+    build: Callable[[Path], dict[str, Any]],
+    rebuild: bool = False,
+    progress: bool = True,
+) -> tuple[dict[str, Any], bool]:
+    """A verified folder ``cache/name``, built once: the cache protocol of every fine-tuned task.
+
+    Under the lock ``cache/.name.lock`` (concurrent callers wait for one build): an existing folder that ``verify``
+    accepts is reused; otherwise leftovers of crashed builds are removed, ``build`` fills a temporary folder and
+    returns its manifest, the file list (size and SHA-256 of every file) is added, ``manifest.json`` is written
+    last and the folder renamed into place. A crash at any point leaves no folder that would verify.
+
+    Args:
+        cache: Cache root.
+        name: Folder name.
+        verify: ``folder -> manifest``; raises :class:`CacheInvalid` for a folder not to be used.
+        build: ``tmp_folder -> manifest`` (without ``files``): writes everything else into the folder.
+        rebuild: Build even if the folder verifies.
+        progress: Say why a cached folder is rebuilt (stderr).
+
+    Returns:
+        ``(manifest, built)``.
+    """
+    final = cache / name
+    with _locked(cache, name, progress):
+        if not rebuild and final.exists():
+            try:
+                return verify(final), False
+            except CacheInvalid as exc:
+                if progress:
+                    print(f"edgeprune: cached model in {final} is not usable ({exc}); rebuilding", file=sys.stderr)
+        _clean_stale(cache, name)
+        tmp = cache / f"{name}.tmp-{os.getpid()}-{time.time_ns()}"
+        tmp.mkdir(parents=True)
+        try:
+            manifest = build(tmp)
+            manifest["files"] = _file_list(tmp)
+            # Written last: its presence (and the digests in it) is what marks the folder as complete.
+            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
+            _move_into_place(tmp, final)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return manifest, True
+
+
+def train_and_save(
+    base_dir: Path,
+    train: TextDataset,
+    id2label: dict[int, str],
+    cfg: FinetuneConfig,
+    out_dir: Path,
+    *,
+    evaluate: dict[str, TextDataset],
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Fine-tune (:func:`finetune_classifier`, on every core), measure accuracies and save the model in ``out_dir``.
+
+    Args:
+        base_dir: Model folder to fine-tune.
+        train: Training examples.
+        id2label: Class names of the new head.
+        cfg: Hyperparameters.
+        out_dir: Where ``config.json``, ``model.safetensors`` and the tokenizer files are written.
+        evaluate: Name -> dataset whose plain accuracy (at ``cfg.max_seq_len`` tokens) is measured after training.
+        progress: Progress bar and messages on stderr.
+
+    Returns:
+        ``{"training": record for the manifest, "accuracy": {name: fraction}}``.
+
+    Raises:
+        EdgepruneError: the saved folder has pickle weights or no ``model.safetensors``.
+    """
+    import torch
     from transformers.utils import logging as hf_logging
 
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(_cpu_count())  # fine-tuning is the one place that may use the whole machine
     bars_before = hf_logging.is_progress_bar_enabled()
     if not progress:
         hf_logging.disable_progress_bar()  # transformers' own "Loading weights" / "Writing" bars
     try:
-        model, tokenizer, train = _finetune(base, data.finetune, spec, progress)
+        model, tokenizer, train_rec = finetune_classifier(base_dir, train, id2label, cfg, progress=progress)
         if progress:
-            print("edgeprune: measuring accuracy on the search and certify splits ...", file=sys.stderr)
-        # The certify accuracy of the *unpruned* model is reported for reference only: nothing is chosen on it.
-        accuracy = {name: _accuracy(model, tokenizer, data.splits[name], spec.max_seq_len)
-                    for name in ("search", "certify")}
-        model.save_pretrained(str(tmp))
-        tokenizer.save_pretrained(str(tmp))
-        if list(tmp.glob("*.bin")) or not (tmp / "model.safetensors").is_file():
-            raise EdgepruneError(f"{tmp}: expected model.safetensors only (no pickle weights)")
-        (tmp / SPLITS_FILE).write_text(json.dumps({"seed": data.seed, "ids": data.ids}, indent=0))
-        base_info: dict[str, Any] = {"path": str(base)}
-        if spec.base_model_dir is None:
-            base_info.update(package=MODEL_PACKAGE, version=MODEL_PACKAGE_VERSION)
-        manifest = {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
-            "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "spec": spec.to_dict(),
-            "base_model": base_info,
-            "data": {"package": f"{DATA_PACKAGE}=={DATA_PACKAGE_VERSION}", "archive": data.source,
-                     "member": DATA_MEMBER, "sha256": data.data_sha256,
-                     "examples": sum(data.sizes.values()), "label": "sign of the mean rating; zeros dropped"},
-            "splits": data.record(),
-            "id2label": {str(k): v for k, v in ID2LABEL.items()},
-            "training": {**train, "epochs": spec.epochs, "lr": spec.lr, "batch_size": spec.batch_size,
-                         "max_seq_len": spec.max_seq_len, "seed": spec.seed, "threads": torch.get_num_threads(),
-                         "padding": "per batch, length-grouped batches", "schedule": "linear warm-up + decay"},
-            "accuracy": accuracy,
-            "versions": versions(),
-            "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": _cpu_count()},
-            "files": _file_list(tmp),
-        }
-        # Written last: its presence (and the digests in it) is what marks the folder as complete.
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
-        _move_into_place(tmp, final)
-        return manifest
+            print(f"edgeprune: measuring accuracy on the {' and '.join(evaluate)} splits ...", file=sys.stderr)
+        accuracy = {name: _accuracy(model, tokenizer, ds, cfg.max_seq_len) for name, ds in evaluate.items()}
+        model.save_pretrained(str(out_dir))
+        tokenizer.save_pretrained(str(out_dir))
+        if list(Path(out_dir).glob("*.bin")) or not (Path(out_dir) / "model.safetensors").is_file():
+            raise EdgepruneError(f"{out_dir}: expected model.safetensors only (no pickle weights)")
+        training = {**train_rec, "epochs": cfg.epochs, "lr": cfg.lr, "batch_size": cfg.batch_size,
+                    "max_seq_len": cfg.max_seq_len, "seed": cfg.seed, "threads": torch.get_num_threads(),
+                    "padding": "per batch, length-grouped batches", "schedule": "linear warm-up + decay"}
+        return {"training": training, "accuracy": accuracy}
     finally:
         torch.set_num_threads(threads_before)
         if bars_before:
             hf_logging.enable_progress_bar()
-        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _verify(folder: Path, spec: TaskSpec, data: DefaultSplits) -> dict[str, Any]:
+    """Return the manifest if ``folder`` is a complete build of ``spec`` on ``data``; raise CacheInvalid if not."""
+    manifest = load_manifest(folder, FORMAT, FORMAT_VERSION)
+    if manifest.get("spec") != json.loads(json.dumps(spec.to_dict())):
+        raise CacheInvalid("built with another spec")
+    rec = manifest.get("splits", {})
+    if rec.get("ids_sha256") != data.ids_sha256 or manifest.get("data", {}).get("sha256") != data.data_sha256:
+        raise CacheInvalid("built on other data or other splits")
+    verify_files(folder, manifest, ("model.safetensors", "config.json"))
+    return manifest
+
+
+def _build(tmp: Path, spec: TaskSpec, data: DefaultSplits, progress: bool) -> dict[str, Any]:
+    """Fine-tune the default task into ``tmp``; returns its manifest (without the file list)."""
+    cache = tmp.parent
+    base = Path(spec.base_model_dir) if spec.base_model_dir else ensure_base_model(cache, progress=progress)
+    # The certify accuracy of the *unpruned* model is reported for reference only: nothing is chosen on it.
+    result = train_and_save(base, data.finetune, dict(ID2LABEL), spec.finetune_config(), tmp,
+                            evaluate={name: data.splits[name] for name in ("search", "certify")}, progress=progress)
+    (tmp / SPLITS_FILE).write_text(json.dumps({"seed": data.seed, "ids": data.ids}, indent=0))
+    base_info: dict[str, Any] = {"path": str(base)}
+    if spec.base_model_dir is None:
+        base_info.update(package=MODEL_PACKAGE, version=MODEL_PACKAGE_VERSION)
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "spec": spec.to_dict(),
+        "base_model": base_info,
+        "data": {"package": f"{DATA_PACKAGE}=={DATA_PACKAGE_VERSION}", "archive": data.source,
+                 "member": DATA_MEMBER, "sha256": data.data_sha256,
+                 "examples": sum(data.sizes.values()), "label": "sign of the mean rating; zeros dropped"},
+        "splits": data.record(),
+        "id2label": {str(k): v for k, v in ID2LABEL.items()},
+        "training": result["training"],
+        "accuracy": result["accuracy"],
+        "versions": versions(),
+        "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": _cpu_count()},
+    }
 
 
 def default_task(
@@ -943,19 +1127,9 @@ def default_task(
     cache = cache_root(cache_dir)
     data = load_default_splits(cache, spec=spec, progress=progress)
     final = cache / spec.cache_name()
-    with _locked(cache, final.name, progress):
-        built = False
-        manifest: dict[str, Any] | None = None
-        if not rebuild and final.exists():
-            try:
-                manifest = _verify(final, spec, data)
-            except _CacheInvalid as exc:
-                if progress:
-                    print(f"edgeprune: cached model in {final} is not usable ({exc}); rebuilding", file=sys.stderr)
-        if manifest is None:
-            _clean_stale(cache, final.name)
-            manifest = _build(cache, final, spec, data, progress)
-            built = True
+    manifest, built = cached_folder(cache, final.name, verify=lambda f: _verify(f, spec, data),
+                                    build=lambda tmp: _build(tmp, spec, data, progress), rebuild=rebuild,
+                                    progress=progress)
     return DefaultTask(
         model_dir=final,
         cache_dir=cache,
