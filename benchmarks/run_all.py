@@ -1,7 +1,8 @@
 """edgeprune against its peers, side by side in one run: ``python -m benchmarks.run_all``.
 
-Writes ``<out>/results/<date>.json``, ``<out>/results/<date>.png`` and ``<out>/RESULTS.md`` (``--out`` defaults to
-this folder). Two parts:
+Writes ``<out>/results/<date>.json``, ``<out>/results/<date>.png`` and its Markdown ``<out>/results/run_all-<date>.md``,
+then regenerates ``<out>/RESULTS.md`` from every benchmark's newest result with :mod:`benchmarks.report` (this run in
+its "Full peer run" section; ``--out`` defaults to this folder). Two parts:
 
 1. **Default task** (the fine-tuned MiniLM-L6 sentiment classifier of :func:`edgeprune.task.default.default_task`),
    at the raspberrypi4 profile's settings (batch, seq_len, INT8 preset and graph; threads clipped to this host's
@@ -1089,7 +1090,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     ap.add_argument("--rescore-every", type=int, default=DEFAULT_SEARCH.rescore_every,
                     help="greedy re-scores importance every N removals (the build's default 4; Michel: 1)")
     ap.add_argument("--random", action="store_true", help="also run the random baseline")
-    ap.add_argument("--out", default=str(HERE), help="writes OUT/results/<date>.json|.png and OUT/RESULTS.md")
+    ap.add_argument("--out", default=str(HERE), help="writes OUT/results/<date>.json|.png, OUT/results/run_all-<date>.md "
+                    "and regenerates OUT/RESULTS.md")
     ap.add_argument("--work", default=None, help="keep intermediate files here (default: a temporary folder)")
     ap.add_argument("--profile", default="raspberrypi4")
     ap.add_argument("--max-drop", type=float, default=1.0, help="accuracy bound in points")
@@ -1208,8 +1210,13 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
     except ImportError as exc:  # matplotlib is optional (not in every environment)
         res["plot"] = f"not written: {exc}"
         json_path.write_text(json.dumps(res, indent=2, default=str) + "\n")
-    (out / "RESULTS.md").write_text(render_markdown(res))
-    log(f"wrote {json_path}, {out / 'RESULTS.md'}, {out / 'results' / (date + '.png')}")
+    md_path = out / "results" / f"run_all-{date}.md"
+    md_path.write_text(render_markdown(res))
+    from benchmarks.report import write_results_md
+
+    # RESULTS.md leads with the builds' summary and links every benchmark; this run is its peer-run section.
+    write_results_md(out / "results", out / "RESULTS.md", latest={"run_all": json_path})
+    log(f"wrote {json_path}, {md_path}, {out / 'results' / (date + '.png')}; regenerated {out / 'RESULTS.md'}")
     return res
 
 
