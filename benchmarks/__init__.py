@@ -1,1 +1,1 @@
-"""edgeprune benchmarks: ``python -m benchmarks.run_all`` (see benchmarks/RESULTS.md for the last results)."""
+"""edgeprune benchmarks: ``python -m benchmarks.run_all`` measures, ``python -m benchmarks.report`` writes RESULTS.md."""
