@@ -1,1 +1,1 @@
-"""edgeprune benchmarks: ``python -m benchmarks.run_all`` measures, ``python -m benchmarks.report`` writes RESULTS.md."""
+"""edgeprune benchmarks: ``python -m benchmarks.run_all`` measures; ``benchmarks.report`` rewrites RESULTS.md."""

@@ -355,14 +355,15 @@ def _not_run(f: Found, what: str = "") -> str:
 def _lead_rows(builds: Sequence[dict], source: str) -> tuple[list[str], dict[str, Any]]:
     g = build_figures(builds)
     n = g["n"]
-    many = f"median of {n} builds (seeds {', '.join(str(s) for s in g['seeds'])}; range in brackets), " if n > 1 \
+    many = f"median of {n} builds (seeds {', '.join(str(s) for s in g['seeds'])}; range in parentheses), " if n > 1 \
         else "one build, "
     rows = [
         f"| **edgeprune, shipped file** | {_mr(g['final_accuracy'], _pct)} | {_mr(g['bound'], _pts)} | "
         f"{'yes' if g['pruned_certified'] == n else 'no'}, pruned and certified in {g['pruned_certified']} of {n} | "
         f"**{_mr(g['vs_int8'], _x)}** | {many}`{source}` |",
         f"| dense ORT FP32 | {_mr(g['baseline_accuracy'], _pct)} | the reference the bounds are against | - | "
-        f"{_mr(g['fp32_vs_int8'], _x)} | ratio of the builds' p50s |",
+        f"{_mr(g['fp32_vs_int8'], _x)} | accuracy: the unpruned FP32 model (the builds' baseline); speed: ratio of "
+        "the builds' p50s |",
     ]
     if g["dense_int8_accuracy"]:
         passed = sum(g["dense_int8_passed"])
