@@ -340,7 +340,7 @@ def build(
     recovery: Annotated[str, typer.Option(help="What each pruned plan gets before it is certified: distill (default: the least-squares weight refit, then distillation of the searched plan when it lies beyond --max-drop; see docs/recovery.md), refit (the refit alone, no training), scale or none.")] = "distill",
     distill_epochs: Annotated[float, typer.Option(help="Passes over the distillation texts for the distilled plan (--recovery distill).")] = 2.0,
     distill_data: Annotated[Optional[str], typer.Option(help="Extra in-domain texts for distillation (one per line, or a CSV/TSV/JSONL); never the certify data.")] = None,
-    search_slack: Annotated[Optional[float], typer.Option(help="Points the search may lose before distillation, on top of --max-drop (default: 2.5 with --recovery distill, else 0); certification still holds every plan to --max-drop.")] = None,
+    search_slack: Annotated[Optional[float], typer.Option(help="Points the search may lose before distillation, on top of --max-drop (default: 1.5 with --recovery distill, else 0); certification still holds every plan to --max-drop.")] = None,
     no_recovery: Annotated[bool, typer.Option("--no-recovery", help="Same as --recovery none.", hidden=True)] = False,
 ) -> None:
     """Search, prune, export, quantize, certify and measure: the whole job in one command."""
