@@ -339,6 +339,8 @@ def build(
     certify_plans: Annotated[Optional[int], typer.Option(help=f"Most plans the fixed-sequence certification tests (the unpruned one included; default {DEFAULT_SEQUENCE_PLANS}, {DISTILL_SEQUENCE_PLANS} with --recovery distill).")] = None,
     recovery: Annotated[str, typer.Option(help="What each pruned plan gets before it is certified: distill (default: the least-squares weight refit, then distillation of the searched plan when it lies beyond --max-drop; see docs/recovery.md), refit (the refit alone, no training), scale or none.")] = "distill",
     distill_epochs: Annotated[float, typer.Option(help="Passes over the distillation texts for the distilled plan (--recovery distill).")] = 2.0,
+    distill_ce_weight: Annotated[float, typer.Option(help="Weight of the cross-entropy on the gold labels next to the KL term in distillation (0 = KL only).")] = 0.5,
+    distill_int8_aware: Annotated[bool, typer.Option("--distill-int8-aware/--distill-float", help="Distil through the simulated INT8 forward pass of the shipped file (quantization-aware), or in float.")] = False,
     distill_data: Annotated[Optional[str], typer.Option(help="Extra in-domain texts for distillation (one per line, or a CSV/TSV/JSONL); never the certify data.")] = None,
     search_slack: Annotated[Optional[float], typer.Option(help="Points the search may lose before distillation, on top of --max-drop (default: 1.5 with --recovery distill, else 0); certification still holds every plan to --max-drop.")] = None,
     no_recovery: Annotated[bool, typer.Option("--no-recovery", help="Same as --recovery none.", hidden=True)] = False,
@@ -355,7 +357,7 @@ def build(
         label_column=label_column, seed=seed, force=force, allow_pickle=allow_pickle,
         structures=structures, ffn_block_size=ffn_block_size, recovery="none" if no_recovery else recovery,
         certify_fraction=certify_fraction, certify_plans=certify_plans, distill_epochs=distill_epochs,
-        distill_data=distill_data, search_slack_pts=search_slack,
+        distill_ce_weight=distill_ce_weight, distill_int8_aware=distill_int8_aware, distill_data=distill_data, search_slack_pts=search_slack,
     )
     try:
         report = run_build(cfg)

@@ -96,6 +96,8 @@ class BuildConfig:
             (the least-squares rescaling of the kept units) or ``none``. With ``refit`` and ``distill`` the search
             prices candidates after the refit (``SearchSettings.pricing``).
         distill_epochs: passes over the distillation texts for the distilled plan.
+        distill_ce_weight: weight of the cross-entropy on the gold labels next to the KL term (0 = KL only).
+        distill_int8_aware: distil through the simulated INT8 forward pass (quantization-aware distillation).
         distill_data: extra unlabelled (or labelled) in-domain texts for distillation (a file like ``data``; a
             plain text file has one text per line). Never the certify data.
         search_slack_pts: points the search may lose *before* distillation on top of ``max_drop_pts`` (the refit-
@@ -136,6 +138,8 @@ class BuildConfig:
     recovery: str = "distill"
     recovery_examples: int = 1024
     distill_epochs: float = 2.0
+    distill_ce_weight: float = 0.5
+    distill_int8_aware: bool = False
     distill_data: Optional[str] = None
     search_slack_pts: Optional[float] = None
     step_units: int = _S.step_units
@@ -149,6 +153,8 @@ class BuildConfig:
             raise EdgepruneError(f"unknown {arg('recovery')} {self.recovery!r}; choose one of {', '.join(RECOVERIES)}")
         if not self.distill_epochs > 0:
             raise EdgepruneError(f"{arg('distill_epochs')} must be > 0, got {self.distill_epochs}")
+        if not self.distill_ce_weight >= 0:
+            raise EdgepruneError(f"{arg('distill_ce_weight')} must be >= 0, got {self.distill_ce_weight}")
         if self.search_slack_pts is not None and not 0 <= self.search_slack_pts <= 100:
             raise EdgepruneError(f"{arg('search_slack_pts')} must be in [0, 100] points, got {self.search_slack_pts}")
         if self.distill_data is not None and not Path(self.distill_data).is_file():
@@ -841,7 +847,8 @@ def _recoverer(cfg: BuildConfig, state: "_State", model, tokenizer, task: _Task,
             distill_data = _with_extra_texts(distill_data, cfg.distill_data)
     return Recoverer(method, model, tokenizer, fit_data=task.search, distill_data=distill_data, plans=plans,
                      beyond_refit=beyond, work=state.dir, fit_examples=cfg.recovery_examples, max_length=load_profile(cfg.profile).seq_len,
-                     distill=DistillSettings(epochs=cfg.distill_epochs, seed=cfg.seed),
+                     distill=DistillSettings(epochs=cfg.distill_epochs, seed=cfg.seed,
+                                             ce_weight=cfg.distill_ce_weight, int8_aware=cfg.distill_int8_aware),
                      progress=lambda msg, frac: display.fraction("export", 0.05 + 0.5 * frac, msg[:70]))
 
 

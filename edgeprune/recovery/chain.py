@@ -42,6 +42,9 @@ class DistillSettings:
         batch_size, max_length, lr: as :class:`edgeprune.recovery.distill.DistillConfig` (peak lr, linear warm-up
             and decay).
         seed: batch order and dropout seed.
+        ce_weight: weight of the cross-entropy on the gold labels next to the KL term (0 = KL only).
+        int8_aware: distil through the simulated INT8 forward pass of the shipped file (quantization-aware:
+            ``DistillConfig.int8_aware``).
     """
 
     epochs: float = 2.0
@@ -49,6 +52,8 @@ class DistillSettings:
     max_length: int = 64
     lr: float = 1e-4
     seed: int = 0
+    ce_weight: float = 0.5
+    int8_aware: bool = False
 
     def __post_init__(self) -> None:
         if not self.epochs > 0:
@@ -176,7 +181,8 @@ class Recoverer:
         per_epoch = math.ceil(len(self.distill_data) / self.distill.batch_size)
         cfg = DistillConfig(epochs=max(1, math.ceil(steps / per_epoch)), max_steps=steps,
                             batch_size=self.distill.batch_size, max_length=self.distill.max_length,
-                            lr=self.distill.lr, seed=self.distill.seed, threads=self.threads)
+                            lr=self.distill.lr, seed=self.distill.seed, threads=self.threads,
+                            ce_weight=self.distill.ce_weight, int8_aware=self.distill.int8_aware)
         folder = Path(self.work) / "distill" / f"plan-{index}"
         logits = None
         if not (folder / CHECKPOINT).is_file():  # a resumed run reads the teacher's logits from its checkpoint
@@ -192,7 +198,9 @@ class Recoverer:
 
         res = distill_(student, self.model, self.tokenizer, self.distill_data, cfg, checkpoint_dir=folder,
                        teacher_logits_=logits, progress=progress)
-        info = {"recovery": "distill", "method": f"distillation (KL at T + CE) from {start}",
+        loss = "KL at T" + (" + CE" if cfg.ce_weight else "") + (", through the simulated INT8 file"
+                                                                   if cfg.int8_aware else "")
+        info = {"recovery": "distill", "method": f"distillation ({loss}) from {start}",
                 "steps": res.steps, "seconds": round(res.seconds, 2), "examples": res.examples,
                 "last_loss": res.last_loss, "surgery_max_abs_diff": surgery, "resumed_from_step": res.resumed_from_step,
                 "config": cfg.to_dict(), "data": str(getattr(self.distill_data, "source", "texts"))}
