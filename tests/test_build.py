@@ -134,6 +134,14 @@ def test_build_command_forwards_options(monkeypatch, tmp_path):
     cfg = seen["cfg"]
     assert (cfg.profile, cfg.max_drop_pts, cfg.confidence, cfg.max_evaluations) == ("raspberrypi5", 0.5, 0.9, 7)
     assert cfg.search_seconds is None and cfg.model is None
+    assert (cfg.distill_ce_weight, cfg.distill_int8_aware) == (0.5, False)  # the defaults
+    again = CliRunner().invoke(app, ["build", "--out", str(tmp_path / "o3"), "--distill-ce-weight", "0",
+                                     "--distill-int8-aware", "--search-slack", "2.5"])
+    assert again.exit_code == 0, again.output
+    assert (seen["cfg"].distill_ce_weight, seen["cfg"].distill_int8_aware, seen["cfg"].search_slack_pts) == (
+        0.0, True, 2.5)
+    neg = CliRunner().invoke(app, ["build", "--out", str(tmp_path / "o4"), "--distill-ce-weight", "-1"])
+    assert isinstance(neg.exception, EdgepruneError) and "--distill-ce-weight" in str(neg.exception)
     assert "3 of 8 heads removed" in result.output and "not on a Raspberry Pi 4" in result.output
     bad = CliRunner().invoke(app, ["build", "--max-drop", "-2", "--out", str(tmp_path / "o2")])
     assert isinstance(bad.exception, EdgepruneError) and bad.exception.exit_code == 2  # main() maps it to exit 2

@@ -94,6 +94,28 @@ def test_distillation_trains_only_plans_beyond_the_refit_lazily_and_resumably(to
         again(2, p1)
 
 
+def test_distill_settings_reach_the_training_run(tok, tmp_path):
+    """--distill-ce-weight and --distill-int8-aware reach distill_: the run's recorded config, its method text,
+    and the weights (the quantization-aware student differs from the float-trained one)."""
+    model = tiny_model("bert")
+    full = HeadPlan.full((H,) * L).with_ffn(BS, (NB,) * L)
+    p2 = _plan([(0, 1), (2, 3), (1, 0)], [(1, 2), (3, 0)])
+    out = {}
+    for name, settings in {"float": DistillSettings(epochs=1.0, batch_size=16, max_length=16),
+                           "q": DistillSettings(epochs=1.0, batch_size=16, max_length=16, ce_weight=0.0,
+                                                int8_aware=True)}.items():
+        rec = Recoverer("distill", model, tok, fit_data=dataset(48), distill_data=dataset(64, seed=2),
+                        plans=[full, p2], beyond_refit=[False, True], work=tmp_path / name, distill=settings,
+                        fit_examples=32, max_length=16)
+        out[name] = rec(1, p2)
+    (m_f, _, info_f), (m_q, _, info_q) = out["float"], out["q"]
+    assert info_f["config"]["ce_weight"] == 0.5 and not info_f["config"]["int8_aware"]
+    assert info_q["config"]["ce_weight"] == 0.0 and info_q["config"]["int8_aware"]
+    assert "+ CE" in info_f["method"] and "INT8" not in info_f["method"]
+    assert "+ CE" not in info_q["method"] and "simulated INT8" in info_q["method"]
+    assert not all(torch.equal(a, b) for a, b in zip(m_f.state_dict().values(), m_q.state_dict().values()))
+
+
 def test_a_build_never_distils_on_the_certify_split(tmp_path, monkeypatch):
     """The distillation texts of a build are the search split (user data): no certify text among them."""
     import random
