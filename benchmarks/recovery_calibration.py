@@ -178,15 +178,17 @@ def run(args) -> dict[str, Any]:
     full = get_adapter(model).full_plan(model, BLOCK)
     dense = score("dense", model, full, fp32_model=model)
     distill_data = task_distill_data(task)
-    dcfg = DistillConfig(epochs=args.distill_epochs, max_seconds=args.distill_seconds, seed=0,
-                         schedule=args.schedule, ce_weight=args.ce_weight, temperature=args.temperature)
+    dcfg = DistillConfig(epochs=args.distill_epochs, max_seconds=args.distill_seconds, seed=args.seed,
+                         schedule=args.schedule, ce_weight=args.ce_weight, temperature=args.temperature,
+                         hidden_weight=args.hidden_weight, int8_aware=args.int8_aware)
     t = time.monotonic()
     logits_t = teacher_logits(model, tok, distill_data, max_length=dcfg.max_length)
     teacher_s = time.monotonic() - t
     log(f"teacher logits on {len(distill_data)} distillation texts in {teacher_s:.0f} s")
 
     def distill(student, name):
-        res = distill_(student, None, tok, distill_data, dcfg, teacher_logits_=logits_t,
+        teacher = model if dcfg.hidden_weight > 0 else None  # the hidden-state term needs the teacher's states
+        res = distill_(student, teacher, tok, distill_data, dcfg, teacher_logits_=logits_t,
                        progress=lambda i: (i["step"] % 100 == 0) and log(f"{name}: step {i['step']}/"
                                                                           f"{i['total_steps']} loss {i['loss']:.3f}"))
         return res
@@ -318,6 +320,11 @@ def main(argv=None) -> int:
     ap.add_argument("--schedule", choices=("linear", "constant"), default="linear", help="distillation LR schedule")
     ap.add_argument("--ce-weight", type=float, default=0.5, help="distillation cross-entropy weight (0 = KL only)")
     ap.add_argument("--temperature", type=float, default=2.0, help="distillation temperature")
+    ap.add_argument("--hidden-weight", type=float, default=0.0,
+                    help="weight of the layer-wise hidden-state term (DistillConfig.hidden_weight; 0 = off)")
+    ap.add_argument("--int8-aware", action="store_true",
+                    help="quantization-aware distillation through the simulated INT8 file (DistillConfig.int8_aware)")
+    ap.add_argument("--seed", type=int, default=0, help="distillation seed (batch order, dropout)")
     ap.add_argument("--out-name", default=None, help="results file name (default: the benchmark's name)")
     ap.add_argument("--distill-seconds", type=float, default=None, help="time cap per distillation run")
     ap.add_argument("--no-control", dest="control", action="store_false")
@@ -365,8 +372,8 @@ def run_distill_only(args) -> dict[str, Any]:
     plans = oneshot_plans(model, tok, task.search, args.fractions, seq, args.importance_examples)
     base = torch_predictions(model, tok, task.certify, max_length=seq, batch_size=64)
     data = task_distill_data(task)
-    cfg = DistillConfig(epochs=args.distill_epochs, seed=0, schedule=args.schedule, ce_weight=args.ce_weight,
-                        temperature=args.temperature)
+    cfg = DistillConfig(epochs=args.distill_epochs, seed=args.seed, schedule=args.schedule, ce_weight=args.ce_weight,
+                        temperature=args.temperature, hidden_weight=args.hidden_weight, int8_aware=args.int8_aware)
     work = Path(tempfile.mkdtemp(prefix="recovery-cal-d-"))
     rows = []
     for name, plan in plans.items():
