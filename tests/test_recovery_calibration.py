@@ -20,7 +20,7 @@ def test_smoke_run_writes_every_column(tiny_task, monkeypatch):
     monkeypatch.setattr(rc, "BLOCK", 8)  # tiny FFN width 64
     args = argparse.Namespace(fractions=[0.5], profile="raspberrypi4", max_length=32, fit_examples=48,
                               importance_examples=48, distill_epochs=1, distill_seconds=None, control=True, schedule="linear",
-                              ce_weight=0.5, temperature=2.0,
+                              ce_weight=0.5, temperature=2.0, hidden_weight=0.0, int8_aware=False, seed=0,
                               rounds=2, reps=1, wait=0)
     rec = rc.run(args)
     row = rec["rows"][0]
