@@ -368,7 +368,7 @@ def test_demo_model_command_prints_the_task(tiny_setup, monkeypatch):
 
 def _real_sdist(tmp_path: Path) -> Path:
     cached = dt.cache_root() / "downloads" / dt.SDIST_NAME
-    if cached.is_file() and dt._sha256_file(cached) == dt.SDIST_SHA256:
+    if cached.is_file() and dt.sha256_file(cached) == dt.SDIST_SHA256:
         return cached
     try:
         return dt.ensure_data_archive(tmp_path, progress=False)

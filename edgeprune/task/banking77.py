@@ -367,8 +367,8 @@ def _build_task(tmp: Path, spec: Banking77Spec, data: Banking77, progress: bool)
     from edgeprune.task.default import (
         MODEL_PACKAGE,
         MODEL_PACKAGE_VERSION,
-        _cpu_count,
-        _sha256_file,
+        cpu_count,
+        sha256_file,
         ensure_base_model,
         train_and_save,
     )
@@ -397,7 +397,7 @@ def _build_task(tmp: Path, spec: Banking77Spec, data: Banking77, progress: bool)
         "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "spec": spec.to_dict(),
         "base_model": base_info,
-        "data": {**data.record(), "wheel_sha256": _sha256_file(Path(data.source)), "fingerprints": _fingerprints(data),
+        "data": {**data.record(), "wheel_sha256": sha256_file(Path(data.source)), "fingerprints": _fingerprints(data),
                  "label": "intent name; ids in sorted name order"},
         "data_file": {"path": DATA_FILE, "splits": list(DATA_SPLITS), "rows": sum(len(data.splits[s]) for s in DATA_SPLITS),
                       "columns": ["text", "label", "split"],
@@ -407,7 +407,7 @@ def _build_task(tmp: Path, spec: Banking77Spec, data: Banking77, progress: bool)
         "accuracy": result["accuracy"],
         "accuracy_note": f"FP32 PyTorch at {cfg.max_seq_len} tokens, measured once after fine-tuning",
         "versions": versions(),
-        "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": _cpu_count()},
+        "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": cpu_count()},
     }
 
 

