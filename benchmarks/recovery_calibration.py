@@ -68,20 +68,22 @@ def wait_for_task(wait_minutes: float):
 class BenchSetup(NamedTuple):
     """What every default-task benchmark starts from (:func:`bench_setup`); unpacks as a tuple."""
 
-    task: Any  #: the cached default task (``edgeprune.task.default.default_task``)
+    task: Any  #: the cached default task (``edgeprune.task.default.default_task``), or the one passed in
     prof: Any  #: the loaded device profile
     threads: int  #: ORT intra-op threads (the profile's, clipped to this host: ``effective_threads``)
     model: Any  #: the task's fine-tuned model, in eval mode
     tok: Any  #: its tokenizer
 
 
-def bench_setup(args: Any, torch_cores: str = "free") -> BenchSetup:
+def bench_setup(args: Any, torch_cores: str = "free", task: Any = None) -> BenchSetup:
     """Wait for the default task, load the profile, its ORT threads, set torch's threads and load the model.
 
     Args:
         args: the benchmark's parsed arguments (reads ``args.wait``, minutes, and ``args.profile``).
         torch_cores: torch's intra-op threads: ``"free"`` (``search.evaluate.free_cores``, the physical cores no
             other process is busy on) or ``"physical"`` (``physical_cores``).
+        task: another task to load the model of (anything with a ``model_dir``, e.g. the Banking77 task); None =
+            wait for the default task.
 
     Returns:
         A :class:`BenchSetup` ``(task, prof, threads, model, tok)``.
@@ -94,7 +96,7 @@ def bench_setup(args: Any, torch_cores: str = "free") -> BenchSetup:
     from edgeprune.task.modeling import load_model
 
     cores = {"free": free_cores, "physical": physical_cores}[torch_cores]
-    task = wait_for_task(args.wait)
+    task = wait_for_task(args.wait) if task is None else task
     prof = load_profile(args.profile)
     threads, _ = effective_threads(prof)
     torch.set_num_threads(cores())

@@ -617,7 +617,23 @@ class _Task:
     distill: Any = None  # distillation texts (never the certify split); None = the search split
 
 
-def _split_user_data(cfg: BuildConfig, label2id: dict) -> tuple[Any, Any, dict]:
+def split_user_data(cfg: BuildConfig, label2id: dict) -> tuple[Any, Any, dict]:
+    """The search and certify splits a build makes of the user's ``--data`` (or ``--data`` and ``--certify-data``).
+
+    Public so that a benchmark comparing other models with a build (``benchmarks.smaller_model --task banking77``)
+    scores them on the very split the build certified on, not on a re-implementation of it.
+
+    Args:
+        cfg: the build's settings (reads ``data``, ``certify_data``, the column names, ``seed`` and
+            ``certify_fraction``).
+        label2id: the model config's label mapping (label names in the file are mapped through it).
+
+    Returns:
+        ``(search, certify, info)``: two ``TextDataset`` objects and the record the report stores under ``data``.
+
+    Raises:
+        EdgepruneError: unreadable data, too few examples, or a certify file labelled unlike ``data``.
+    """
     import hashlib
 
     from .task.data import load_dataset
@@ -684,7 +700,7 @@ def _stage_task(cfg: BuildConfig, show: bool) -> _Task:
 
     config = load_config(cfg.model)
     label2id = dict(getattr(config, "label2id", {}) or {})
-    search, certify, info = _split_user_data(cfg, label2id)
+    search, certify, info = split_user_data(cfg, label2id)
     return _Task(str(cfg.model), search, certify, {"default_task": False, "model_dir": str(cfg.model), **info})
 
 

@@ -147,9 +147,9 @@ def test_a_build_never_distils_on_the_certify_split(tmp_path, monkeypatch):
     cfg = BuildConfig(profile="x86-64", model=str(tmp_path / "model"), data=str(tmp_path / "data.csv"),
                       out=str(out), max_drop_pts=60.0, max_evaluations=8, measure_rounds=5, recovery="distill")
     build(cfg, progress=False)
-    from edgeprune.pipeline import _split_user_data
+    from edgeprune.pipeline import split_user_data
 
-    search, certify, _ = _split_user_data(cfg, dict(model.config.label2id))
+    search, certify, _ = split_user_data(cfg, dict(model.config.label2id))
     assert seen["texts"] and not set(seen["texts"]) & set(certify.texts)
     assert sorted(seen["texts"]) == sorted(search.texts)
 
