@@ -225,8 +225,9 @@ def test_smaller_model_row_with_the_real_quantizer(tiny_task, monkeypatch):
 
     python = optimum_python()
     monkeypatch.setattr(rc, "wait_for_task", lambda minutes: tiny_task)
-    rec = sm.run(argparse.Namespace(build=[], layers=[], epochs=1, seed=0, max_drop=1.0, profile="raspberrypi4",
-                                    rounds=2, reps=1, real_texts=10, wait=0, optimum=True, optimum_python=python))
+    args = vars(sm.parser().parse_args([]))
+    rec = sm.run(argparse.Namespace(**{**args, "layers": [], "epochs": 1, "rounds": 2, "reps": 1, "real_texts": 10,
+                                       "wait": 0, "optimum": True, "optimum_python": python}))
     assert rec["optimum"]["status"] == "ok", rec["optimum"].get("detail")
     dense, row = rec["rows"]
     assert row["name"] == sm.OPTIMUM_ROW and row["versions"] == rec["optimum"]["versions"]
