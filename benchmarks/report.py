@@ -4,7 +4,9 @@ Reads the newest JSON of each known benchmark in ``benchmarks/results/`` (``<ste
 date in the file name; run_all writes ``<YYYY-MM-DD>.json``) and writes one Markdown file:
 
 1. **What you get**: per task (the default task; Banking77 when its JSON exists) the shipped edgeprune file against
-   dense ORT FP32, dense ORT INT8, optimum's arm64 preset (when measured) and the best hand-made smaller model:
+   dense ORT FP32, dense ORT INT8, optimum's arm64 preset (when measured) and the best hand-made smaller model (the
+   first k layers or a uniformly thinned one, distilled; ``smaller_model-<date>.json`` and, for Banking77,
+   ``smaller_model-banking77-<date>.json``):
    accuracy on the certify split, certified drop bound, certified or not, p50 speed-up vs dense INT8 and where the
    latency was measured. Several builds (seeds): the median, with the range.
 2. **Goals**: each goal of the issues, reached or not, with the measured figure.
@@ -115,6 +117,9 @@ BENCHES = (
     Bench("banking77", "banking77", "banking77", "Banking77 through edgeprune build", _module_md("banking77")),
     Bench("smaller_model", "smaller_model", "smaller_model", "The hand-made smaller model (and optimum) vs edgeprune",
           _module_md("smaller_model")),
+    Bench("smaller_model_banking77", "smaller_model-banking77", "smaller_model",
+          "The hand-made smaller model (and optimum) vs edgeprune on Banking77", _module_md("smaller_model"),
+          usage="python -m benchmarks.smaller_model --task banking77 --build OUT [--thin 0.5 0.65]"),
     Bench("certify_fraction", "certify_fraction", "certify_fraction", "Which share of --data should certify",
           _module_md("certify_fraction")),
     Bench("certify_simulation", "certify_simulation", "certify_simulation",
@@ -334,9 +339,13 @@ def build_figures(builds: Sequence[dict]) -> dict[str, Any]:
     }
 
 
+#: Row kinds of smaller_model's hand-made models: the first k layers, and the uniformly thinned ones.
+HAND_MADE = ("smaller", "thinned")
+
+
 def best_smaller(rows: Sequence[dict]) -> Optional[dict]:
     """The best hand-made model: the fastest certified one, else the one with the lowest bound."""
-    small = [r for r in rows if r.get("kind") == "smaller"]
+    small = [r for r in rows if r.get("kind") in HAND_MADE]
     cert = [r for r in small if r.get("certified")]
     if cert:
         return max(cert, key=lambda r: r["speedup_vs_dense_int8"])
@@ -390,14 +399,14 @@ def _peer_rows(sm: Found) -> tuple[list[str], list[str]]:
                     f"{_x(opt['speedup_vs_dense_int8'])} | `{src}` |")
     else:
         status = (rec.get("optimum") or {}).get("status", "not recorded by this run")
-        notes.append(f"optimum arm64 preset: not in `{src}` ({status}); `python -m benchmarks.smaller_model --build "
-                     "OUT` adds it where the transformers 4.57 environment exists.")
+        notes.append(f"optimum arm64 preset: not in `{src}` ({status}); {sm.bench.command()} adds it where the "
+                     "transformers 4.57 environment exists.")
     best = best_smaller(rec["rows"])
     if best:
         rows.append(f"| best hand-made smaller model: {best['name']} | {_pct(best['accuracy'])} | "
                     f"{_pts(best['bound_pts'])} ({best.get('bound_note', '')}) | "
                     f"{'yes' if best['certified'] else 'no'} | {_x(best['speedup_vs_dense_int8'])} | `{src}` |")
-        fastest = max((r for r in rec["rows"] if r.get("kind") == "smaller"), key=lambda r: r["speedup_vs_dense_int8"])
+        fastest = max((r for r in rec["rows"] if r.get("kind") in HAND_MADE), key=lambda r: r["speedup_vs_dense_int8"])
         if fastest is not best:
             notes.append(f"The fastest hand-made model, {fastest['name']}, runs at "
                          f"{_x(fastest['speedup_vs_dense_int8'])} with bound {_pts(fastest['bound_pts'])} pts: "
@@ -438,11 +447,13 @@ def lead_section(found: dict[str, Found]) -> list[str]:
         s = bk.rec["summary"]
         rows, g = _lead_rows([s["build"]], bk.path.name)
         base = (s.get("task") or {}).get("base_model")
-        lines += LEAD_HEADER + rows + [""]
+        smb = found["smaller_model_banking77"]
+        peer, notes = _peer_rows(smb)
+        lines += LEAD_HEADER + rows + peer + [""]
         lines.append(f"Base model {base or 'not recorded'}, certify split {s['split'].get('certify')} queries. "
                      f"edgeprune vs dense FP32: {_mr(g['vs_fp32'], _x)}. Latency: "
-                     f"{'; '.join(g['measured_on']) or 'not recorded'}. No hand-made or optimum row on this task.")
-        lines.append("")
+                     f"{'; '.join(g['measured_on']) or 'not recorded'}.")
+        lines += [""] + [f"- {n}" for n in notes] + [""]
     return lines
 
 
@@ -488,10 +499,10 @@ def _by_plans(g: dict[str, Any]) -> str:
     return "; by plans tested: " + ", ".join(f"{k}: {_med(v) / 60:.1f} min (n={len(v)})" for k, v in groups.items())
 
 
-def _smaller_goals(rec: dict) -> list[dict[str, Any]]:
+def _smaller_goals(rec: dict, task: str = "default") -> list[dict[str, Any]]:
     rows = rec["rows"]
     ep = [r for r in rows if r.get("kind") == "edgeprune"]
-    small = [r for r in rows if r.get("kind") == "smaller"]
+    small = [r for r in rows if r.get("kind") in HAND_MADE]
     if not ep or not small:
         return []
     sp, bound = _med([r["speedup_vs_dense_int8"] for r in ep]), _med([r["bound_pts"] for r in ep])
@@ -500,27 +511,27 @@ def _smaller_goals(rec: dict) -> list[dict[str, Any]]:
     cert = [r for r in small if r["certified"]]
     if cert:
         best = max(cert, key=lambda r: r["speedup_vs_dense_int8"])
-        out.append(_goal("default", "edgeprune beats the hand-made smaller model at matched certified bound "
+        out.append(_goal(task, "edgeprune beats the hand-made smaller model at matched certified bound "
                          "(faster than the fastest certified one)",
                          f"{eptext}; {best['name']} {_x(best['speedup_vs_dense_int8'])} at {_pts(best['bound_pts'])}",
                          sp > best["speedup_vs_dense_int8"]))
     else:
-        out.append(_goal("default", "edgeprune beats the hand-made smaller model at matched certified bound",
+        out.append(_goal(task, "edgeprune beats the hand-made smaller model at matched certified bound",
                          f"{eptext}; no hand-made model certified", all(r["certified"] for r in ep)))
     fast = [r for r in small if r["speedup_vs_dense_int8"] >= sp]
     if fast:
-        out.append(_goal("default", "edgeprune beats the hand-made smaller model at equal latency (every one at least "
+        out.append(_goal(task, "edgeprune beats the hand-made smaller model at equal latency (every one at least "
                          "as fast has a higher bound)",
                          f"{eptext}; " + ", ".join(f"{r['name']} {_x(r['speedup_vs_dense_int8'])} at "
                                                    f"{_pts(r['bound_pts'])}" for r in fast),
                          all(r["bound_pts"] > bound for r in fast)))
     else:
-        out.append(_goal("default", "edgeprune beats the hand-made smaller model at equal latency",
+        out.append(_goal(task, "edgeprune beats the hand-made smaller model at equal latency",
                          f"{eptext}; no hand-made model as fast", None))
     opt = next((r for r in rows if r.get("kind") == "optimum"), None)
     if opt:
         ratio = _med([r["speedup_vs_dense_int8"] / opt["speedup_vs_dense_int8"] for r in ep])
-        out.append(_goal("default", f"shipped vs optimum arm64 preset >= {GOALS['speedup_vs_optimum']:.1f}x",
+        out.append(_goal(task, f"shipped vs optimum arm64 preset >= {GOALS['speedup_vs_optimum']:.1f}x",
                          f"{_x(ratio)} (p50, same run; optimum bound {_pts(opt['bound_pts'])})",
                          ratio >= GOALS["speedup_vs_optimum"]))
     return out
@@ -544,12 +555,15 @@ def goals(found: dict[str, Found]) -> list[dict[str, Any]]:
         out += _smaller_goals(sm.rec)
     else:
         out.append(_goal("default", "edgeprune beats the hand-made smaller model", _not_run(sm, "smaller_model"), None))
-    if not any("optimum" in g["goal"] for g in out):
+    if not any("optimum" in g["goal"] and g["task"] == "default" for g in out):
         out.append(_goal("default", f"shipped vs optimum arm64 preset >= {GOALS['speedup_vs_optimum']:.1f}x",
                          "not measured yet: `python -m benchmarks.smaller_model --build OUT` with the transformers "
                          "4.57 environment", None))
     if bk.rec is not None:
         out += _build_goals("Banking77", [bk.rec["summary"]["build"]], all_five=False)
+    smb = found["smaller_model_banking77"]
+    if smb.rec is not None:
+        out += _smaller_goals(smb.rec, "Banking77")
     return out
 
 

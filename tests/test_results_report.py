@@ -182,6 +182,44 @@ def test_smaller_model_and_optimum_rows_and_goals(folder):
     assert "| 2.00x |" in _line(report.render(folder), "| best hand-made smaller model: first 3 of 6 layers")
 
 
+def test_banking77_smaller_model_rows_sit_under_banking77_not_the_default_task(folder):
+    """smaller_model-banking77-<date>.json is its own series: the default task keeps reading smaller_model-<date>,
+    the Banking77 lead table gets the optimum and hand-made rows (a uniformly thinned student counts as hand-made),
+    and the goals are the Banking77 task's."""
+    from benchmarks.smaller_model import results_name
+
+    rec = {"benchmark": "banking77", "date": "2026-12-05", "host": "fakehost", "machine": "x86_64",
+           "command": "edgeprune build --fake", "exit_code": 0,
+           "summary": {"task": {"base_model": "fake-minilm"}, "split": {"search": 1632, "certify": 1000},
+                       "build": _build(0, vs_int8=1.3)}}
+    _write(folder, "banking77-2026-12-05.json", rec)
+    md = report.render(folder)
+    bank = md.split("### Banking77 intents")[1].split("## Goals")[0]
+    assert "not run yet (`smaller_model-banking77-<date>.json` absent); produced by `python -m " \
+           "benchmarks.smaller_model --task banking77 --build OUT" in bank
+    bk = _smaller()
+    bk["task"], bk["date"] = "banking77", "2026-12-06"
+    bk["rows"] = [r for r in bk["rows"] if r["kind"] != "smaller"] + [
+        {**bk["rows"][-1], "name": "uniformly thinned to b0's unit count: 7/12 heads + 6/12 FFN blocks removed per "
+                                   "layer, refit + distilled", "kind": "thinned", "speedup_vs_dense_int8": 1.6}]
+    _write(folder, f"{results_name('banking77')}-2026-12-06.json", bk)
+    found = report.find_latest(folder)
+    assert found["smaller_model"].rec is None and found["smaller_model_banking77"].date == "2026-12-06"
+    _write(folder, f"{results_name('default')}-2026-12-05.json", _smaller())
+    found = report.find_latest(folder)
+    assert found["smaller_model"].path.name == "smaller_model-2026-12-05.json"
+    md = report.render(folder)
+    default, bank = md.split("## Goals")[0].split("### Banking77 intents")
+    assert "| best hand-made smaller model: first 4 of 6" in default and "uniformly thinned" not in default
+    assert "| 1.60x | `smaller_model-banking77-2026-12-06.json` |" in _line(
+        bank, "| best hand-made smaller model: uniformly thinned to b0's unit count")
+    assert "| 1.05x |" in _line(bank, "| optimum arm64 preset (dense) |")
+    goals = [g for g in report.goals(found) if g["task"] == "Banking77" and "smaller model" in g["goal"]]
+    matched = next(g for g in goals if "matched certified bound" in g["goal"])
+    assert matched["reached"] is True and "uniformly thinned to b0's unit count" in matched["measured"]  # 1.75 > 1.6
+    assert "### The hand-made smaller model (and optimum) vs edgeprune on Banking77 (2026-12-06)" in md
+
+
 def test_banking77_lead_table_sibling_md_and_limits(folder):
     rec = {"benchmark": "banking77", "date": "2026-12-05", "host": "fakehost", "machine": "x86_64",
            "command": "edgeprune build --profile raspberrypi4 --model M --data D --out O", "exit_code": 0,
@@ -226,8 +264,10 @@ def test_run_all_section_follows_the_given_run(folder, tmp_path):
 
 def test_usage_command_reads_the_docstring():
     assert report.usage_command("smaller_model") == (
-        "`python -m benchmarks.smaller_model --build /path/to/build [--build ...] [--layers 3 4] [--epochs 2] "
-        "[--no-optimum] [--optimum-python /path/to/.venv-tf457/bin/python]`")
+        "`python -m benchmarks.smaller_model --build /path/to/build [--build ...] [--layers 3 4] [--thin 0.5 0.65] "
+        "[--no-thin-match] [--ffn-block-size 128] [--epochs 2] [--no-optimum] "
+        "[--optimum-python /path/to/.venv-tf457/bin/python]`; "
+        "`python -m benchmarks.smaller_model --task banking77 --build /path/to/banking77-build [the same options]`")
     assert report.usage_command("run_all") == "`python -m benchmarks.run_all`"
     assert report.usage_command("lut_accuracy").count("`python benchmarks/lut_accuracy.py") == 2
 
