@@ -317,9 +317,13 @@ def ort_breakdown(onnx_path: Path, *, threads: int, batch: int, seq_len: int, ru
 __all__ = ["GROUPS", "classify_node", "encoder_flops", "gemm_ceiling", "gemm_throughput", "ort_breakdown", "torch_vs_ort"]
 
 
-def write_results(name: str, record: dict, markdown: str) -> Path:
-    """Write ``benchmarks/results/<name>-<record['date']>.json`` and ``.md``; returns the stem."""
-    results = Path(__file__).resolve().parent / "results"
+def write_results(name: str, record: dict, markdown: str, results: Optional[Path] = None) -> Path:
+    """Write ``<results>/<name>-<record['date']>.json`` and ``.md``; returns the stem.
+
+    Args:
+        results: the folder (default ``benchmarks/results``; tests pass their own, never the repository's).
+    """
+    results = Path(results) if results is not None else Path(__file__).resolve().parent / "results"
     results.mkdir(parents=True, exist_ok=True)
     stem = results / f"{name}-{record['date']}"
     stem.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")

@@ -98,17 +98,118 @@ def random_joint_plans(heads, ffn_sizes, block, n, seed):
     return plans
 
 
-def run_one(model_name, precision, profile, n_plans, rounds, reps, threads, seed, log, keep=None, plan_rounds=31,
-            chunk=10, ffn_block=None, heads_only_build=False):
+def compile_plans(model, plans, preset, plan_dir, scratch, *, full_onnx=None):
+    """Compile ``plans`` through the bundle's chain (``compile_submodel``: surgery, export, graph, quantization).
+
+    ``plans[0]`` is the unpruned model (``full.onnx``, the anchor of :func:`measure_plans`), the others are written
+    as ``planNN.onnx``. Files already in ``plan_dir`` (and ``full_onnx``, e.g. a kept LUT export's ``full.onnx``)
+    are reused, so a benchmark iteration does not export twice.
+
+    Returns:
+        The ``.onnx`` paths, aligned with ``plans``.
+    """
     import torch
 
-    from edgeprune.latency import device_runner as dr
+    from edgeprune.latency.table import compile_submodel
 
-    from edgeprune.adapters import get_adapter
-    from edgeprune.latency.schema import assemble_lut
-    from edgeprune.latency.table import build_lut, compile_submodel, predict
+    plan_dir = Path(plan_dir)
+    plan_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    with torch.no_grad():
+        for j, plan in enumerate(plans):
+            target = plan_dir / (f"plan{j - 1:02d}.onnx" if j else "full.onnx")
+            if j == 0 and full_onnx is not None and Path(full_onnx).is_file():
+                target = Path(full_onnx)
+            if not target.is_file():
+                compile_submodel(model, plan, preset, target, Path(scratch))
+            paths.append(target)
+    return paths
+
+
+def measure_plans(paths, profile, *, rounds, reps, threads, seed, chunk):
+    """Measure ``paths[1:]`` side by side in chunks, each alternated with the unpruned model ``paths[0]``.
+
+    Every chunk is one :func:`edgeprune.latency.measure.measure_alternating` run (shuffled rounds, best of ``reps``
+    per round, median over rounds) that includes the unpruned model, so each plan has a full-model time measured in
+    its own period (the *anchor*) and a paired per-round ratio to it. Chunks because 11 FP32 BERT-base sessions at
+    once (weights + ORT's prepacked copies, ~0.9 GB each) ran the 24 GB host out of memory.
+
+    Returns:
+        ``{"median_ms", "spread_ms", "ratio_to_full", "full_ms"}`` (lists aligned with ``paths[1:]``) and the
+        last run's ``threads``, ``seq_len``, ``batch``, ``measured_on``, ``threads_note``.
+    """
     from edgeprune.latency.measure import measure_alternating
-    from edgeprune.task.modeling import clone_model
+
+    out = {"median_ms": [], "spread_ms": [], "ratio_to_full": [], "full_ms": []}
+    meas = None
+    for c in range(1, len(paths), chunk):
+        part = [paths[0]] + list(paths[c:c + chunk])
+        meas = measure_alternating(part, profile, rounds=rounds, reps=reps, threads=threads, seed=seed + c)
+        out["median_ms"] += meas.median_ms[1:]
+        out["spread_ms"] += meas.spread_ms[1:]
+        out["ratio_to_full"] += meas.ratio_to_first[1:]
+        out["full_ms"] += [meas.median_ms[0]] * (len(part) - 1)
+    if meas is None:
+        raise ValueError("measure_plans needs the unpruned model and at least one plan")
+    out.update(threads=meas.threads, seq_len=meas.seq_len, batch=meas.batch, measured_on=meas.measured_on,
+               threads_note=meas.threads_note)
+    return out
+
+
+def plan_errors(lut, plans, measured):
+    """Predicted vs measured latency of ``plans[1:]`` (``plans[0]`` is the unpruned model, as in
+    :func:`measure_plans`), one row per plan.
+
+    Errors are (predicted - measured) / measured: *raw* ``predict(lut, plan)``; *calibrated* times the LUT's
+    full-model factor; *anchored* scaled by the unpruned model measured in the same alternation as the plan (removes
+    load drift between the LUT's measuring period and the plans'); *ratio* the predicted vs the measured paired
+    plan / unpruned ratio (what the search's ranking needs).
+    """
+    from edgeprune.latency.table import predict
+
+    rows = []
+    full_pred = predict(lut, plans[0])
+    for plan, med, spread, ratio, full_measured in zip(plans[1:], measured["median_ms"], measured["spread_ms"],
+                                                       measured["ratio_to_full"], measured["full_ms"]):
+        widths = list(plan.ffn_kept_widths) if plan.has_ffn else None
+        pred = predict(lut, plan, ffn_widths=widths)
+        pred_c = predict(lut, plan, ffn_widths=widths, calibrated=True)
+        pred_a = pred * full_measured / full_pred
+        rows.append({
+            "kept_counts": list(plan.kept_counts),
+            "heads_removed": plan.num_removed,
+            "ffn_widths": widths,
+            "ffn_blocks_removed": plan.ffn_num_removed if plan.has_ffn else 0,
+            "predicted_heads_only_ms": predict(lut, plan) if plan.has_ffn else None,
+            "measured_ms": med,
+            "measured_spread_ms": spread,
+            "predicted_ms": pred,
+            "predicted_calibrated_ms": pred_c,
+            "error": (pred - med) / med,
+            "error_calibrated": (pred_c - med) / med,
+            "predicted_anchored_ms": pred_a,
+            "error_anchored": (pred_a - med) / med,
+            "measured_ratio_to_full": ratio,
+            "full_model_measured_ms": full_measured,
+            "predicted_ratio_to_full": pred / full_pred,
+            "error_ratio": (pred / full_pred - ratio) / ratio,
+        })
+    return rows
+
+
+def error_summary(rows, key):
+    """Median and max of ``|row[key]|`` and the mean signed ``row[key]`` over the plans."""
+    errs = [abs(r[key]) for r in rows]
+    return {"median_abs": statistics.median(errs), "max_abs": max(errs),
+            "mean_signed": statistics.mean(r[key] for r in rows)}
+
+
+def run_one(model_name, precision, profile, n_plans, rounds, reps, threads, seed, log, keep=None, plan_rounds=31,
+            chunk=10, ffn_block=None, heads_only_build=False):
+    from edgeprune.adapters import get_adapter
+    from edgeprune.latency import device_runner as dr
+    from edgeprune.latency.schema import assemble_lut
+    from edgeprune.latency.table import build_lut
     from edgeprune.profiles import load_profile
 
     prof = load_profile(profile)
@@ -150,73 +251,31 @@ def run_one(model_name, precision, profile, n_plans, rounds, reps, threads, seed
     plans = [HeadPlan.full(heads)] + (random_joint_plans(heads, ffn_sizes, ffn_block, n_plans, seed) if joint
                                       else random_plans(heads, n_plans, seed))
     preset = prof.quant.for_precision(precision)
-    with tempfile.TemporaryDirectory(prefix="edgeprune-bench-") as tmp, torch.no_grad():
+    with tempfile.TemporaryDirectory(prefix="edgeprune-bench-") as tmp:
         plan_dir = (work / f"plans-seed{seed}") if work else Path(tmp)
-        plan_dir.mkdir(parents=True, exist_ok=True)
-        paths = []
-        for j, plan in enumerate(plans):
-            target = plan_dir / (f"plan{j - 1:02d}.onnx" if j else "full.onnx")
-            if j == 0 and work is not None and (work / "lut" / "full.onnx").is_file():
-                target = work / "lut" / "full.onnx"
-            if not target.is_file():
-                compile_submodel(model, plan, preset, target, Path(tmp))
-            paths.append(target)
+        full_onnx = work / "lut" / "full.onnx" if work is not None else None
+        paths = compile_plans(model, plans, preset, plan_dir, Path(tmp), full_onnx=full_onnx)
         log(f"{model_name} {precision}: {len(paths)} plan models exported")
         del model  # the torch copy is not needed any more; FP32 BERT-base sessions need the memory
-        # Plans are measured in chunks, each alternated with the unpruned model (paths[0]) as its anchor: 11 FP32
-        # BERT-base sessions at once (weights + ORT's prepacked copies, ~0.9 GB each) ran the 24 GB host out of memory.
-        medians, spreads, ratios, anchors = [], [], [], []
-        for c in range(1, len(paths), chunk):
-            part = [paths[0]] + paths[c:c + chunk]
-            meas = measure_alternating(part, prof, rounds=plan_rounds, reps=reps, threads=threads, seed=seed + c)
-            medians += meas.median_ms[1:]
-            spreads += meas.spread_ms[1:]
-            ratios += meas.ratio_to_first[1:]
-            anchors += [meas.median_ms[0]] * (len(part) - 1)
-    rows = []
-    full_pred = predict(lut, plans[0])
-    for plan, med, spread, ratio, full_measured in zip(plans[1:], medians, spreads, ratios, anchors):
-        widths = list(plan.ffn_kept_widths) if plan.has_ffn else None
-        pred = predict(lut, plan, ffn_widths=widths)
-        pred_c = predict(lut, plan, ffn_widths=widths, calibrated=True)
-        pred_a = pred * full_measured / full_pred
-        rows.append({
-            "kept_counts": list(plan.kept_counts),
-            "heads_removed": plan.num_removed,
-            "ffn_widths": widths,
-            "ffn_blocks_removed": plan.ffn_num_removed if plan.has_ffn else 0,
-            "predicted_heads_only_ms": predict(lut, plan) if joint else None,
-            "measured_ms": med,
-            "measured_spread_ms": spread,
-            "predicted_ms": pred,
-            "predicted_calibrated_ms": pred_c,
-            "error": (pred - med) / med,
-            "error_calibrated": (pred_c - med) / med,
-            "predicted_anchored_ms": pred_a,
-            "error_anchored": (pred_a - med) / med,
-            "measured_ratio_to_full": ratio,
-            "full_model_measured_ms": full_measured,
-            "predicted_ratio_to_full": pred / full_pred,
-            "error_ratio": (pred / full_pred - ratio) / ratio,
-        })
+        meas = measure_plans(paths, prof, rounds=plan_rounds, reps=reps, threads=threads, seed=seed, chunk=chunk)
+    rows = plan_errors(lut, plans, meas)
+    anchors = meas["full_ms"]
 
     def agg(key):
-        errs = [abs(r[key]) for r in rows]
-        return {"median_abs": statistics.median(errs), "max_abs": max(errs),
-                "mean_signed": statistics.mean(r[key] for r in rows)}
+        return error_summary(rows, key)
 
     return {
         "model": model_name,
         "precision": precision,
         "profile": profile,
         "heads_per_layer": heads,
-        "threads": meas.threads,
+        "threads": meas["threads"],
         "lut_rounds": rounds,
         "plan_rounds": plan_rounds,
         "reps": reps,
         "round_value": "best of reps; median over rounds",
-        "seq_len": meas.seq_len,
-        "batch": meas.batch,
+        "seq_len": meas["seq_len"],
+        "batch": meas["batch"],
         "lut_seconds": round(lut_seconds, 1),
         "lut_measure_seconds": lut["method"].get("measure_seconds"),
         "heads_only_lut_seconds": None if heads_only_seconds is None else round(heads_only_seconds, 1),
@@ -237,8 +296,8 @@ def run_one(model_name, precision, profile, n_plans, rounds, reps, threads, seed
         "error_ratio": agg("error_ratio"),
         "full_model_measured_with_plans_ms": statistics.median(anchors),
         "plan_chunk": chunk,
-        "measured_on": meas.measured_on,
-        "threads_note": meas.threads_note,
+        "measured_on": meas["measured_on"],
+        "threads_note": meas["threads_note"],
         "loadavg_at_lut": lut["provenance"]["loadavg"],
     }
 

@@ -12,6 +12,8 @@ date in the file name; run_all writes ``<YYYY-MM-DD>.json``) and writes one Mark
 2. **Goals**: each goal of the issues, reached or not, with the measured figure.
 3. **What limits it**: only what the JSONs contain (churn of the shipped plans against the discordance a certify
    split of that size can prove, the INT8-vs-FP32 gap, where the build time goes, ...).
+3b. **Scale**: a few lines from the newest ``scale`` JSON (BERT-base size, random weights: latency table build time
+   and error, search wall time at the default budget, build time, peak memory; ``benchmarks/scale.py``).
 4. **One section per benchmark**: command, date, host, versions and its table. The table is the sibling ``.md`` the
    run wrote (it describes the code that ran and keeps the hand-written readings), else the benchmark's own renderer
    called on the JSON, else a short generic table. A benchmark with no JSON says "not run yet" and the command that
@@ -49,6 +51,7 @@ GOALS = {
     "build_s": 15 * 60,
     "search_s": 5 * 60,
     "speedup_vs_optimum": 2.0,
+    "scale_search_s": 30 * 60,  # the search at the default budget on a BERT-base-size model (benchmarks/scale.py)
 }
 
 
@@ -140,6 +143,8 @@ BENCHES = (
     Bench("ffn_additivity", "ffn_additivity", "ffn_additivity", "Heads and FFN latency add up per layer"),
     Bench("ffn_block_size", "ffn_block_size", "ffn_block_size", "FFN latency against kept width (block size)",
           _module_md("ffn_block_size")),
+    Bench("scale", "scale", "scale", "Scale: BERT-base size, random weights (search, latency table, memory)",
+          _module_md("scale")),
     Bench("run_all", "", "run_all", "Full peer run (run_all)", _module_md("run_all", "render_markdown")),
 )
 BY_KEY = {b.key: b for b in BENCHES}
@@ -564,7 +569,20 @@ def goals(found: dict[str, Found]) -> list[dict[str, Any]]:
     smb = found["smaller_model_banking77"]
     if smb.rec is not None:
         out += _smaller_goals(smb.rec, "Banking77")
+    out.append(_scale_goal(found["scale"]))
     return out
+
+
+def _scale_goal(f: Found) -> dict[str, Any]:
+    """The BERT-base search-time goal, judged by :func:`benchmarks.scale.search_goal` from the newest scale JSON."""
+    from benchmarks.scale import search_goal
+
+    target = GOALS["scale_search_s"]
+    if f.rec is None:
+        return _goal("BERT-base", f"search <= {target / 60:g} min at BERT-base size (default budget)",
+                     _not_run(f, "BERT-base scale run"), None)
+    g = search_goal(f.rec, target)
+    return _goal("BERT-base", g["goal"], f"{g['measured']} (`{f.path.name}`)", g["reached"])
 
 
 def goals_section(found: dict[str, Found]) -> list[str]:
@@ -660,6 +678,24 @@ def limits_section(found: dict[str, Found]) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+# 3b. scale
+# ---------------------------------------------------------------------------------------------------------------------
+def scale_section(found: dict[str, Found]) -> list[str]:
+    """A short summary of the newest scale run (BERT-base size); the full table is in its benchmark section."""
+    f = found["scale"]
+    lines = ["## Scale (BERT-base size, random weights)", ""]
+    if f.rec is None:
+        return lines + [_not_run(f), ""]
+    from benchmarks.scale import summary_lines
+
+    try:
+        items = summary_lines(f.rec)
+    except (KeyError, TypeError, ValueError) as exc:  # an older JSON layout than the summary reads
+        items = [f"`{f.path.name}` has an older layout than `benchmarks.scale` summarises ({exc!r}); see the JSON."]
+    return lines + [f"From `{f.path.name}` ({f.date}):", ""] + [f"- {x}" for x in items] + [""]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
 # 4. one section per benchmark
 # ---------------------------------------------------------------------------------------------------------------------
 def _demote(md: str, levels: int = 2) -> str:
@@ -728,7 +764,7 @@ def render(results: Path, *, latest: Optional[Mapping[str, Path]] = None, link_b
              "the report itself. `python -m benchmarks.run_all` re-measures the full peer comparison (hours) and "
              "regenerates this file the same way. Accuracy is on each task's certify split; latency on the host "
              "named in each table at the raspberrypi4 profile's settings, not on a Raspberry Pi.", ""]
-    lines += lead_section(found) + goals_section(found) + limits_section(found)
+    lines += lead_section(found) + goals_section(found) + limits_section(found) + scale_section(found)
     lines += ["## Benchmarks", ""]
     for b in BENCHES:
         if b.key != "run_all":
