@@ -31,6 +31,15 @@ Usage::
     nice -n 10 python -m benchmarks.recovery_calibration [--fractions 0.25 0.5 0.65] [--distill-epochs 2]
 
 Writes ``benchmarks/results/recovery_calibration-<date>.json`` and ``.md``.
+
+Several seeds at one searched plan (the seed alone moves a distilled plan's bound by ~0.45 points, so one run per
+setting decides nothing)::
+
+    python -m benchmarks.recovery_calibration --distill-only --plan /path/to/build --seeds 0 1 2 \
+        --fit-examples 1024 [--int8-aware --ce-weight 0] --out-name distill-46-38-seeds
+
+``--plan`` takes a build folder or its ``plan.json`` (repeatable); the plan is refitted once, then every seed
+distils its own copy. Writes ``recovery_calibration_distill-<date>`` (or ``--out-name``).
 """
 
 from __future__ import annotations
@@ -335,16 +344,28 @@ def main(argv=None) -> int:
     ap.add_argument("--wait", type=float, default=30.0, help="minutes to wait for the default task")
     ap.add_argument("--distill-only", action="store_true",
                     help="only LS refit + uncapped distillation of the given fractions (a follow-up run)")
+    ap.add_argument("--plan", action="append", default=[],
+                    help="with --distill-only: a build's plan.json (or a build folder) instead of one-shot fractions; "
+                         "repeatable")
+    ap.add_argument("--seeds", type=int, nargs="+", default=None,
+                    help="with --distill-only: distil every plan once per seed (default: --seed only)")
     args = ap.parse_args(argv)
+    if (args.plan or args.seeds) and not args.distill_only:
+        ap.error("--plan and --seeds belong to --distill-only")
     from benchmarks.bench_tools import write_results
 
     if args.distill_only:
         record = run_distill_only(args)
         lines = [f"# LS refit + distillation, uncapped ({record['date']})", "",
-                 "| removed | steps | seconds | INT8 accuracy, bound | FP32 accuracy, bound |", "|---|---|---|---|---|"]
+                 f"Command: `{record['command']}`. Certify split n = {record['certify_n']}, one look at 95% per cell "
+                 f"against the unpruned FP32 model; distillation {record['distill_config']['epochs']} epochs over "
+                 f"{record['distill_n']} texts.", "",
+                 "| plan | seed | steps | seconds | INT8 worse / better | INT8 accuracy, bound | FP32 accuracy, bound |",
+                 "|---|---|---|---|---|---|---|"]
         for row in record["rows"]:
             d = row["distill"]
-            lines.append(f"| {row['plan']} | {d['steps']} | {d['seconds']:.0f} | {100 * row['int8_accuracy']:.2f}%, "
+            lines.append(f"| {row['plan']} | {row['seed']} | {d['steps']} | {d['seconds']:.0f} | "
+                         f"{row['int8_n_worse']} / {row['int8_n_better']} | {100 * row['int8_accuracy']:.2f}%, "
                          f"{row['int8_bound_pts']:.2f} | {100 * row['fp32_accuracy']:.2f}%, {row['fp32_bound_pts']:.2f} |")
         write_results(args.out_name or "recovery_calibration_distill", record, "\n".join(lines))
         print("\n".join(lines))
@@ -364,41 +385,87 @@ def run_distill_only(args) -> dict[str, Any]:
     from edgeprune.certify.core import certify
     from edgeprune.onnx.compile import compile_plan
     from edgeprune.task.predict import onnx_predictions, torch_predictions
-    from edgeprune.recovery.distill import DistillConfig, distill_, task_distill_data
-    from edgeprune.task.modeling import prune_and_verify_
+    from edgeprune.recovery.distill import distill_, task_distill_data
+    from edgeprune.task.modeling import clone_model, prune_and_verify_
     from edgeprune.recovery.refit import RefitConfig, refit_plan
 
     t_all = time.monotonic()
     task, prof, threads, model, tok = bench_setup(args)
     seq, labels = args.max_length, list(task.certify.labels)
-    plans = oneshot_plans(model, tok, task.search, args.fractions, seq, args.importance_examples)
+    plan_files = list(getattr(args, "plan", None) or [])
+    plans = (load_plans(plan_files) if plan_files
+             else oneshot_plans(model, tok, task.search, args.fractions, seq, args.importance_examples))
+    seeds = list(getattr(args, "seeds", None) or [args.seed])
     base = torch_predictions(model, tok, task.certify, max_length=seq, batch_size=64)
     data = task_distill_data(task)
-    cfg = DistillConfig(epochs=args.distill_epochs, seed=args.seed, schedule=args.schedule, ce_weight=args.ce_weight,
-                        temperature=args.temperature, hidden_weight=args.hidden_weight, int8_aware=args.int8_aware)
     work = Path(tempfile.mkdtemp(prefix="recovery-cal-d-"))
     rows = []
     for name, plan in plans.items():
-        student, _ = refit_plan(model, tok, task.search, plan, RefitConfig(max_examples=args.fit_examples,
-                                                                           max_length=seq))
-        prune_and_verify_(student, plan)
-        res = distill_(student, model, tok, data, cfg, checkpoint_dir=work / f"ckpt-{name}",
-                       progress=lambda i: (i["step"] % 100 == 0) and log(f"{name}: step {i['step']}/"
-                                                                          f"{i['total_steps']} {i['seconds']:.0f} s"))
-        final = compile_plan(student, plan, prof.quant, work / name).onnx
-        c = certify(base, onnx_predictions(final, tok, task.certify, max_length=seq, threads=threads), labels,
-                    max_drop=0.01, confidence=0.95, looks=1)
-        c32 = certify(base, torch_predictions(student, tok, task.certify, max_length=seq, batch_size=64), labels,
-                      max_drop=0.01, confidence=0.95, looks=1)
-        rows.append({"plan": name, "int8_accuracy": c.accuracy, "int8_bound_pts": 100 * c.drop_upper_bound,
-                     "fp32_accuracy": c32.accuracy, "fp32_bound_pts": 100 * c32.drop_upper_bound,
-                     "distill": res.to_dict()})
-        log(f"{name}: LS + {res.steps} distillation steps ({res.seconds:.0f} s): INT8 {100 * c.accuracy:.2f}% "
-            f"bound {100 * c.drop_upper_bound:.2f} | FP32 {100 * c32.accuracy:.2f}%")
+        # The refit is deterministic (fixed threads): one per plan, each seed distils a fresh copy of it.
+        refitted, _ = refit_plan(model, tok, task.search, plan, RefitConfig(max_examples=args.fit_examples,
+                                                                            max_length=seq))
+        prune_and_verify_(refitted, plan)
+        for seed in seeds:
+            cfg = distill_config(args, seed)
+            student = clone_model(refitted)
+            res = distill_(student, model, tok, data, cfg, checkpoint_dir=work / f"ckpt-{name}-s{seed}",
+                           progress=lambda i: (i["step"] % 100 == 0) and log(
+                               f"{name} seed {seed}: step {i['step']}/{i['total_steps']} {i['seconds']:.0f} s"))
+            final = compile_plan(student, plan, prof.quant, work / f"{name}-s{seed}").onnx
+            c = certify(base, onnx_predictions(final, tok, task.certify, max_length=seq, threads=threads), labels,
+                        max_drop=0.01, confidence=0.95, looks=1)
+            c32 = certify(base, torch_predictions(student, tok, task.certify, max_length=seq, batch_size=64), labels,
+                          max_drop=0.01, confidence=0.95, looks=1)
+            rows.append({"plan": name, "seed": seed, "heads_removed": plan.num_removed,
+                         "ffn_blocks_removed": plan.ffn_num_removed,
+                         "int8_accuracy": c.accuracy, "int8_bound_pts": 100 * c.drop_upper_bound,
+                         "int8_n_worse": c.n_worse, "int8_n_better": c.n_better,
+                         "fp32_accuracy": c32.accuracy, "fp32_bound_pts": 100 * c32.drop_upper_bound,
+                         "distill": res.to_dict()})
+            log(f"{name} seed {seed}: LS + {res.steps} distillation steps ({res.seconds:.0f} s): INT8 "
+                f"{100 * c.accuracy:.2f}% bound {100 * c.drop_upper_bound:.2f} ({c.n_worse}/{c.n_better}) | FP32 "
+                f"{100 * c32.accuracy:.2f}%")
+    command = "python -m benchmarks.recovery_calibration --distill-only " + " ".join(
+        ([f"--plan {p}" for p in plan_files] or ["--fractions"] + [f"{f:g}" for f in args.fractions])
+        + ["--seeds"] + [str(s) for s in seeds] + [f"--distill-epochs {args.distill_epochs}",
+                                                   f"--ce-weight {args.ce_weight:g}", f"--fit-examples {args.fit_examples}"]
+        + (["--int8-aware"] if args.int8_aware else []))
     return {"benchmark": "recovery_calibration_distill", "date": dt.date.today().isoformat(),
             "host": platform.node(), "certify_n": len(labels), "distill_n": len(data),
-            "distill_config": cfg.to_dict(), "fit_examples": args.fit_examples, "rows": rows,
+            "distill_config": distill_config(args, seeds[0]).to_dict(), "seeds": seeds,
+            "fit_examples": args.fit_examples, "rows": rows, "command": command,
             "total_s": round(time.monotonic() - t_all, 1)}
+
+
+def distill_config(args, seed: int):
+    """The distillation settings of a ``--distill-only`` run, for one seed."""
+    from edgeprune.recovery.distill import DistillConfig
+
+    return DistillConfig(epochs=args.distill_epochs, seed=seed, schedule=args.schedule, ce_weight=args.ce_weight,
+                         temperature=args.temperature, hidden_weight=args.hidden_weight, int8_aware=args.int8_aware)
+
+
+def load_plans(paths) -> dict[str, Any]:
+    """Plans from builds' ``plan.json`` files (or build folders), named after their folder.
+
+    Raises:
+        SystemExit: a path without a plan, or two plans with the same name.
+    """
+    import json
+
+    from edgeprune.plan import HeadPlan
+
+    plans: dict[str, Any] = {}
+    for raw in paths:
+        path = Path(raw)
+        path = path / "plan.json" if path.is_dir() else path
+        if not path.is_file():
+            raise SystemExit(f"--plan {raw}: no plan.json there")
+        name = path.parent.name if path.name == "plan.json" else path.stem
+        if name in plans:
+            raise SystemExit(f"--plan {raw}: a second plan named {name!r}")
+        plans[name] = HeadPlan.from_dict(json.loads(path.read_text()))
+    return plans
 
 
 if __name__ == "__main__":

@@ -54,3 +54,51 @@ def test_bench_setup_serves_every_benchmark(tiny_task, monkeypatch):
     assert threads == [11]
     rc.bench_setup(args, torch_cores="physical")
     assert threads == [11, 22]
+
+
+def test_distill_only_takes_build_plans_and_several_seeds(tiny_task, monkeypatch, tmp_path):
+    """``--distill-only --plan OUT --seeds 0 1``: a build's plan.json, one refit, one distillation per seed (the
+    seeds give different students), every row carrying its plan, seed and paired counts; the command is recorded."""
+    import benchmarks.recovery_calibration as rc
+    from edgeprune.adapters import get_adapter
+
+    monkeypatch.setattr(rc, "wait_for_task", lambda minutes: tiny_task)
+    adapter = get_adapter(tiny_task.model)
+    full = adapter.full_plan(tiny_task.model)
+    kept = [list(k)[1:] for k in full.kept]  # one head removed per layer
+    plan = {"num_heads": list(full.num_heads), "kept_heads": kept}
+    build = tmp_path / "build-a"
+    build.mkdir()
+    (build / "plan.json").write_text(json.dumps(plan))
+    args = argparse.Namespace(fractions=[0.5], profile="raspberrypi4", max_length=32, fit_examples=48,
+                              importance_examples=48, distill_epochs=1, schedule="linear", ce_weight=0.5,
+                              temperature=2.0, hidden_weight=0.0, int8_aware=False, seed=0, wait=0,
+                              plan=[str(build)], seeds=[0, 1])
+    rec = rc.run_distill_only(args)
+    assert [(r["plan"], r["seed"]) for r in rec["rows"]] == [("build-a", 0), ("build-a", 1)]
+    assert all(r["heads_removed"] == len(kept) and r["ffn_blocks_removed"] == 0 for r in rec["rows"])
+    assert all(r["int8_n_worse"] + r["int8_n_better"] <= 40 for r in rec["rows"])
+    assert all(r["distill"]["examples"] == 96 for r in rec["rows"])  # fine-tune + search, never certify
+    assert rec["rows"][0]["distill"]["last_loss"] != rec["rows"][1]["distill"]["last_loss"]
+    assert "--plan" in rec["command"] and "--seeds 0 1" in rec["command"]
+    json.dumps(rec)
+
+
+def test_load_plans_refuses_missing_and_duplicate_names(tmp_path):
+    import benchmarks.recovery_calibration as rc
+
+    with pytest.raises(SystemExit, match="no plan.json"):
+        rc.load_plans([str(tmp_path / "nowhere")])
+    for d in ("a", "b"):
+        (tmp_path / d / "x").mkdir(parents=True)
+        (tmp_path / d / "x" / "plan.json").write_text(json.dumps({"num_heads": [2], "kept_heads": [[0]]}))
+    with pytest.raises(SystemExit, match="second plan named 'x'"):
+        rc.load_plans([str(tmp_path / "a" / "x"), str(tmp_path / "b" / "x")])
+    assert list(rc.load_plans([str(tmp_path / "a" / "x" / "plan.json")])) == ["x"]
+
+
+def test_plan_and_seeds_need_distill_only():
+    import benchmarks.recovery_calibration as rc
+
+    with pytest.raises(SystemExit):
+        rc.main(["--plan", "somewhere"])
