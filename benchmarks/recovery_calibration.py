@@ -347,6 +347,13 @@ def main(argv=None) -> int:
     ap.add_argument("--plan", action="append", default=[],
                     help="with --distill-only: a build's plan.json (or a build folder) instead of one-shot fractions; "
                          "repeatable")
+    ap.add_argument("--augment", type=int, default=0,
+                    help="with --distill-only: add this many augmented unlabelled variants of every distillation "
+                         "text (edgeprune.recovery.augment; KL term only)")
+    ap.add_argument("--teacher-distill", action="store_true",
+                    help="with --distill-only: first distil the unpruned model itself on the same texts (the "
+                         "distilled-dense control) and distil the pruned plans from it instead of from the "
+                         "original; certification still pairs with the original model")
     ap.add_argument("--seeds", type=int, nargs="+", default=None,
                     help="with --distill-only: distil every plan once per seed (default: --seed only)")
     args = ap.parse_args(argv)
@@ -397,9 +404,20 @@ def run_distill_only(args) -> dict[str, Any]:
              else oneshot_plans(model, tok, task.search, args.fractions, seq, args.importance_examples))
     seeds = list(getattr(args, "seeds", None) or [args.seed])
     base = torch_predictions(model, tok, task.certify, max_length=seq, batch_size=64)
-    data = task_distill_data(task)
+    data = with_augmented(task_distill_data(task), getattr(args, "augment", 0), tok, exclude=task.certify.texts)
     work = Path(tempfile.mkdtemp(prefix="recovery-cal-d-"))
     rows = []
+    teacher, teacher_row = model, None
+    if getattr(args, "teacher_distill", False):
+        teacher = clone_model(model)
+        t0 = time.monotonic()
+        res = distill_(teacher, model, tok, data, distill_config(args, seeds[0]), checkpoint_dir=work / "ckpt-teacher")
+        c32 = certify(base, torch_predictions(teacher, tok, task.certify, max_length=seq, batch_size=64), labels,
+                      max_drop=0.01, confidence=0.95, looks=1)
+        teacher_row = {"fp32_accuracy": c32.accuracy, "fp32_bound_pts": 100 * c32.drop_upper_bound,
+                       "n_worse": c32.n_worse, "n_better": c32.n_better, "seconds": round(time.monotonic() - t0, 1),
+                       "distill": res.to_dict()}
+        log(f"distilled teacher: FP32 {100 * c32.accuracy:.2f}% ({c32.n_worse}/{c32.n_better} vs the original)")
     for name, plan in plans.items():
         # The refit is deterministic (fixed threads): one per plan, each seed distils a fresh copy of it.
         refitted, _ = refit_plan(model, tok, task.search, plan, RefitConfig(max_examples=args.fit_examples,
@@ -408,7 +426,7 @@ def run_distill_only(args) -> dict[str, Any]:
         for seed in seeds:
             cfg = distill_config(args, seed)
             student = clone_model(refitted)
-            res = distill_(student, model, tok, data, cfg, checkpoint_dir=work / f"ckpt-{name}-s{seed}",
+            res = distill_(student, teacher, tok, data, cfg, checkpoint_dir=work / f"ckpt-{name}-s{seed}",
                            progress=lambda i: (i["step"] % 100 == 0) and log(
                                f"{name} seed {seed}: step {i['step']}/{i['total_steps']} {i['seconds']:.0f} s"))
             final = compile_plan(student, plan, prof.quant, work / f"{name}-s{seed}").onnx
@@ -429,12 +447,22 @@ def run_distill_only(args) -> dict[str, Any]:
         ([f"--plan {p}" for p in plan_files] or ["--fractions"] + [f"{f:g}" for f in args.fractions])
         + ["--seeds"] + [str(s) for s in seeds] + [f"--distill-epochs {args.distill_epochs}",
                                                    f"--ce-weight {args.ce_weight:g}", f"--fit-examples {args.fit_examples}"]
-        + (["--int8-aware"] if args.int8_aware else []))
+        + (["--int8-aware"] if args.int8_aware else [])
+        + ([f"--augment {args.augment}"] if getattr(args, "augment", 0) else [])
+        + (["--teacher-distill"] if getattr(args, "teacher_distill", False) else []))
     return {"benchmark": "recovery_calibration_distill", "date": dt.date.today().isoformat(),
             "host": platform.node(), "certify_n": len(labels), "distill_n": len(data),
             "distill_config": distill_config(args, seeds[0]).to_dict(), "seeds": seeds,
-            "fit_examples": args.fit_examples, "rows": rows, "command": command,
+            "fit_examples": args.fit_examples, "rows": rows, "command": command, "distilled_teacher": teacher_row,
             "total_s": round(time.monotonic() - t_all, 1)}
+
+
+def with_augmented(data, copies: int, tok, exclude=()):
+    """``data`` plus ``copies`` augmented unlabelled variants of each of its texts (``copies = 0``: ``data``)."""
+    from edgeprune.recovery.augment import AugmentConfig, augmented_dataset
+
+    return augmented_dataset(data, AugmentConfig(copies=copies), mask_token=tok.mask_token or "[MASK]",
+                             exclude=exclude) if copies else data
 
 
 def distill_config(args, seed: int):

@@ -342,6 +342,7 @@ def build(
     distill_ce_weight: Annotated[float, typer.Option(help="Weight of the cross-entropy on the gold labels next to the KL term in distillation (0 = KL only).")] = 0.5,
     distill_int8_aware: Annotated[bool, typer.Option("--distill-int8-aware/--distill-float", help="Distil through the simulated INT8 forward pass of the shipped file (quantization-aware), or in float.")] = False,
     distill_data: Annotated[Optional[str], typer.Option(help="Extra in-domain texts for distillation (one per line, or a CSV/TSV/JSONL); never the certify data.")] = None,
+    distill_augment: Annotated[int, typer.Option(help="Augmented unlabelled variants per distillation text (words masked, replaced, windowed; KL term only; 0 = none).")] = 0,
     search_slack: Annotated[Optional[float], typer.Option(help="Points the search may lose before distillation, on top of --max-drop (default: 1.5 with --recovery distill, else 0); certification still holds every plan to --max-drop.")] = None,
     no_recovery: Annotated[bool, typer.Option("--no-recovery", help="Same as --recovery none.", hidden=True)] = False,
 ) -> None:
@@ -358,6 +359,7 @@ def build(
         structures=structures, ffn_block_size=ffn_block_size, recovery="none" if no_recovery else recovery,
         certify_fraction=certify_fraction, certify_plans=certify_plans, distill_epochs=distill_epochs,
         distill_ce_weight=distill_ce_weight, distill_int8_aware=distill_int8_aware, distill_data=distill_data, search_slack_pts=search_slack,
+        distill_augment=distill_augment,
     )
     try:
         report = run_build(cfg)

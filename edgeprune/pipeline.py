@@ -100,6 +100,8 @@ class BuildConfig:
         distill_int8_aware: distil through the simulated INT8 forward pass (quantization-aware distillation).
         distill_data: extra unlabelled (or labelled) in-domain texts for distillation (a file like ``data``; a
             plain text file has one text per line). Never the certify data.
+        distill_augment: augmented unlabelled variants per distillation text (edgeprune.recovery.augment: words
+            masked, replaced and windowed; KL term only; 0 = none). None of them equals a certify text.
         search_slack_pts: points the search may lose *before* distillation on top of ``max_drop_pts`` (the refit-
             priced estimate under-states what distillation recovers; the certification sequence still tests every
             shipped-form plan at ``max_drop_pts``). None = the recovery's default (:data:`SEARCH_SLACK_PTS`).
@@ -141,6 +143,7 @@ class BuildConfig:
     distill_ce_weight: float = 0.5
     distill_int8_aware: bool = False
     distill_data: Optional[str] = None
+    distill_augment: int = 0
     search_slack_pts: Optional[float] = None
     step_units: int = _S.step_units
 
@@ -153,6 +156,9 @@ class BuildConfig:
             raise EdgepruneError(f"unknown {arg('recovery')} {self.recovery!r}; choose one of {', '.join(RECOVERIES)}")
         if not self.distill_epochs > 0:
             raise EdgepruneError(f"{arg('distill_epochs')} must be > 0, got {self.distill_epochs}")
+        if not 0 <= self.distill_augment <= 16:
+            raise EdgepruneError(f"{arg('distill_augment')} must be a whole number of variants in [0, 16], got "
+                                 f"{self.distill_augment}")
         if not self.distill_ce_weight >= 0:
             raise EdgepruneError(f"{arg('distill_ce_weight')} must be >= 0, got {self.distill_ce_weight}")
         if self.search_slack_pts is not None and not 0 <= self.search_slack_pts <= 100:
@@ -861,6 +867,12 @@ def _recoverer(cfg: BuildConfig, state: "_State", model, tokenizer, task: _Task,
         distill_data = task.distill if task.distill is not None else task.search
         if cfg.distill_data:
             distill_data = _with_extra_texts(distill_data, cfg.distill_data)
+        if cfg.distill_augment:
+            from .recovery.augment import AugmentConfig, augmented_dataset
+
+            distill_data = augmented_dataset(distill_data, AugmentConfig(copies=cfg.distill_augment, seed=cfg.seed),
+                                             mask_token=getattr(tokenizer, "mask_token", None) or "[MASK]",
+                                             exclude=task.certify.texts)
     return Recoverer(method, model, tokenizer, fit_data=task.search, distill_data=distill_data, plans=plans,
                      beyond_refit=beyond, work=state.dir, fit_examples=cfg.recovery_examples, max_length=load_profile(cfg.profile).seq_len,
                      distill=DistillSettings(epochs=cfg.distill_epochs, seed=cfg.seed,

@@ -116,8 +116,10 @@ def test_distill_settings_reach_the_training_run(tok, tmp_path):
     assert not all(torch.equal(a, b) for a, b in zip(m_f.state_dict().values(), m_q.state_dict().values()))
 
 
-def test_a_build_never_distils_on_the_certify_split(tmp_path, monkeypatch):
-    """The distillation texts of a build are the search split (user data): no certify text among them."""
+@pytest.mark.parametrize("augment", [0, 2])
+def test_a_build_never_distils_on_the_certify_split(tmp_path, monkeypatch, augment):
+    """The distillation texts of a build are the search split (user data): no certify text among them, and with
+    --distill-augment none of the augmented variants either (a 15-word vocabulary makes collisions likely)."""
     import random
 
     from edgeprune.pipeline import BuildConfig, build
@@ -140,18 +142,29 @@ def test_a_build_never_distils_on_the_certify_split(tmp_path, monkeypatch):
 
     def spy(self):
         seen["texts"] = list(self.distill_data.texts)
+        seen["labels"] = list(self.distill_data.labels)
         real_init(self)
 
     monkeypatch.setattr(chain.Recoverer, "__post_init__", spy)
     out = tmp_path / "out"
     cfg = BuildConfig(profile="x86-64", model=str(tmp_path / "model"), data=str(tmp_path / "data.csv"),
-                      out=str(out), max_drop_pts=60.0, max_evaluations=8, measure_rounds=5, recovery="distill")
+                      out=str(out), max_drop_pts=60.0, max_evaluations=8, measure_rounds=5, recovery="distill",
+                      distill_augment=augment)
     build(cfg, progress=False)
     from edgeprune.pipeline import split_user_data
 
     search, certify, _ = split_user_data(cfg, dict(model.config.label2id))
     assert seen["texts"] and not set(seen["texts"]) & set(certify.texts)
-    assert sorted(seen["texts"]) == sorted(search.texts)
+    n = len(search.texts)
+    assert sorted(seen["texts"][:n]) == sorted(search.texts)
+    assert -100 not in seen["labels"][:n]
+    extra = seen["texts"][n:]
+    if augment:  # about `augment` variants per text (a few unchangeable short texts may get fewer), KL only
+        assert n * augment * 0.9 <= len(extra) <= n * augment
+        assert set(seen["labels"][n:]) == {-100}
+        assert not set(extra) & set(search.texts)
+    else:
+        assert not extra
 
 
 def test_distill_data_texts_train_on_the_kl_term_only(tmp_path):
