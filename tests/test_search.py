@@ -469,3 +469,20 @@ def test_bound_scale_bounds_as_if_on_a_larger_split():
     assert 100 * paired_drop_upper_bound(round(2 * (t + 1)), round(2 * (t + 1)), 2000, 0.95) > 1.0
     with pytest.raises(SearchError):
         SearchConfig(max_drop_pts=1.0, bound_scale=0)
+
+
+def test_astar_goes_on_from_deep_acceptable_states_not_from_the_root():
+    """Default resolution: every acceptable state shares one cost level, the unpruned model's children (deferred with
+    g = 0) included, so after the greedy seed A* spends its evaluations next to the deepest plans (fastest first)
+    instead of on one-move plans first (a bug until session 8: 0 rounded to its own level)."""
+    layout = (12,) * 6
+    cfg = SearchConfig(max_drop_pts=2.0, correction="none", max_evaluations=1000)
+    greedy = Synthetic(layout, 0)
+    search(greedy, linear_latency, greedy.importance, layout, cfg, "greedy")
+    n = len(greedy.calls)
+    model = Synthetic(layout, 0)
+    search(model, linear_latency, model.importance, layout,
+           SearchConfig(max_drop_pts=2.0, correction="none", max_evaluations=n + 8), "astar")
+    assert model.calls[:n] == greedy.calls
+    after = model.calls[n:]
+    assert len(after) == 8 and min(len(k) for k in after) > len(layout)

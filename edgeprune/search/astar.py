@@ -28,10 +28,13 @@ from .core import BudgetExhausted, Key, Problem, SearchResult
 
 
 def _quantize(g: float, resolution: float) -> float:
-    """Round the cost up to the resolution grid (a 1e-9 slack keeps exact multiples on their own step)."""
+    """Round the cost up to the resolution grid (a 1e-9 slack keeps exact multiples on their own step). A cost of 0
+    shares the first step with the costs just above it: with the default resolution (the bound) every acceptable
+    state is then on one level, the unpruned model's children included, instead of the root's deferred children
+    (g = 0, their parent's) being popped, and evaluated, before every deeper acceptable state."""
     if resolution <= 0:
         return g
-    return math.ceil(g / resolution - 1e-9) * resolution
+    return max(1, math.ceil(g / resolution - 1e-9)) * resolution
 
 
 def astar_path(problem: Problem, seed_paths: Sequence[Sequence[Key]] = ()) -> tuple[str, list[tuple[float, float, Key]]]:
