@@ -152,6 +152,10 @@ def _case_max_drop(t, tmp, lut):
     return _build_args(t, tmp / "o") + ["--max-drop", "-1"]
 
 
+def _case_distill_augment(t, tmp, lut):
+    return _build_args(t, tmp / "o") + ["--distill-augment", "-1"]
+
+
 def _case_model_without_data(t, tmp, lut):
     return ["build", "--profile", "x86-64", "--model", t / "model", "--out", tmp / "o"]
 
@@ -253,6 +257,7 @@ CASES = [
     ("out_locked", _case_out_locked, 2, "is in use by another edgeprune build (pid"),
     ("resume_and_overwrite", _case_resume_and_overwrite, 2, "--resume and --overwrite exclude each other"),
     ("max_drop", _case_max_drop, 2, "--max-drop is in accuracy points"),
+    ("distill_augment", _case_distill_augment, 2, "--distill-augment must be a whole number of variants in [0, 16]"),
     ("model_without_data", _case_model_without_data, 2, "give both --model and --data"),
     ("bad_profile", _case_bad_profile, 2, "no-such-device"),
     ("missing_data", _case_missing_data, 2, "nope.csv: file not found"),
