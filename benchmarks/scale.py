@@ -225,8 +225,10 @@ def measure_lut(model_dir: Path, profile: str, out: Path, *, rounds: int, reps: 
 
     model, _ = load_model(str(model_dir), with_tokenizer=False)
     ffn = DEFAULT_SEARCH.structures == "heads+ffn"  # the pipeline's rule for the default --structures
-    rss_before = _status_mib("VmRSS")
     hwm = _reset_peak()
+    # After the reset: RSS read before it could exceed the reset high-water mark (memory freed in between), and the
+    # peak would then read below "before" (a flaky test, session 8).
+    rss_before = _status_mib("VmRSS")
     t0 = time.perf_counter()
     lut = build_lut(clone_model(model), profile, ffn=ffn, rounds=rounds, reps=reps, log_fn=log_fn)
     build_s = time.perf_counter() - t0
