@@ -885,6 +885,10 @@ def _with_extra_texts(data, path: str):
     labelled alike; plain text files: one text per line, KL only)."""
     from .task.data import TextDataset
 
+    if getattr(data, "text_pairs", None) is not None:
+        # Single extra texts cannot join a pair task's texts: the pairs would be dropped (or misaligned) silently.
+        raise EdgepruneError(f"{arg('distill_data')} {path}: this task has text pairs, and extra distillation texts "
+                             "are single texts; leave it out for a sentence-pair task")
     p = Path(path)
     if p.suffix.lower() in (".txt", ""):
         texts = [line.strip() for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]

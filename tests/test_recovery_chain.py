@@ -189,3 +189,6 @@ def test_distill_data_texts_train_on_the_kl_term_only(tmp_path):
     (tmp_path / "empty.txt").write_text("\n")
     with pytest.raises(EdgepruneError, match="no texts"):
         _with_extra_texts(data, str(tmp_path / "empty.txt"))
+    pairs = TextDataset(["a", "b"], [0, 1], text_pairs=["x", "y"])
+    with pytest.raises(EdgepruneError, match="text pairs"):  # not silently dropped
+        _with_extra_texts(pairs, str(extra))
