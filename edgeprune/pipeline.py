@@ -1125,12 +1125,15 @@ def _check_inputs(cfg: BuildConfig, prof, model, task: _Task) -> list[str]:
 
     Raises:
         EdgepruneError: a latency table measured for another model shape, profile, batch, sequence length or
-            precision; the model's labels and the data's disagree (integer labels outside ``id2label``).
+            precision; the model's labels and the data's disagree (integer labels outside ``id2label``);
+            ``--distill-data`` for a sentence-pair task.
     """
     from .adapters import get_adapter
     from .errors import MeasureError
 
     warnings = []
+    if cfg.recovery == "distill" and cfg.distill_data and getattr(task.search, "text_pairs", None) is not None:
+        _with_extra_texts(task.search, cfg.distill_data)  # refuses now, before the output folder is claimed
     cores = _host_cores()
     if prof.threads > cores:
         warnings.append(f"profile {prof.name} asks for {prof.threads} threads; this host has {cores} cores, so "

@@ -192,3 +192,31 @@ def test_distill_data_texts_train_on_the_kl_term_only(tmp_path):
     pairs = TextDataset(["a", "b"], [0, 1], text_pairs=["x", "y"])
     with pytest.raises(EdgepruneError, match="text pairs"):  # not silently dropped
         _with_extra_texts(pairs, str(extra))
+
+
+def test_a_pair_task_with_distill_data_is_refused_before_any_work(tmp_path):
+    """--distill-data holds single texts: on a sentence-pair task the build refuses at once (before the output
+    folder is claimed), not after the search."""
+    import random
+
+    from edgeprune.pipeline import BuildConfig, build
+    from edgeprune.testing import tiny_model as plain_tiny
+    from edgeprune.testing import tiny_tokenizer
+
+    words = "the a movie film plot good bad great awful fun".split()
+    model = plain_tiny("bert", num_layers=2, num_heads=4, hidden=32)
+    model.config.id2label = {0: "negative", 1: "positive"}
+    model.config.label2id = {"negative": 0, "positive": 1}
+    model.save_pretrained(tmp_path / "model")
+    tiny_tokenizer(tmp_path / "model")
+    rng = random.Random(2)
+    rows = ["text,pair,label"] + [f"{' '.join(rng.choices(words, k=4))},{' '.join(rng.choices(words, k=3))},"
+                                  f"{'positive' if i % 2 else 'negative'}" for i in range(240)]
+    (tmp_path / "data.csv").write_text("\n".join(rows) + "\n")
+    (tmp_path / "extra.txt").write_text("a fine film\n")
+    out = tmp_path / "out"
+    cfg = BuildConfig(profile="x86-64", model=str(tmp_path / "model"), data=str(tmp_path / "data.csv"),
+                      text_pair_column="pair", out=str(out), distill_data=str(tmp_path / "extra.txt"))
+    with pytest.raises(EdgepruneError, match="text pairs"):
+        build(cfg, progress=False)
+    assert not out.exists()
