@@ -880,15 +880,19 @@ def _recoverer(cfg: BuildConfig, state: "_State", model, tokenizer, task: _Task,
                      progress=lambda msg, frac: display.fraction("export", 0.05 + 0.5 * frac, msg[:70]))
 
 
+def _refuse_extra_texts_for_pairs(data, path: str) -> None:
+    """Single extra texts cannot join a pair task's texts (the pairs would be dropped or misaligned silently)."""
+    if getattr(data, "text_pairs", None) is not None:
+        raise EdgepruneError(f"{arg('distill_data')} {path}: this task has text pairs, and extra distillation texts "
+                             "are single texts; leave it out for a sentence-pair task")
+
+
 def _with_extra_texts(data, path: str):
     """``data`` plus the texts of ``path`` (labelled files keep their labels for the CE term only if ``data`` is
     labelled alike; plain text files: one text per line, KL only)."""
     from .task.data import TextDataset
 
-    if getattr(data, "text_pairs", None) is not None:
-        # Single extra texts cannot join a pair task's texts: the pairs would be dropped (or misaligned) silently.
-        raise EdgepruneError(f"{arg('distill_data')} {path}: this task has text pairs, and extra distillation texts "
-                             "are single texts; leave it out for a sentence-pair task")
+    _refuse_extra_texts_for_pairs(data, path)
     p = Path(path)
     if p.suffix.lower() in (".txt", ""):
         texts = [line.strip() for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
@@ -1132,8 +1136,8 @@ def _check_inputs(cfg: BuildConfig, prof, model, task: _Task) -> list[str]:
     from .errors import MeasureError
 
     warnings = []
-    if cfg.recovery == "distill" and cfg.distill_data and getattr(task.search, "text_pairs", None) is not None:
-        _with_extra_texts(task.search, cfg.distill_data)  # refuses now, before the output folder is claimed
+    if cfg.recovery == "distill" and cfg.distill_data:
+        _refuse_extra_texts_for_pairs(task.search, cfg.distill_data)  # now, before the output folder is claimed
     cores = _host_cores()
     if prof.threads > cores:
         warnings.append(f"profile {prof.name} asks for {prof.threads} threads; this host has {cores} cores, so "

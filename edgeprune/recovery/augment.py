@@ -119,8 +119,8 @@ def augment_texts(texts: Sequence[str], cfg: AugmentConfig = AugmentConfig(), *,
 def augmented_dataset(data: Any, cfg: AugmentConfig, *, mask_token: str = "[MASK]", exclude: Sequence[str] = ()):
     """``data`` (a ``TextDataset``) followed by the variants of its texts, unlabelled (label ``-100``).
 
-    Sentence-pair data is returned unchanged: a variant of one segment would pair with which other? (no pair task
-    has been measured with augmentation).
+    Sentence-pair data is returned unchanged: no pair task has been measured with augmentation, and a variant would
+    have to be made of both segments together.
     """
     from edgeprune.task.data import TextDataset
 
