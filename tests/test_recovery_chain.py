@@ -116,6 +116,22 @@ def test_distill_settings_reach_the_training_run(tok, tmp_path):
     assert not all(torch.equal(a, b) for a, b in zip(m_f.state_dict().values(), m_q.state_dict().values()))
 
 
+WORDS = "the a movie film plot good bad great awful fun boring love hate best worst".split()
+
+
+def _user_model(tmp_path):
+    """A tiny sentiment BERT with its tokenizer saved in ``tmp_path / "model"``, as a user's ``--model``."""
+    from edgeprune.testing import tiny_model as plain_tiny
+    from edgeprune.testing import tiny_tokenizer
+
+    model = plain_tiny("bert", num_layers=2, num_heads=4, hidden=32)
+    model.config.id2label = {0: "negative", 1: "positive"}
+    model.config.label2id = {"negative": 0, "positive": 1}
+    model.save_pretrained(tmp_path / "model")
+    tiny_tokenizer(tmp_path / "model")
+    return model
+
+
 @pytest.mark.parametrize("augment", [0, 2])
 def test_a_build_never_distils_on_the_certify_split(tmp_path, monkeypatch, augment):
     """The distillation texts of a build are the search split (user data): no certify text among them, and with
@@ -124,17 +140,10 @@ def test_a_build_never_distils_on_the_certify_split(tmp_path, monkeypatch, augme
 
     from edgeprune.pipeline import BuildConfig, build
     from edgeprune.recovery import chain
-    from edgeprune.testing import tiny_model as plain_tiny
-    from edgeprune.testing import tiny_tokenizer
 
-    words = "the a movie film plot good bad great awful fun boring love hate best worst".split()
-    model = plain_tiny("bert", num_layers=2, num_heads=4, hidden=32)
-    model.config.id2label = {0: "negative", 1: "positive"}
-    model.config.label2id = {"negative": 0, "positive": 1}
-    model.save_pretrained(tmp_path / "model")
-    tiny_tokenizer(tmp_path / "model")
+    model = _user_model(tmp_path)
     rng = random.Random(1)
-    rows = ["text,label"] + [f"{' '.join(rng.choices(words, k=rng.randint(3, 9)))} {i},"
+    rows = ["text,label"] + [f"{' '.join(rng.choices(WORDS, k=rng.randint(3, 9)))} {i},"
                              f"{'positive' if rng.random() < 0.5 else 'negative'}" for i in range(240)]
     (tmp_path / "data.csv").write_text("\n".join(rows) + "\n")
     seen = {}
@@ -200,17 +209,10 @@ def test_a_pair_task_with_distill_data_is_refused_before_any_work(tmp_path):
     import random
 
     from edgeprune.pipeline import BuildConfig, build
-    from edgeprune.testing import tiny_model as plain_tiny
-    from edgeprune.testing import tiny_tokenizer
 
-    words = "the a movie film plot good bad great awful fun".split()
-    model = plain_tiny("bert", num_layers=2, num_heads=4, hidden=32)
-    model.config.id2label = {0: "negative", 1: "positive"}
-    model.config.label2id = {"negative": 0, "positive": 1}
-    model.save_pretrained(tmp_path / "model")
-    tiny_tokenizer(tmp_path / "model")
+    _user_model(tmp_path)
     rng = random.Random(2)
-    rows = ["text,pair,label"] + [f"{' '.join(rng.choices(words, k=4))},{' '.join(rng.choices(words, k=3))},"
+    rows = ["text,pair,label"] + [f"{' '.join(rng.choices(WORDS, k=4))},{' '.join(rng.choices(WORDS, k=3))},"
                                   f"{'positive' if i % 2 else 'negative'}" for i in range(240)]
     (tmp_path / "data.csv").write_text("\n".join(rows) + "\n")
     (tmp_path / "extra.txt").write_text("a fine film\n")
