@@ -462,7 +462,7 @@ def with_augmented(data, copies: int, tok, exclude=()):
     from edgeprune.recovery.augment import AugmentConfig, augmented_dataset
 
     return augmented_dataset(data, AugmentConfig(copies=copies), mask_token=tok.mask_token or "[MASK]",
-                             exclude=exclude) if copies else data
+                             exclude=exclude)
 
 
 def distill_config(args, seed: int):

@@ -902,8 +902,10 @@ def _with_extra_texts(data, path: str):
         texts = list(load_dataset(p).texts)
     if not texts:
         raise EdgepruneError(f"{arg('distill_data')} {path}: no texts")
-    # Unlabelled texts carry no gold label: label them -1 so the cross-entropy term ignores them.
-    return TextDataset(list(data.texts) + texts, list(data.labels) + [-100] * len(texts),
+    from .recovery.augment import UNLABELLED
+
+    # Unlabelled texts carry no gold label: the cross-entropy term ignores UNLABELLED (-100).
+    return TextDataset(list(data.texts) + texts, list(data.labels) + [UNLABELLED] * len(texts),
                        source=f"{getattr(data, 'source', 'data')} + {path}")
 
 

@@ -19,12 +19,13 @@ machine. They carry no label: distillation trains on them with the KL term only 
 from __future__ import annotations
 
 import random
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 from edgeprune.errors import DataError
 
-#: Label of a text without a gold label (the cross-entropy term ignores it; edgeprune.recovery.distill).
+#: Label of a text without a gold label (the cross-entropy term ignores it; edgeprune.recovery.distill); also the
+#: label of ``--distill-data`` texts (edgeprune.pipeline).
 UNLABELLED = -100
 
 
@@ -58,9 +59,6 @@ class AugmentConfig:
                 raise DataError(f"augmentation {name} must lie in [0, 1], got {v}")
         if not 1 <= self.min_ngram <= self.max_ngram:
             raise DataError(f"augmentation needs 1 <= min_ngram <= max_ngram, got {self.min_ngram}, {self.max_ngram}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def _variant(words: list[str], vocab: Sequence[str], mask: str, cfg: AugmentConfig, rng: random.Random) -> str:
